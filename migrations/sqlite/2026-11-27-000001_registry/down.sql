@@ -1,0 +1,3 @@
+DROP TABLE server_tools;
+DROP TABLE tools;
+DROP TABLE mcp_servers;

@@ -1,0 +1,89 @@
+//! The gRPC edge: the registry service, health and reflection, and the
+//! server's lifecycle (graceful shutdown, teardown of everything held).
+
+mod auth;
+mod convert;
+mod service;
+mod status;
+
+use std::{future::Future, net::SocketAddr, time::Duration};
+
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::{Server, server::TcpIncoming};
+
+pub use auth::ORGANIZATION_HEADER;
+pub use service::{MCP_MS_HEADER, McpServerApi, PEAK_CONNECTIONS_HEADER, PERSIST_MS_HEADER};
+
+use crate::{manager::Manager, proto};
+
+#[derive(Debug, Clone)]
+pub struct ServeOptions {
+    /// After a shutdown signal, how long in-flight calls get to finish.
+    pub drain_timeout: Duration,
+}
+
+/// Serves until `shutdown` completes, then stops accepting calls, lets the
+/// in-flight ones finish (bounded by `drain_timeout`), and tears down every
+/// MCP session and child process the daemon still holds.
+pub async fn serve(
+    listener: TcpListener,
+    manager: Manager,
+    options: ServeOptions,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), tonic::transport::Error> {
+    let local: Option<SocketAddr> = listener.local_addr().ok();
+    let (health_reporter, health_service) = tonic_health::server::health_reporter();
+    health_reporter
+        .set_serving::<proto::mcp_server_service_server::McpServerServiceServer<McpServerApi>>()
+        .await;
+    let reflection = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    // Both versions: grpcurl 1.8 and other older clients only speak v1alpha.
+    let reflection_v1 = reflection()
+        .build_v1()
+        .expect("the embedded descriptor sets are valid");
+    let reflection_v1alpha = reflection()
+        .build_v1alpha()
+        .expect("the embedded descriptor sets are valid");
+
+    let stopping = CancellationToken::new();
+    let signal = {
+        let stopping = stopping.clone();
+        let health = health_reporter.clone();
+        async move {
+            shutdown.await;
+            tracing::info!("shutting down: no new calls; finishing in-flight ones");
+            health
+                .set_not_serving::<proto::mcp_server_service_server::McpServerServiceServer<McpServerApi>>()
+                .await;
+            stopping.cancel();
+        }
+    };
+    let server = Server::builder()
+        .add_service(health_service)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .add_service(proto::mcp_server_service_server::McpServerServiceServer::new(
+            McpServerApi::new(manager.clone()),
+        ))
+        .serve_with_incoming_shutdown(TcpIncoming::from(listener).with_nodelay(Some(true)), signal);
+    if let Some(addr) = local {
+        tracing::info!(%addr, "mcpd listening");
+    }
+
+    let drain = options.drain_timeout;
+    let result = tokio::select! {
+        result = server => result,
+        () = async { stopping.cancelled().await; tokio::time::sleep(drain).await } => {
+            tracing::warn!(?drain, "in-flight calls did not finish in time; stopping anyway");
+            Ok(())
+        }
+    };
+    manager.mcp().close_all().await;
+    tracing::info!("mcpd stopped");
+    result
+}

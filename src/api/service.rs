@@ -1,0 +1,186 @@
+//! `mcpd.v1.McpServerService`: decode, find the caller's organization, call
+//! the manager, encode. One log line per call.
+
+use std::{future::Future, time::Instant};
+
+use tonic::{Request, Response, Status, metadata::MetadataValue};
+
+use super::{auth, convert, status::to_status};
+use crate::{
+    manager::{CallStats, CreateServer, Manager, ManagerError},
+    proto::{self, mcp_server_service_server::McpServerService},
+};
+
+/// Response metadata: the most pooled connections the call held at once.
+pub const PEAK_CONNECTIONS_HEADER: &str = "mcpd-db-connections-peak";
+/// Response metadata: milliseconds spent talking to the MCP server.
+pub const MCP_MS_HEADER: &str = "mcpd-mcp-ms";
+/// Response metadata: milliseconds spent persisting.
+pub const PERSIST_MS_HEADER: &str = "mcpd-persist-ms";
+
+pub struct McpServerApi {
+    manager: Manager,
+}
+
+impl McpServerApi {
+    pub fn new(manager: Manager) -> Self {
+        McpServerApi { manager }
+    }
+}
+
+/// Logs the call's outcome and duration; never the request's contents.
+async fn observed<T>(
+    rpc: &'static str,
+    org: &str,
+    call: impl Future<Output = Result<Response<T>, Status>>,
+) -> Result<Response<T>, Status> {
+    let started = Instant::now();
+    let result = call.await;
+    let ms = started.elapsed().as_secs_f64() * 1000.0;
+    match &result {
+        Ok(_) => tracing::info!(rpc, org, code = "OK", ms, "rpc"),
+        Err(status) => {
+            tracing::info!(rpc, org, code = ?status.code(), message = status.message(), ms, "rpc")
+        }
+    }
+    result
+}
+
+/// Runs a mutation on its own task: a caller that hangs up must not cut a
+/// create or close off halfway (the work is bounded by its own timeouts).
+async fn detached<T: Send + 'static>(
+    fut: impl Future<Output = (Result<T, ManagerError>, CallStats)> + Send + 'static,
+) -> Result<(T, CallStats), Status> {
+    match tokio::spawn(fut).await {
+        Ok((Ok(value), stats)) => Ok((value, stats)),
+        Ok((Err(err), _)) => Err(to_status(err)),
+        Err(join) => {
+            tracing::error!(error = %join, "request task failed");
+            Err(Status::internal("internal error; see the daemon's log"))
+        }
+    }
+}
+
+fn with_stats<T>(message: T, stats: CallStats) -> Response<T> {
+    let mut response = Response::new(message);
+    let metadata = response.metadata_mut();
+    metadata.insert(PEAK_CONNECTIONS_HEADER, MetadataValue::from(stats.peak_connections as u64));
+    metadata.insert(MCP_MS_HEADER, MetadataValue::from(stats.mcp.as_millis() as u64));
+    metadata.insert(PERSIST_MS_HEADER, MetadataValue::from(stats.persist.as_millis() as u64));
+    response
+}
+
+#[tonic::async_trait]
+impl McpServerService for McpServerApi {
+    async fn create_mcp_server(
+        &self,
+        request: Request<proto::CreateMcpServerRequest>,
+    ) -> Result<Response<proto::CreateMcpServerResponse>, Status> {
+        let org = auth::organization(&request)?;
+        observed("CreateMcpServer", &org, async {
+            let body = request.into_inner();
+            let create = CreateServer {
+                name: body.server_name,
+                transport: convert::transport_request(body.transport),
+            };
+            let manager = self.manager.clone();
+            let owner = org.clone();
+            let (created, stats) =
+                detached(async move { manager.create_server(&owner, create).await }).await?;
+            Ok(with_stats(
+                proto::CreateMcpServerResponse {
+                    server: Some(convert::server(created.server)),
+                    tools: created.tools.into_iter().map(convert::tool).collect(),
+                    failed_tools: created
+                        .failed_tools
+                        .into_iter()
+                        .map(convert::failed_tool)
+                        .collect(),
+                },
+                stats,
+            ))
+        })
+        .await
+    }
+
+    async fn close_mcp_server(
+        &self,
+        request: Request<proto::CloseMcpServerRequest>,
+    ) -> Result<Response<proto::CloseMcpServerResponse>, Status> {
+        let org = auth::organization(&request)?;
+        observed("CloseMcpServer", &org, async {
+            let server_id = request.into_inner().server_id;
+            let manager = self.manager.clone();
+            let (owner, id) = (org.clone(), server_id.clone());
+            let (closed, stats) =
+                detached(async move { manager.close_server(&owner, &id).await }).await?;
+            Ok(with_stats(
+                proto::CloseMcpServerResponse {
+                    server_id,
+                    removed_tools: closed.removed_tools,
+                    removed_mappings: closed.removed_mappings,
+                },
+                stats,
+            ))
+        })
+        .await
+    }
+
+    async fn get_mcp_server(
+        &self,
+        request: Request<proto::GetMcpServerRequest>,
+    ) -> Result<Response<proto::GetMcpServerResponse>, Status> {
+        let org = auth::organization(&request)?;
+        observed("GetMcpServer", &org, async {
+            let server = self
+                .manager
+                .get_server(&org, &request.into_inner().server_id)
+                .await
+                .map_err(to_status)?;
+            Ok(Response::new(proto::GetMcpServerResponse {
+                server: Some(convert::server(server)),
+            }))
+        })
+        .await
+    }
+
+    async fn list_mcp_servers(
+        &self,
+        request: Request<proto::ListMcpServersRequest>,
+    ) -> Result<Response<proto::ListMcpServersResponse>, Status> {
+        let org = auth::organization(&request)?;
+        observed("ListMcpServers", &org, async {
+            let body = request.into_inner();
+            let page = self
+                .manager
+                .list_servers(&org, body.page_size, &body.page_token)
+                .await
+                .map_err(to_status)?;
+            Ok(Response::new(proto::ListMcpServersResponse {
+                servers: page.items.into_iter().map(convert::server).collect(),
+                next_page_token: page.next_page_token,
+            }))
+        })
+        .await
+    }
+
+    async fn list_mcp_server_tools(
+        &self,
+        request: Request<proto::ListMcpServerToolsRequest>,
+    ) -> Result<Response<proto::ListMcpServerToolsResponse>, Status> {
+        let org = auth::organization(&request)?;
+        observed("ListMcpServerTools", &org, async {
+            let body = request.into_inner();
+            let page = self
+                .manager
+                .list_server_tools(&org, &body.server_id, body.page_size, &body.page_token)
+                .await
+                .map_err(to_status)?;
+            Ok(Response::new(proto::ListMcpServerToolsResponse {
+                tools: page.items.into_iter().map(convert::tool).collect(),
+                next_page_token: page.next_page_token,
+            }))
+        })
+        .await
+    }
+}

@@ -1,0 +1,92 @@
+//! Command line and environment: every flag has an `MCPD_*` twin.
+
+use std::{net::SocketAddr, time::Duration};
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::{
+    manager::Limits,
+    mcp::McpSettings,
+    store::{DatabaseUrl, StoreError, StoreSettings},
+};
+
+#[derive(Debug, Parser)]
+#[command(name = "mcpd", version, about = "gRPC registry of MCP servers")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the daemon (applies pending migrations first).
+    Serve(ServeArgs),
+    /// Apply pending database migrations and exit.
+    Migrate(DatabaseArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct DatabaseArgs {
+    /// postgres://USER@HOST/DB or sqlite://PATH. The default is an SQLite
+    /// file in the working directory.
+    #[arg(long, env = "MCPD_DATABASE_URL", default_value = "sqlite://mcpd.db")]
+    pub database_url: String,
+    /// Most pooled database connections.
+    #[arg(long, env = "MCPD_POOL_SIZE", default_value_t = 10)]
+    pub pool_size: u32,
+    /// How long a call waits for a free connection before RESOURCE_EXHAUSTED.
+    #[arg(long, env = "MCPD_POOL_TIMEOUT", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub pool_timeout: Duration,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ServeArgs {
+    /// Address to serve gRPC on.
+    #[arg(long, env = "MCPD_LISTEN", default_value = "127.0.0.1:50051")]
+    pub listen: SocketAddr,
+    #[command(flatten)]
+    pub database: DatabaseArgs,
+    /// Spawning or reaching an MCP server and its initialize handshake.
+    #[arg(long, env = "MCPD_MCP_CONNECT_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub mcp_connect_timeout: Duration,
+    /// Listing all of an MCP server's tools.
+    #[arg(long, env = "MCPD_MCP_LIST_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub mcp_list_timeout: Duration,
+    /// How long a closing MCP session or child process gets before it is
+    /// cancelled or killed.
+    #[arg(long, env = "MCPD_TEARDOWN_GRACE", default_value = "2s", value_parser = humantime::parse_duration)]
+    pub teardown_grace: Duration,
+    /// On SIGINT/SIGTERM, how long in-flight calls get to finish.
+    #[arg(long, env = "MCPD_SHUTDOWN_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub shutdown_timeout: Duration,
+    /// Most tools one MCP server may offer.
+    #[arg(long, env = "MCPD_MAX_TOOLS_PER_SERVER", default_value_t = 10_000)]
+    pub max_tools_per_server: usize,
+}
+
+impl DatabaseArgs {
+    pub fn store_settings(&self) -> Result<StoreSettings, StoreError> {
+        Ok(StoreSettings {
+            url: DatabaseUrl::parse(&self.database_url)?,
+            pool_size: self.pool_size.max(1),
+            acquire_timeout: self.pool_timeout,
+        })
+    }
+}
+
+impl ServeArgs {
+    pub fn mcp_settings(&self) -> McpSettings {
+        McpSettings {
+            connect_timeout: self.mcp_connect_timeout,
+            list_timeout: self.mcp_list_timeout,
+            teardown_grace: self.teardown_grace,
+            ..McpSettings::default()
+        }
+    }
+
+    pub fn limits(&self) -> Limits {
+        Limits {
+            max_tools_per_server: self.max_tools_per_server,
+        }
+    }
+}

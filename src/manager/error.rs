@@ -1,0 +1,53 @@
+use crate::{
+    mcp::{McpError, Stage},
+    store::StoreError,
+};
+
+/// The use cases' errors. The api layer maps each variant to one gRPC code.
+#[derive(Debug, thiserror::Error)]
+pub enum ManagerError {
+    #[error("{0}")]
+    InvalidArgument(String),
+    #[error("{0}")]
+    AlreadyExists(String),
+    #[error("{0}")]
+    NotFound(String),
+    /// A limit of the daemon was hit (pool, tool count).
+    #[error("{0}")]
+    ResourceExhausted(String),
+    /// The MCP server or the database could not be reached or failed.
+    #[error("{0}")]
+    Unavailable(String),
+    #[error("{0}")]
+    DeadlineExceeded(String),
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl From<StoreError> for ManagerError {
+    fn from(err: StoreError) -> Self {
+        match err {
+            StoreError::ServerNameTaken(_) => ManagerError::AlreadyExists(err.to_string()),
+            StoreError::ServerNotFound(_) => ManagerError::NotFound(err.to_string()),
+            StoreError::PoolExhausted(_) => ManagerError::ResourceExhausted(err.to_string()),
+            StoreError::Unavailable(_) => ManagerError::Unavailable(err.to_string()),
+            StoreError::InvalidUrl { .. } | StoreError::Migration(_) | StoreError::Query(_) => {
+                ManagerError::Internal(err.to_string())
+            }
+        }
+    }
+}
+
+impl From<McpError> for ManagerError {
+    fn from(err: McpError) -> Self {
+        match err {
+            McpError::Timeout { .. } => ManagerError::DeadlineExceeded(err.to_string()),
+            McpError::Settings(_) => ManagerError::InvalidArgument(err.to_string()),
+            McpError::Spawn { .. }
+            | McpError::Failed {
+                stage: Stage::Connect | Stage::ListTools,
+                ..
+            } => ManagerError::Unavailable(err.to_string()),
+        }
+    }
+}

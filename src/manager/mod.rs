@@ -1,0 +1,375 @@
+//! The use cases: create, close, get and list MCP servers. Each takes at most
+//! one pooled connection at a time and never holds one across MCP traffic.
+
+mod error;
+mod paging;
+mod tools;
+mod validate;
+
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+pub use error::ManagerError;
+pub use validate::TransportRequest;
+
+use crate::{
+    mcp::{McpConnector, TransportSpec},
+    store::{ServerRow, Store, ToolRow, track_connections},
+};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TransportKind {
+    Stdio,
+    StreamableHttp,
+    Sse,
+}
+
+impl TransportKind {
+    fn as_str(self) -> &'static str {
+        match self {
+            TransportKind::Stdio => "stdio",
+            TransportKind::StreamableHttp => "streamable_http",
+            TransportKind::Sse => "sse",
+        }
+    }
+
+    fn parse(s: &str) -> Option<Self> {
+        match s {
+            "stdio" => Some(TransportKind::Stdio),
+            "streamable_http" => Some(TransportKind::StreamableHttp),
+            "sse" => Some(TransportKind::Sse),
+            _ => None,
+        }
+    }
+
+    fn of(spec: &TransportSpec) -> Self {
+        match spec {
+            TransportSpec::Stdio { .. } => TransportKind::Stdio,
+            TransportSpec::StreamableHttp { .. } => TransportKind::StreamableHttp,
+            TransportSpec::Sse { .. } => TransportKind::Sse,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Server {
+    pub id: String,
+    pub name: String,
+    pub transport: Option<TransportKind>,
+    pub endpoint: String,
+    pub created_at_ms: i64,
+    pub tool_count: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tool {
+    pub id: String,
+    pub name: String,
+    pub description: String,
+    pub input_schema_json: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FailedTool {
+    pub name: String,
+    pub reason: String,
+}
+
+/// No `Debug`: the transport holds secrets.
+#[derive(Clone)]
+pub struct CreateServer {
+    pub name: String,
+    pub transport: Option<TransportRequest>,
+}
+
+/// Where a call's time and connections went; the api layer reports it in
+/// response metadata (the benchmark reads it).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CallStats {
+    /// Most pooled connections this call held at once.
+    pub peak_connections: usize,
+    pub mcp: Duration,
+    pub persist: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct Created {
+    pub server: Server,
+    pub tools: Vec<Tool>,
+    pub failed_tools: Vec<FailedTool>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Closed {
+    pub removed_tools: u32,
+    pub removed_mappings: u32,
+}
+
+#[derive(Debug, Clone)]
+pub struct Page<T> {
+    pub items: Vec<T>,
+    pub next_page_token: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct Limits {
+    pub max_tools_per_server: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_tools_per_server: 10_000,
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct Manager {
+    store: Store,
+    mcp: McpConnector,
+    limits: Limits,
+}
+
+impl Manager {
+    pub fn new(store: Store, mcp: McpConnector, limits: Limits) -> Self {
+        Manager { store, mcp, limits }
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    pub fn mcp(&self) -> &McpConnector {
+        &self.mcp
+    }
+
+    /// Validate, connect and list (no database connection held), then
+    /// persist everything on one connection in one transaction.
+    pub async fn create_server(
+        &self,
+        org: &str,
+        request: CreateServer,
+    ) -> (Result<Created, ManagerError>, CallStats) {
+        let mut stats = CallStats::default();
+        let (result, peak) = track_connections(self.create_inner(org, request, &mut stats)).await;
+        stats.peak_connections = peak;
+        (result, stats)
+    }
+
+    async fn create_inner(
+        &self,
+        org: &str,
+        request: CreateServer,
+        stats: &mut CallStats,
+    ) -> Result<Created, ManagerError> {
+        validate::organization_id(org)?;
+        validate::server_name(&request.name)?;
+        let spec = validate::transport(request.transport)?;
+        // Fail fast before spawning anything; the insert below still
+        // enforces the rule against concurrent creates.
+        if self.store.server_name_taken(org, &request.name).await? {
+            return Err(ManagerError::AlreadyExists(format!(
+                "an MCP server named {:?} already exists in this organization",
+                request.name
+            )));
+        }
+
+        let server_id = uuid::Uuid::now_v7().to_string();
+        let started = Instant::now();
+        let session = self.mcp.connect(org, &server_id, &spec).await?;
+        let listed = session.list_tools().await;
+        // The session is done with; its teardown overlaps the persistence.
+        let teardown = tokio::spawn(session.close());
+        stats.mcp = started.elapsed();
+        let listed = match listed {
+            Ok(listed) => listed,
+            Err(err) => {
+                let _ = teardown.await;
+                return Err(err.into());
+            }
+        };
+        if listed.len() > self.limits.max_tools_per_server {
+            let _ = teardown.await;
+            return Err(ManagerError::ResourceExhausted(format!(
+                "the MCP server offers {} tools; at most {} per server are allowed",
+                listed.len(),
+                self.limits.max_tools_per_server
+            )));
+        }
+
+        let (checked, mut failed_tools) = tools::check(listed);
+        let now = now_ms();
+        let server_row = ServerRow {
+            id: server_id,
+            organization_id: org.to_owned(),
+            name: request.name,
+            transport: TransportKind::of(&spec).as_str().to_owned(),
+            endpoint: spec.endpoint(),
+            transport_config: transport_config_json(&spec),
+            tool_count: 0,
+            created_at: now,
+        };
+        let tool_rows = checked
+            .into_iter()
+            .map(|tool| ToolRow {
+                id: uuid::Uuid::now_v7().to_string(),
+                organization_id: org.to_owned(),
+                name: tool.name,
+                description: tool.description,
+                input_schema: tool.input_schema,
+                created_at: now,
+            })
+            .collect();
+        let persist_started = Instant::now();
+        let persisted = self.store.create_server(server_row, tool_rows).await;
+        stats.persist = persist_started.elapsed();
+        if let Err(err) = teardown.await {
+            tracing::debug!(error = %err, "MCP session teardown task failed");
+        }
+        let created = persisted?;
+        failed_tools.extend(created.name_conflicts.into_iter().map(|name| FailedTool {
+            reason: format!(
+                "another MCP server of this organization already provides a tool named {name:?}"
+            ),
+            name,
+        }));
+        Ok(Created {
+            server: server_from_row(created.server),
+            tools: created.tools.into_iter().map(tool_from_row).collect(),
+            failed_tools,
+        })
+    }
+
+    /// Tears down what the daemon holds for the server (best-effort), then
+    /// removes it with its mappings and the tools only it provided.
+    pub async fn close_server(
+        &self,
+        org: &str,
+        server_id: &str,
+    ) -> (Result<Closed, ManagerError>, CallStats) {
+        let (result, peak) = track_connections(async {
+            validate::organization_id(org)?;
+            validate::server_id(server_id)?;
+            self.mcp.close_server(org, server_id).await;
+            let deleted = self.store.delete_server(org, server_id).await?;
+            Ok(Closed {
+                removed_tools: deleted.removed_tools,
+                removed_mappings: deleted.removed_mappings,
+            })
+        })
+        .await;
+        let stats = CallStats {
+            peak_connections: peak,
+            ..CallStats::default()
+        };
+        (result, stats)
+    }
+
+    pub async fn get_server(&self, org: &str, server_id: &str) -> Result<Server, ManagerError> {
+        validate::organization_id(org)?;
+        validate::server_id(server_id)?;
+        Ok(server_from_row(
+            self.store.get_server(org, server_id).await?,
+        ))
+    }
+
+    pub async fn list_servers(
+        &self,
+        org: &str,
+        page_size: i32,
+        page_token: &str,
+    ) -> Result<Page<Server>, ManagerError> {
+        validate::organization_id(org)?;
+        let limit = paging::page_size(page_size)?;
+        let scope = format!("servers/{org}");
+        let after = paging::decode_token(&scope, page_token)?;
+        // One more than asked tells whether another page exists.
+        let mut rows = self
+            .store
+            .list_servers(org, after.as_deref(), limit + 1)
+            .await?;
+        let next_page_token = next_token(&mut rows, limit, |row| paging::encode_token(&scope, &row.id));
+        Ok(Page {
+            items: rows.into_iter().map(server_from_row).collect(),
+            next_page_token,
+        })
+    }
+
+    pub async fn list_server_tools(
+        &self,
+        org: &str,
+        server_id: &str,
+        page_size: i32,
+        page_token: &str,
+    ) -> Result<Page<Tool>, ManagerError> {
+        validate::organization_id(org)?;
+        validate::server_id(server_id)?;
+        let limit = paging::page_size(page_size)?;
+        let scope = format!("tools/{org}/{server_id}");
+        let after = paging::decode_token(&scope, page_token)?;
+        let mut rows = self
+            .store
+            .list_server_tools(org, server_id, after.as_deref(), limit + 1)
+            .await?;
+        let next_page_token =
+            next_token(&mut rows, limit, |row| paging::encode_token(&scope, &row.name));
+        Ok(Page {
+            items: rows.into_iter().map(tool_from_row).collect(),
+            next_page_token,
+        })
+    }
+}
+
+fn next_token<T>(rows: &mut Vec<T>, limit: i64, token: impl Fn(&T) -> String) -> String {
+    let limit = usize::try_from(limit).unwrap_or(usize::MAX);
+    if rows.len() > limit {
+        rows.truncate(limit);
+        rows.last().map(token).unwrap_or_default()
+    } else {
+        String::new()
+    }
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or_default()
+}
+
+/// The transport as stored, so a later sync can reconnect. It holds header
+/// and env values: encrypting them at rest is tracked separately.
+fn transport_config_json(spec: &TransportSpec) -> String {
+    let value = match spec {
+        TransportSpec::Stdio { command, args, env } => {
+            serde_json::json!({ "stdio": { "command": command, "args": args, "env": env } })
+        }
+        TransportSpec::StreamableHttp { url, headers } => {
+            serde_json::json!({ "streamable_http": { "url": url.as_str(), "headers": headers } })
+        }
+        TransportSpec::Sse { url, headers } => {
+            serde_json::json!({ "sse": { "url": url.as_str(), "headers": headers } })
+        }
+    };
+    value.to_string()
+}
+
+fn server_from_row(row: ServerRow) -> Server {
+    Server {
+        transport: TransportKind::parse(&row.transport),
+        id: row.id,
+        name: row.name,
+        endpoint: row.endpoint,
+        created_at_ms: row.created_at,
+        tool_count: u32::try_from(row.tool_count).unwrap_or_default(),
+    }
+}
+
+fn tool_from_row(row: ToolRow) -> Tool {
+    Tool {
+        id: row.id,
+        name: row.name,
+        description: row.description,
+        input_schema_json: row.input_schema,
+    }
+}

@@ -1,0 +1,123 @@
+//! Which discovered tools can be stored. A bad tool becomes a reason in the
+//! answer; it never fails the request.
+
+use std::collections::HashSet;
+
+use super::FailedTool;
+use crate::mcp::Tool;
+
+pub const MAX_TOOL_NAME: usize = 128;
+pub const MAX_TOOL_DESCRIPTION: usize = 16 * 1024;
+pub const MAX_TOOL_SCHEMA: usize = 64 * 1024;
+
+/// A tool that passed validation, ready to store.
+#[derive(Debug, Clone)]
+pub struct CheckedTool {
+    pub name: String,
+    pub description: String,
+    pub input_schema: String,
+}
+
+pub fn check(tools: Vec<Tool>) -> (Vec<CheckedTool>, Vec<FailedTool>) {
+    let mut seen = HashSet::with_capacity(tools.len());
+    let mut ok = Vec::with_capacity(tools.len());
+    let mut failed = Vec::new();
+    for tool in tools {
+        let name = tool.name.to_string();
+        match check_one(&tool) {
+            Err(reason) => failed.push(FailedTool { name, reason }),
+            Ok(checked) if !seen.insert(checked.name.clone()) => failed.push(FailedTool {
+                name,
+                reason: "the server lists this tool name more than once; the first was kept"
+                    .into(),
+            }),
+            Ok(checked) => ok.push(checked),
+        }
+    }
+    (ok, failed)
+}
+
+fn check_one(tool: &Tool) -> Result<CheckedTool, String> {
+    let name = tool.name.as_ref();
+    if name.is_empty() {
+        return Err("tool name is empty".into());
+    }
+    if name.len() > MAX_TOOL_NAME {
+        return Err(format!(
+            "tool name is {} characters long; at most {MAX_TOOL_NAME} are allowed",
+            name.len()
+        ));
+    }
+    if !name
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || "_-./".contains(c))
+    {
+        return Err("tool name may contain only letters, digits, '_', '-', '.' and '/'".into());
+    }
+    let description = tool.description.as_deref().unwrap_or_default();
+    if description.len() > MAX_TOOL_DESCRIPTION {
+        return Err(format!(
+            "description is {} bytes long; at most {MAX_TOOL_DESCRIPTION} are allowed",
+            description.len()
+        ));
+    }
+    // MCP requires an object schema for tool input.
+    match tool.input_schema.get("type") {
+        Some(serde_json::Value::String(t)) if t == "object" => {}
+        Some(other) => {
+            return Err(format!(
+                "input schema must have \"type\": \"object\", not {other}"
+            ));
+        }
+        None => return Err("input schema has no \"type\"; it must be \"object\"".into()),
+    }
+    let input_schema = serde_json::to_string(tool.input_schema.as_ref())
+        .map_err(|e| format!("input schema cannot be serialized: {e}"))?;
+    if input_schema.len() > MAX_TOOL_SCHEMA {
+        return Err(format!(
+            "input schema is {} bytes long; at most {MAX_TOOL_SCHEMA} are allowed",
+            input_schema.len()
+        ));
+    }
+    Ok(CheckedTool {
+        name: name.to_owned(),
+        description: description.to_owned(),
+        input_schema,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+
+    fn tool(name: &str, schema: serde_json::Value) -> Tool {
+        let serde_json::Value::Object(schema) = schema else {
+            panic!("schema must be an object")
+        };
+        Tool::new(name.to_owned(), "d", Arc::new(schema))
+    }
+
+    #[test]
+    fn sorts_good_from_bad_with_reasons() {
+        let object = serde_json::json!({"type": "object"});
+        let (ok, failed) = check(vec![
+            tool("good", object.clone()),
+            tool("", object.clone()),
+            tool("bad name!", object.clone()),
+            tool(&"x".repeat(MAX_TOOL_NAME + 1), object.clone()),
+            tool("stringy", serde_json::json!({"type": "string"})),
+            tool("good", object.clone()),
+        ]);
+        assert_eq!(ok.len(), 1);
+        assert_eq!(ok[0].name, "good");
+        let reasons: Vec<&str> = failed.iter().map(|f| f.reason.as_str()).collect();
+        assert_eq!(failed.len(), 5, "{reasons:?}");
+        assert!(reasons[0].contains("empty"));
+        assert!(reasons[1].contains("letters"));
+        assert!(reasons[2].contains("at most"));
+        assert!(reasons[3].contains("object"));
+        assert!(reasons[4].contains("more than once"));
+    }
+}

@@ -1,0 +1,159 @@
+//! Stdio MCP servers as child processes we own: their own process group, a
+//! clean environment, stderr drained, and a teardown that always reaps.
+
+use std::{
+    collections::{BTreeMap, VecDeque},
+    process::Stdio,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use tokio::{
+    io::AsyncReadExt,
+    process::{Child, ChildStdin, ChildStdout, Command},
+};
+
+use super::McpError;
+
+/// Bytes of the child's stderr kept for error messages.
+const STDERR_TAIL: usize = 1024;
+
+pub(super) struct ChildProcess {
+    child: Child,
+    /// The child leads its own process group, so one signal reaches whatever
+    /// it spawned too (npx → node, shells → their jobs).
+    pgid: Option<i32>,
+    program: String,
+    stderr_tail: Arc<Mutex<VecDeque<u8>>>,
+    swept: bool,
+}
+
+impl ChildProcess {
+    pub(super) fn spawn(
+        program: &str,
+        args: &[String],
+        env: &BTreeMap<String, String>,
+        passthrough: &[String],
+    ) -> Result<(ChildProcess, ChildStdout, ChildStdin), McpError> {
+        let mut command = Command::new(program);
+        command
+            .args(args)
+            .env_clear()
+            .envs(
+                passthrough
+                    .iter()
+                    .filter_map(|name| std::env::var_os(name).map(|value| (name, value))),
+            )
+            .envs(env)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .process_group(0)
+            // A safety net only: teardown kills the whole group and reaps.
+            .kill_on_drop(true);
+        let mut child = command.spawn().map_err(|source| McpError::Spawn {
+            program: program.to_owned(),
+            source,
+        })?;
+        let (Some(stdout), Some(stdin)) = (child.stdout.take(), child.stdin.take()) else {
+            return Err(McpError::Settings("child stdio was not piped".into()));
+        };
+        let stderr_tail = Arc::new(Mutex::new(VecDeque::with_capacity(STDERR_TAIL)));
+        if let Some(mut stderr) = child.stderr.take() {
+            // Drained so a chatty child never blocks on a full pipe.
+            let tail = stderr_tail.clone();
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                while let Ok(n @ 1..) = stderr.read(&mut buf).await {
+                    if let Ok(mut tail) = tail.lock() {
+                        tail.extend(&buf[..n]);
+                        let excess = tail.len().saturating_sub(STDERR_TAIL);
+                        tail.drain(..excess);
+                    }
+                }
+            });
+        }
+        let pgid = child.id().and_then(|pid| i32::try_from(pid).ok());
+        Ok((
+            ChildProcess {
+                child,
+                pgid,
+                program: program.to_owned(),
+                stderr_tail,
+                swept: false,
+            },
+            stdout,
+            stdin,
+        ))
+    }
+
+    pub(super) fn pid(&self) -> Option<u32> {
+        self.pgid.and_then(|p| u32::try_from(p).ok())
+    }
+
+    /// The last lines the child wrote to stderr, for error messages.
+    pub(super) fn stderr_tail(&self) -> String {
+        let tail = match self.stderr_tail.lock() {
+            Ok(tail) => tail.iter().copied().collect::<Vec<u8>>(),
+            Err(_) => return String::new(),
+        };
+        String::from_utf8_lossy(&tail).trim().to_owned()
+    }
+
+    /// Waits `grace` for the child to exit by itself (its stdin is closed by
+    /// now), then kills its process group and reaps it. Never fails: what goes
+    /// wrong is logged at debug.
+    pub(super) async fn reap(mut self, grace: Duration) {
+        match tokio::time::timeout(grace, self.child.wait()).await {
+            Ok(Ok(status)) => {
+                tracing::debug!(program = %self.program, %status, "stdio MCP server exited")
+            }
+            Ok(Err(err)) => {
+                tracing::debug!(program = %self.program, error = %err, "waiting for stdio MCP server failed")
+            }
+            Err(_) => tracing::debug!(
+                program = %self.program,
+                ?grace,
+                "stdio MCP server did not exit after its session closed; killing it"
+            ),
+        }
+        // Also sweeps anything the child left behind in its group.
+        self.kill_group();
+        match tokio::time::timeout(grace, self.child.wait()).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(err)) => {
+                tracing::debug!(program = %self.program, error = %err, "reaping stdio MCP server failed")
+            }
+            Err(_) => {
+                tracing::debug!(program = %self.program, "stdio MCP server survived SIGKILL for {grace:?}")
+            }
+        }
+    }
+
+    fn kill_group(&mut self) {
+        if self.swept {
+            return;
+        }
+        self.swept = true;
+        if let Some(pgid) = self.pgid {
+            // SAFETY: killpg has no memory-safety preconditions. ESRCH (the
+            // group is already gone) is the expected, harmless outcome.
+            let rc = unsafe { libc::killpg(pgid, libc::SIGKILL) };
+            if rc != 0 {
+                let err = std::io::Error::last_os_error();
+                if err.raw_os_error() != Some(libc::ESRCH) {
+                    tracing::debug!(program = %self.program, error = %err, "killpg failed");
+                }
+            }
+        }
+    }
+}
+
+impl Drop for ChildProcess {
+    /// A session dropped without teardown (its request was cancelled) still
+    /// leaves nothing behind: the group is killed here and tokio reaps the
+    /// leader in the background (`kill_on_drop`).
+    fn drop(&mut self) {
+        self.kill_group();
+    }
+}

@@ -1,0 +1,198 @@
+//! Opens MCP sessions over the three transports and keeps track of them.
+
+use std::{collections::HashMap, future::Future, time::Duration};
+
+use http::{HeaderMap, HeaderName, HeaderValue};
+use rmcp::{
+    ServiceExt,
+    model::{ClientCapabilities, Implementation, InitializeRequestParams},
+    transport::{StreamableHttpClientTransport, streamable_http_client::StreamableHttpClientTransportConfig},
+};
+
+use super::{
+    McpError, McpSettings, Session, Stage, TransportSpec,
+    child::ChildProcess,
+    live::{Live, LiveSessions},
+    session::teardown,
+    sse::SseClientTransport,
+};
+
+/// The MCP client side of the daemon. Cheap to clone.
+#[derive(Clone)]
+pub struct McpConnector {
+    http: reqwest::Client,
+    settings: McpSettings,
+    live: LiveSessions,
+}
+
+impl McpConnector {
+    pub fn new(settings: McpSettings) -> Result<Self, McpError> {
+        let http = reqwest::Client::builder()
+            .connect_timeout(settings.connect_timeout)
+            // MCP servers are reached where the request says, never through
+            // whatever proxy the daemon's environment names.
+            .no_proxy()
+            .build()
+            .map_err(|e| McpError::Settings(format!("HTTP client: {e}")))?;
+        Ok(McpConnector {
+            http,
+            settings,
+            live: LiveSessions::default(),
+        })
+    }
+
+    pub fn settings(&self) -> &McpSettings {
+        &self.settings
+    }
+
+    /// Connects and completes the MCP initialize handshake within the
+    /// connect timeout. The session is registered under (org, server id)
+    /// until it is closed or dropped.
+    pub async fn connect(
+        &self,
+        organization_id: &str,
+        server_id: &str,
+        spec: &TransportSpec,
+    ) -> Result<Session, McpError> {
+        let timeout = self.settings.connect_timeout;
+        let timed_out = || McpError::Timeout {
+            stage: Stage::Connect,
+            after: timeout,
+        };
+        let live = match spec {
+            TransportSpec::Stdio { command, args, env } => {
+                let (child, stdout, stdin) =
+                    ChildProcess::spawn(command, args, env, &self.settings.stdio_env_passthrough)?;
+                tracing::debug!(program = %command, pid = ?child.pid(), "spawned stdio MCP server");
+                match tokio::time::timeout(timeout, client_info().serve((stdout, stdin))).await {
+                    Ok(Ok(service)) => Live {
+                        service,
+                        child: Some(child),
+                    },
+                    Ok(Err(err)) => {
+                        // Give the child a moment to finish its last words on
+                        // stderr: they usually say why it failed.
+                        let grace = self.settings.teardown_grace.min(Duration::from_millis(200));
+                        tokio::time::sleep(grace).await;
+                        let stderr = child.stderr_tail();
+                        child.reap(self.settings.teardown_grace).await;
+                        let detail = if stderr.is_empty() {
+                            err.to_string()
+                        } else {
+                            format!("{err}; its stderr ends with: {stderr}")
+                        };
+                        return Err(McpError::failed(Stage::Connect, detail));
+                    }
+                    Err(_) => {
+                        child.reap(self.settings.teardown_grace).await;
+                        return Err(timed_out());
+                    }
+                }
+            }
+            TransportSpec::StreamableHttp { url, headers } => {
+                let config = StreamableHttpClientTransportConfig::with_uri(url.as_str())
+                    .custom_headers(header_map(headers)?.into_iter().collect());
+                let transport =
+                    StreamableHttpClientTransport::with_client(self.http.clone(), config);
+                Live {
+                    service: self
+                        .within(timeout, client_info().serve(transport))
+                        .await?,
+                    child: None,
+                }
+            }
+            TransportSpec::Sse { url, headers } => {
+                let headers: HeaderMap = header_map(headers)?.into_iter().collect();
+                let transport = tokio::time::timeout(
+                    timeout,
+                    SseClientTransport::connect(self.http.clone(), url.clone(), headers),
+                )
+                .await
+                .map_err(|_| timed_out())?
+                .map_err(|e| McpError::failed(Stage::Connect, e))?;
+                Live {
+                    service: self
+                        .within(timeout, client_info().serve(transport))
+                        .await?,
+                    child: None,
+                }
+            }
+        };
+        Ok(Session::new(
+            live,
+            (organization_id.to_owned(), server_id.to_owned()),
+            self.live.clone(),
+            self.settings.list_timeout,
+            self.settings.teardown_grace,
+        ))
+    }
+
+    async fn within<T, E: std::fmt::Display>(
+        &self,
+        timeout: Duration,
+        fut: impl Future<Output = Result<T, E>>,
+    ) -> Result<T, McpError> {
+        match tokio::time::timeout(timeout, fut).await {
+            Ok(Ok(value)) => Ok(value),
+            Ok(Err(err)) => Err(McpError::failed(Stage::Connect, err)),
+            Err(_) => Err(McpError::Timeout {
+                stage: Stage::Connect,
+                after: timeout,
+            }),
+        }
+    }
+
+    /// Tears down every session still open for one server. Best-effort.
+    pub async fn close_server(&self, organization_id: &str, server_id: &str) {
+        let key = (organization_id.to_owned(), server_id.to_owned());
+        let grace = self.settings.teardown_grace;
+        futures::future::join_all(
+            self.live
+                .take(Some(&key))
+                .into_iter()
+                .map(|live| teardown(live, grace)),
+        )
+        .await;
+    }
+
+    /// Tears down every session the daemon holds (shutdown).
+    pub async fn close_all(&self) {
+        let grace = self.settings.teardown_grace;
+        futures::future::join_all(
+            self.live
+                .take(None)
+                .into_iter()
+                .map(|live| teardown(live, grace)),
+        )
+        .await;
+    }
+
+    /// Sessions open right now.
+    pub fn open_sessions(&self) -> usize {
+        self.live.len()
+    }
+}
+
+fn client_info() -> InitializeRequestParams {
+    InitializeRequestParams::new(
+        ClientCapabilities::default(),
+        Implementation::new("mcpd", env!("CARGO_PKG_VERSION")),
+    )
+}
+
+/// Header values are secrets: a bad one is reported by name only.
+fn header_map(
+    headers: &std::collections::BTreeMap<String, String>,
+) -> Result<HashMap<HeaderName, HeaderValue>, McpError> {
+    headers
+        .iter()
+        .map(|(name, value)| {
+            let header_name = HeaderName::try_from(name.as_str())
+                .map_err(|_| McpError::Settings(format!("invalid header name {name:?}")))?;
+            let mut header_value = HeaderValue::try_from(value.as_str())
+                .map_err(|_| McpError::Settings(format!("invalid value for header {name:?}")))?;
+            header_value.set_sensitive(true);
+            Ok((header_name, header_value))
+        })
+        .collect()
+}

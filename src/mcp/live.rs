@@ -1,0 +1,85 @@
+//! The sessions the daemon holds right now, by server, so Close and shutdown
+//! can tear down what is still open.
+
+use std::{
+    collections::HashMap,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, Ordering},
+    },
+};
+
+use rmcp::{RoleClient, model::InitializeRequestParams, service::RunningService};
+
+use super::child::ChildProcess;
+
+/// What a live session owns: the rmcp service and, for stdio, the process.
+pub(super) struct Live {
+    pub(super) service: RunningService<RoleClient, InitializeRequestParams>,
+    pub(super) child: Option<ChildProcess>,
+}
+
+/// Shared between a [`super::Session`] and the registry; whoever takes the
+/// `Live` out first tears it down.
+pub(super) type Slot = Arc<Mutex<Option<Live>>>;
+
+/// (organization, server id): ids are only meaningful inside an organization.
+pub(super) type ServerKey = (String, String);
+
+#[derive(Default, Clone)]
+pub(super) struct LiveSessions {
+    inner: Arc<Registry>,
+}
+
+#[derive(Default)]
+struct Registry {
+    next_id: AtomicU64,
+    slots: Mutex<HashMap<ServerKey, HashMap<u64, Slot>>>,
+}
+
+impl LiveSessions {
+    pub(super) fn register(&self, key: ServerKey, slot: Slot) -> u64 {
+        let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
+        if let Ok(mut slots) = self.inner.slots.lock() {
+            slots.entry(key).or_default().insert(id, slot);
+        }
+        id
+    }
+
+    pub(super) fn deregister(&self, key: &ServerKey, id: u64) {
+        if let Ok(mut slots) = self.inner.slots.lock()
+            && let Some(sessions) = slots.get_mut(key)
+        {
+            sessions.remove(&id);
+            if sessions.is_empty() {
+                slots.remove(key);
+            }
+        }
+    }
+
+    /// Takes out what the sessions of one server (or of all servers) hold.
+    pub(super) fn take(&self, key: Option<&ServerKey>) -> Vec<Live> {
+        let slots: Vec<Slot> = match self.inner.slots.lock() {
+            Ok(mut slots) => match key {
+                Some(key) => slots
+                    .remove(key)
+                    .map(|m| m.into_values().collect())
+                    .unwrap_or_default(),
+                None => slots.drain().flat_map(|(_, m)| m.into_values()).collect(),
+            },
+            Err(_) => Vec::new(),
+        };
+        slots
+            .into_iter()
+            .filter_map(|slot| slot.lock().ok().and_then(|mut live| live.take()))
+            .collect()
+    }
+
+    pub(super) fn len(&self) -> usize {
+        self.inner
+            .slots
+            .lock()
+            .map(|slots| slots.values().map(HashMap::len).sum())
+            .unwrap_or(0)
+    }
+}

@@ -1,0 +1,85 @@
+//! Multi-row INSERTs written as query fragments, so one statement text serves
+//! both backends (diesel's own batch insert does not reach SQLite through
+//! diesel-async's sync wrapper).
+
+use diesel::{
+    backend::Backend,
+    query_builder::{AstPass, Query, QueryFragment, QueryId},
+    serialize::ToSql,
+    sql_types::{BigInt, Text},
+    QueryResult,
+};
+
+use super::models::{MappingRow, ToolRow};
+
+/// `INSERT INTO tools … ON CONFLICT (organization_id, name) DO NOTHING RETURNING id`:
+/// the ids that come back are the tools stored; the others lost to a name the
+/// organization already has.
+pub(super) struct InsertToolsReturningStored<'a>(pub &'a [ToolRow]);
+
+impl<DB> QueryFragment<DB> for InsertToolsReturningStored<'_>
+where
+    DB: Backend,
+    String: ToSql<Text, DB>,
+    i64: ToSql<BigInt, DB>,
+{
+    fn walk_ast<'b>(&'b self, mut out: AstPass<'_, 'b, DB>) -> QueryResult<()> {
+        out.unsafe_to_cache_prepared();
+        out.push_sql(
+            "INSERT INTO tools (id, organization_id, name, description, input_schema, created_at) VALUES ",
+        );
+        for (i, tool) in self.0.iter().enumerate() {
+            out.push_sql(if i == 0 { "(" } else { ", (" });
+            out.push_bind_param::<Text, _>(&tool.id)?;
+            out.push_sql(", ");
+            out.push_bind_param::<Text, _>(&tool.organization_id)?;
+            out.push_sql(", ");
+            out.push_bind_param::<Text, _>(&tool.name)?;
+            out.push_sql(", ");
+            out.push_bind_param::<Text, _>(&tool.description)?;
+            out.push_sql(", ");
+            out.push_bind_param::<Text, _>(&tool.input_schema)?;
+            out.push_sql(", ");
+            out.push_bind_param::<BigInt, _>(&tool.created_at)?;
+            out.push_sql(")");
+        }
+        out.push_sql(" ON CONFLICT (organization_id, name) DO NOTHING RETURNING id");
+        Ok(())
+    }
+}
+
+impl Query for InsertToolsReturningStored<'_> {
+    type SqlType = Text;
+}
+
+impl QueryId for InsertToolsReturningStored<'_> {
+    type QueryId = ();
+    const HAS_STATIC_QUERY_ID: bool = false;
+}
+
+/// `INSERT INTO server_tools (server_id, tool_id) VALUES …`.
+pub(super) struct InsertMappings<'a>(pub &'a [MappingRow]);
+
+impl<DB> QueryFragment<DB> for InsertMappings<'_>
+where
+    DB: Backend,
+    String: ToSql<Text, DB>,
+{
+    fn walk_ast<'b>(&'b self, mut out: AstPass<'_, 'b, DB>) -> QueryResult<()> {
+        out.unsafe_to_cache_prepared();
+        out.push_sql("INSERT INTO server_tools (server_id, tool_id) VALUES ");
+        for (i, mapping) in self.0.iter().enumerate() {
+            out.push_sql(if i == 0 { "(" } else { ", (" });
+            out.push_bind_param::<Text, _>(&mapping.server_id)?;
+            out.push_sql(", ");
+            out.push_bind_param::<Text, _>(&mapping.tool_id)?;
+            out.push_sql(")");
+        }
+        Ok(())
+    }
+}
+
+impl QueryId for InsertMappings<'_> {
+    type QueryId = ();
+    const HAS_STATIC_QUERY_ID: bool = false;
+}

@@ -1,0 +1,41 @@
+//! Embedded migrations, one folder per backend (`migrations/postgres`,
+//! `migrations/sqlite`). They run on a dedicated connection on a blocking
+//! thread: diesel's migration harness is synchronous.
+
+use diesel::{Connection, SqliteConnection};
+use diesel_async::{AsyncPgConnection, async_connection_wrapper::AsyncConnectionWrapper};
+use diesel_migrations::{EmbeddedMigrations, MigrationHarness, embed_migrations};
+
+use super::{DatabaseUrl, StoreError};
+
+const POSTGRES: EmbeddedMigrations = embed_migrations!("migrations/postgres");
+const SQLITE: EmbeddedMigrations = embed_migrations!("migrations/sqlite");
+
+/// Applies pending migrations; returns the versions applied now.
+pub async fn run_migrations(url: &DatabaseUrl) -> Result<Vec<String>, StoreError> {
+    let url = url.clone();
+    tokio::task::spawn_blocking(move || match &url {
+        DatabaseUrl::Postgres(url) => {
+            let mut conn = AsyncConnectionWrapper::<AsyncPgConnection>::establish(url)
+                .map_err(|e| StoreError::Unavailable(e.to_string()))?;
+            apply(&mut conn, POSTGRES)
+        }
+        DatabaseUrl::Sqlite(path) => {
+            let mut conn = SqliteConnection::establish(path)
+                .map_err(|e| StoreError::Unavailable(e.to_string()))?;
+            apply(&mut conn, SQLITE)
+        }
+    })
+    .await
+    .map_err(|e| StoreError::Migration(e.to_string()))?
+}
+
+fn apply<DB, C>(conn: &mut C, migrations: EmbeddedMigrations) -> Result<Vec<String>, StoreError>
+where
+    DB: diesel::backend::Backend,
+    C: MigrationHarness<DB>,
+{
+    conn.run_pending_migrations(migrations)
+        .map(|applied| applied.iter().map(ToString::to_string).collect())
+        .map_err(|e| StoreError::Migration(e.to_string()))
+}

@@ -1,0 +1,285 @@
+//! All database access: the pool, the schema, the queries and the migrations.
+//!
+//! Two backends share one schema and one set of queries: [`with_conn!`]
+//! instantiates each query body once per backend, so the dispatch stays here.
+
+mod batch;
+mod error;
+mod metrics;
+mod migrate;
+mod models;
+mod queries;
+mod schema;
+
+use std::{
+    ops::{Deref, DerefMut},
+    sync::Arc,
+    time::Duration,
+};
+
+use diesel::SqliteConnection;
+use diesel_async::{
+    AsyncConnection, AsyncPgConnection, SimpleAsyncConnection,
+    pooled_connection::{AsyncDieselConnectionManager, ManagerConfig, PoolError},
+    sync_connection_wrapper::SyncConnectionWrapper,
+};
+use futures::FutureExt;
+use tokio::sync::{Mutex, MutexGuard};
+
+pub use error::StoreError;
+pub use metrics::{PoolStats, track_connections};
+pub use migrate::run_migrations;
+pub use models::{ServerRow, ToolRow};
+pub use queries::{CreatedServer, DeletedServer};
+
+use metrics::{LeaseCount, PoolMetrics};
+
+pub(crate) type SqliteConn = SyncConnectionWrapper<SqliteConnection>;
+type PgManager = AsyncDieselConnectionManager<AsyncPgConnection>;
+type SqliteManager = AsyncDieselConnectionManager<SqliteConn>;
+
+/// Where the registry lives, parsed from `--database-url`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DatabaseUrl {
+    Postgres(String),
+    /// A path to the SQLite file.
+    Sqlite(String),
+}
+
+impl DatabaseUrl {
+    pub fn parse(url: &str) -> Result<Self, StoreError> {
+        let invalid = |reason| StoreError::InvalidUrl {
+            url: redact_url(url),
+            reason,
+        };
+        if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            return Ok(DatabaseUrl::Postgres(url.to_owned()));
+        }
+        let path = url
+            .strip_prefix("sqlite://")
+            .or_else(|| url.strip_prefix("sqlite:"))
+            .ok_or_else(|| invalid("expected postgres://… or sqlite://PATH"))?;
+        if path.is_empty() || path == ":memory:" {
+            // An in-memory database would be a different database per pooled connection.
+            return Err(invalid("give the SQLite database a file path"));
+        }
+        Ok(DatabaseUrl::Sqlite(path.to_owned()))
+    }
+
+    pub fn backend_name(&self) -> &'static str {
+        match self {
+            DatabaseUrl::Postgres(_) => "postgres",
+            DatabaseUrl::Sqlite(_) => "sqlite",
+        }
+    }
+}
+
+/// A URL fit for logs: any password is replaced.
+pub fn redact_url(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut parsed) if parsed.password().is_some() => {
+            let _ = parsed.set_password(Some("***"));
+            parsed.to_string()
+        }
+        _ => url.to_owned(),
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct StoreSettings {
+    pub url: DatabaseUrl,
+    pub pool_size: u32,
+    /// How long a request waits for a free connection before RESOURCE_EXHAUSTED.
+    pub acquire_timeout: Duration,
+}
+
+enum Backend {
+    Postgres(bb8::Pool<PgManager>),
+    Sqlite {
+        pool: bb8::Pool<SqliteManager>,
+        /// SQLite has one writer at a time. Taking this lock before a write
+        /// transaction queues writers here instead of failing them with
+        /// "database is locked" when two deferred transactions both upgrade.
+        writer: Mutex<()>,
+    },
+}
+
+/// Whether a checkout will write; on SQLite writers are serialized.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Access {
+    Read,
+    Write,
+}
+
+/// The registry's persistence. Cheap to clone.
+#[derive(Clone)]
+pub struct Store {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    backend: Backend,
+    settings: StoreSettings,
+    metrics: Arc<PoolMetrics>,
+}
+
+/// A checked-out connection, counted while it lives.
+pub(crate) struct Lease<'a, M: bb8::ManageConnection> {
+    conn: bb8::PooledConnection<'a, M>,
+    _count: LeaseCount,
+    _writer: Option<MutexGuard<'a, ()>>,
+}
+
+impl<M: bb8::ManageConnection> Deref for Lease<'_, M> {
+    type Target = M::Connection;
+    fn deref(&self) -> &Self::Target {
+        &self.conn
+    }
+}
+
+impl<M: bb8::ManageConnection> DerefMut for Lease<'_, M> {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.conn
+    }
+}
+
+/// Runs `$body` with `$conn` bound to a checked-out connection of whichever
+/// backend the store has. The body is compiled once per backend.
+macro_rules! with_conn {
+    ($store:expr, $access:expr, |$conn:ident| $body:expr) => {{
+        let inner = &$store.inner;
+        match &inner.backend {
+            $crate::store::Backend::Postgres(pool) => {
+                let mut lease = $store.checkout(pool, None).await?;
+                let $conn = &mut *lease;
+                $body
+            }
+            $crate::store::Backend::Sqlite { pool, writer } => {
+                let writer = ($access == $crate::store::Access::Write).then_some(writer);
+                let mut lease = $store.checkout(pool, writer).await?;
+                let $conn = &mut *lease;
+                $body
+            }
+        }
+    }};
+}
+pub(crate) use with_conn;
+
+impl Store {
+    /// Opens the pool. Connections are made lazily, so a database that is
+    /// down at start-up shows as UNAVAILABLE on calls, not as a crash.
+    pub async fn open(settings: StoreSettings) -> Result<Store, StoreError> {
+        let backend = match &settings.url {
+            DatabaseUrl::Postgres(url) => {
+                Backend::Postgres(pool_builder(&settings).build_unchecked(PgManager::new(url.clone())))
+            }
+            DatabaseUrl::Sqlite(path) => {
+                let mut config = ManagerConfig::default();
+                config.custom_setup = Box::new(|path| open_sqlite(path.to_owned()).boxed());
+                Backend::Sqlite {
+                    pool: pool_builder(&settings).build_unchecked(SqliteManager::new_with_config(
+                        path.clone(),
+                        config,
+                    )),
+                    writer: Mutex::new(()),
+                }
+            }
+        };
+        Ok(Store {
+            inner: Arc::new(Inner {
+                backend,
+                settings,
+                metrics: Arc::default(),
+            }),
+        })
+    }
+
+    pub fn settings(&self) -> &StoreSettings {
+        &self.inner.settings
+    }
+
+    pub fn pool_stats(&self) -> PoolStats {
+        let state = match &self.inner.backend {
+            Backend::Postgres(pool) => pool.state(),
+            Backend::Sqlite { pool, .. } => pool.state(),
+        };
+        self.inner
+            .metrics
+            .snapshot(self.inner.settings.pool_size, state)
+    }
+
+    /// Restarts the daemon-wide peak from the connections held now.
+    pub fn reset_peak(&self) {
+        self.inner.metrics.reset_peak();
+    }
+
+    async fn checkout<'a, M>(
+        &'a self,
+        pool: &'a bb8::Pool<M>,
+        writer: Option<&'a Mutex<()>>,
+    ) -> Result<Lease<'a, M>, StoreError>
+    where
+        M: bb8::ManageConnection<Error = PoolError>,
+    {
+        let timeout = self.inner.settings.acquire_timeout;
+        let writer = match writer {
+            None => None,
+            Some(lock) => Some(
+                tokio::time::timeout(timeout, lock.lock())
+                    .await
+                    .map_err(|_| self.exhausted())?,
+            ),
+        };
+        let conn = pool.get().await.map_err(|err| match err {
+            bb8::RunError::User(err) => StoreError::Unavailable(err.to_string()),
+            bb8::RunError::TimedOut => {
+                // bb8 also times out when it cannot open a connection at all;
+                // tell an overloaded pool from an unreachable database.
+                let state = pool.state();
+                if state.connections < self.inner.settings.pool_size {
+                    StoreError::Unavailable(format!(
+                        "could not connect to the database within {timeout:?}"
+                    ))
+                } else {
+                    self.exhausted()
+                }
+            }
+        })?;
+        Ok(Lease {
+            conn,
+            _count: LeaseCount::new(self.inner.metrics.clone()),
+            _writer: writer,
+        })
+    }
+
+    fn exhausted(&self) -> StoreError {
+        self.inner
+            .metrics
+            .timeouts
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        StoreError::PoolExhausted(self.inner.settings.acquire_timeout)
+    }
+}
+
+fn pool_builder<M: bb8::ManageConnection>(settings: &StoreSettings) -> bb8::Builder<M> {
+    bb8::Pool::builder()
+        .max_size(settings.pool_size.max(1))
+        .connection_timeout(settings.acquire_timeout)
+        // Idle connections are not kept forever: a restarted database is met
+        // with fresh connections.
+        .idle_timeout(Some(Duration::from_secs(300)))
+}
+
+/// Per-connection SQLite set-up: WAL so readers never wait for the writer,
+/// a busy timeout as a second line behind the writer lock, and foreign keys
+/// (off by default in SQLite).
+async fn open_sqlite(path: String) -> diesel::ConnectionResult<SqliteConn> {
+    let mut conn = SqliteConn::establish(&path).await?;
+    conn.batch_execute(
+        "PRAGMA journal_mode = WAL; PRAGMA busy_timeout = 10000; \
+         PRAGMA foreign_keys = ON; PRAGMA synchronous = NORMAL;",
+    )
+    .await
+    .map_err(diesel::ConnectionError::CouldntSetupConfiguration)?;
+    Ok(conn)
+}

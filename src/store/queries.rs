@@ -1,0 +1,240 @@
+//! The registry's queries. Each public method takes exactly one connection
+//! and holds it only for its own statements.
+
+use std::collections::HashSet;
+
+use diesel::{dsl::exists, prelude::*};
+use diesel_async::{AsyncConnection, RunQueryDsl};
+
+use super::{
+    Access, Store, StoreError, with_conn,
+    batch::{InsertMappings, InsertToolsReturningStored},
+    error::is_unique_violation,
+    models::{MappingRow, ServerRow, ToolRow},
+    schema::{mcp_servers, server_tools, tools},
+};
+
+/// Rows per multi-row INSERT: big enough to make round trips rare, small
+/// enough to stay far below SQLite's and PostgreSQL's bind-parameter limits.
+const BATCH_ROWS: usize = 500;
+
+/// What [`Store::create_server`] wrote.
+#[derive(Debug, Clone)]
+pub struct CreatedServer {
+    pub server: ServerRow,
+    pub tools: Vec<ToolRow>,
+    /// Tools not stored because the organization already has a tool of that name.
+    pub name_conflicts: Vec<String>,
+}
+
+/// What [`Store::delete_server`] removed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DeletedServer {
+    pub removed_tools: u32,
+    pub removed_mappings: u32,
+}
+
+impl Store {
+    pub async fn server_name_taken(&self, org: &str, name: &str) -> Result<bool, StoreError> {
+        with_conn!(self, Access::Read, |conn| {
+            let taken = diesel::select(exists(
+                mcp_servers::table
+                    .filter(mcp_servers::organization_id.eq(org))
+                    .filter(mcp_servers::name.eq(name)),
+            ))
+            .get_result::<bool>(conn)
+            .await?;
+            Ok(taken)
+        })
+    }
+
+    /// Writes the server, then each tool and its mapping, in one transaction
+    /// on one connection. Tools go in sorted multi-row batches; a tool whose
+    /// name the organization already has is skipped (ON CONFLICT DO NOTHING)
+    /// and reported, so one bad tool never fails the others.
+    pub async fn create_server(
+        &self,
+        server: ServerRow,
+        mut new_tools: Vec<ToolRow>,
+    ) -> Result<CreatedServer, StoreError> {
+        // A stable order makes concurrent creates that share tool names take
+        // their row locks in the same order: they wait, never deadlock.
+        new_tools.sort_by(|a, b| a.name.cmp(&b.name));
+        let server = &server;
+        let new_tools = &new_tools;
+        with_conn!(self, Access::Write, |conn| {
+            conn.transaction::<_, StoreError, _>(async |conn| {
+                diesel::insert_into(mcp_servers::table)
+                    .values(server)
+                    .execute(conn)
+                    .await
+                    .map_err(|err| {
+                        if is_unique_violation(&err) {
+                            StoreError::ServerNameTaken(server.name.clone())
+                        } else {
+                            err.into()
+                        }
+                    })?;
+
+                let mut stored = Vec::with_capacity(new_tools.len());
+                let mut name_conflicts = Vec::new();
+                for batch in new_tools.chunks(BATCH_ROWS) {
+                    let inserted: HashSet<String> = InsertToolsReturningStored(batch)
+                        .load::<String>(conn)
+                        .await?
+                        .into_iter()
+                        .collect();
+                    let mappings: Vec<MappingRow> = batch
+                        .iter()
+                        .filter(|tool| inserted.contains(&tool.id))
+                        .map(|tool| MappingRow {
+                            server_id: server.id.clone(),
+                            tool_id: tool.id.clone(),
+                        })
+                        .collect();
+                    if !mappings.is_empty() {
+                        InsertMappings(&mappings).execute(conn).await?;
+                    }
+                    for tool in batch {
+                        if inserted.contains(&tool.id) {
+                            stored.push(tool.clone());
+                        } else {
+                            name_conflicts.push(tool.name.clone());
+                        }
+                    }
+                }
+
+                let tool_count = i32::try_from(stored.len()).unwrap_or(i32::MAX);
+                diesel::update(mcp_servers::table.find(&server.id))
+                    .set(mcp_servers::tool_count.eq(tool_count))
+                    .execute(conn)
+                    .await?;
+                Ok(CreatedServer {
+                    server: ServerRow {
+                        tool_count,
+                        ..server.clone()
+                    },
+                    tools: stored,
+                    name_conflicts,
+                })
+            })
+            .await
+        })
+    }
+
+    pub async fn get_server(&self, org: &str, id: &str) -> Result<ServerRow, StoreError> {
+        with_conn!(self, Access::Read, |conn| {
+            mcp_servers::table
+                .filter(mcp_servers::organization_id.eq(org))
+                .filter(mcp_servers::id.eq(id))
+                .select(ServerRow::as_select())
+                .first(conn)
+                .await
+                .optional()?
+                .ok_or_else(|| StoreError::ServerNotFound(id.to_owned()))
+        })
+    }
+
+    /// Servers of `org` in creation order (ids are UUIDv7), after `after_id`.
+    pub async fn list_servers(
+        &self,
+        org: &str,
+        after_id: Option<&str>,
+        limit: i64,
+    ) -> Result<Vec<ServerRow>, StoreError> {
+        with_conn!(self, Access::Read, |conn| {
+            let mut query = mcp_servers::table
+                .filter(mcp_servers::organization_id.eq(org))
+                .select(ServerRow::as_select())
+                .order(mcp_servers::id.asc())
+                .limit(limit)
+                .into_boxed();
+            if let Some(after) = after_id {
+                query = query.filter(mcp_servers::id.gt(after));
+            }
+            Ok(query.load(conn).await?)
+        })
+    }
+
+    /// Tools of one server by name, after `after_name`.
+    pub async fn list_server_tools(
+        &self,
+        org: &str,
+        server_id: &str,
+        after_name: Option<&str>,
+        limit: i64,
+    ) -> Result<Vec<ToolRow>, StoreError> {
+        with_conn!(self, Access::Read, |conn| {
+            let found = diesel::select(exists(
+                mcp_servers::table
+                    .filter(mcp_servers::organization_id.eq(org))
+                    .filter(mcp_servers::id.eq(server_id)),
+            ))
+            .get_result::<bool>(conn)
+            .await?;
+            if !found {
+                return Err(StoreError::ServerNotFound(server_id.to_owned()));
+            }
+            let mut query = server_tools::table
+                .inner_join(tools::table)
+                .filter(server_tools::server_id.eq(server_id))
+                .select(ToolRow::as_select())
+                .order(tools::name.asc())
+                .limit(limit)
+                .into_boxed();
+            if let Some(after) = after_name {
+                query = query.filter(tools::name.gt(after));
+            }
+            Ok(query.load(conn).await?)
+        })
+    }
+
+    /// Removes the server, its mappings and the tools no other server
+    /// provides, in one transaction.
+    pub async fn delete_server(&self, org: &str, id: &str) -> Result<DeletedServer, StoreError> {
+        with_conn!(self, Access::Write, |conn| {
+            conn.transaction::<_, StoreError, _>(async |conn| {
+                let found = diesel::select(exists(
+                    mcp_servers::table
+                        .filter(mcp_servers::organization_id.eq(org))
+                        .filter(mcp_servers::id.eq(id)),
+                ))
+                .get_result::<bool>(conn)
+                .await?;
+                if !found {
+                    return Err(StoreError::ServerNotFound(id.to_owned()));
+                }
+                let tool_ids: Vec<String> = server_tools::table
+                    .filter(server_tools::server_id.eq(id))
+                    .select(server_tools::tool_id)
+                    .load(conn)
+                    .await?;
+                let removed_mappings =
+                    diesel::delete(server_tools::table.filter(server_tools::server_id.eq(id)))
+                        .execute(conn)
+                        .await?;
+                let mut removed_tools = 0;
+                for batch in tool_ids.chunks(BATCH_ROWS) {
+                    let still_provided = exists(
+                        server_tools::table.filter(server_tools::tool_id.eq(tools::id)),
+                    );
+                    removed_tools += diesel::delete(
+                        tools::table
+                            .filter(tools::id.eq_any(batch))
+                            .filter(diesel::dsl::not(still_provided)),
+                    )
+                    .execute(conn)
+                    .await?;
+                }
+                diesel::delete(mcp_servers::table.find(id))
+                    .execute(conn)
+                    .await?;
+                Ok(DeletedServer {
+                    removed_tools: u32::try_from(removed_tools).unwrap_or(u32::MAX),
+                    removed_mappings: u32::try_from(removed_mappings).unwrap_or(u32::MAX),
+                })
+            })
+            .await
+        })
+    }
+}

@@ -1,0 +1,37 @@
+//! One diesel schema that both backends accept: text ids, text JSON, bigint
+//! timestamps. The DDL lives in `migrations/{postgres,sqlite}`.
+
+diesel::table! {
+    mcp_servers (id) {
+        id -> Text,
+        organization_id -> Text,
+        name -> Text,
+        transport -> Text,
+        endpoint -> Text,
+        transport_config -> Text,
+        tool_count -> Integer,
+        created_at -> BigInt,
+    }
+}
+
+diesel::table! {
+    tools (id) {
+        id -> Text,
+        organization_id -> Text,
+        name -> Text,
+        description -> Text,
+        input_schema -> Text,
+        created_at -> BigInt,
+    }
+}
+
+diesel::table! {
+    server_tools (server_id, tool_id) {
+        server_id -> Text,
+        tool_id -> Text,
+    }
+}
+
+diesel::joinable!(server_tools -> mcp_servers (server_id));
+diesel::joinable!(server_tools -> tools (tool_id));
+diesel::allow_tables_to_appear_in_same_query!(mcp_servers, tools, server_tools);

@@ -1,0 +1,132 @@
+//! The MCP server itself: a hand-written `ServerHandler` over a [`Catalog`].
+
+use std::sync::{Arc, OnceLock};
+
+use rmcp::{
+    ErrorData as McpError, RoleServer, ServerHandler,
+    model::{
+        CallToolRequestParams, CallToolResponse, CallToolResult, ContentBlock, Implementation,
+        InitializeRequestParams, InitializeResult, ListToolsResult, PaginatedRequestParams,
+        ServerCapabilities, ServerConfig,
+    },
+    service::RequestContext,
+};
+use serde_json::{Value, json};
+
+use crate::catalog::Catalog;
+
+/// Exit code of `--crash-on-shutdown`.
+pub const CRASH_EXIT_CODE: i32 = 3;
+
+pub struct TestServer {
+    catalog: Arc<Catalog>,
+    /// `--hang list`: never answer `tools/list`.
+    hang_list: bool,
+    /// `--crash-on-shutdown` over HTTP: crash when this session's handler is
+    /// dropped (see [`CrashOnDrop`]).
+    crash_on_session_close: bool,
+    /// Armed by `initialize`; empty for handlers that never serve a session.
+    crash_guard: OnceLock<CrashOnDrop>,
+}
+
+impl TestServer {
+    pub fn new(catalog: Arc<Catalog>, hang_list: bool, crash_on_session_close: bool) -> Self {
+        Self {
+            catalog,
+            hang_list,
+            crash_on_session_close,
+            crash_guard: OnceLock::new(),
+        }
+    }
+
+    /// A fresh handler sharing this one's configuration, with its own
+    /// (unarmed) crash guard. The HTTP service factory calls this once per
+    /// handler it needs, so guards are never shared between sessions.
+    pub fn fresh(&self) -> Self {
+        Self::new(
+            self.catalog.clone(),
+            self.hang_list,
+            self.crash_on_session_close,
+        )
+    }
+}
+
+/// Exits the process with [`CRASH_EXIT_CODE`] when dropped.
+///
+/// rmcp's streamable HTTP server owns one handler per session (created by the
+/// service factory, moved into the session's serve task) and drops it once the
+/// session is over, whether the client closed it with `DELETE` or it ended
+/// otherwise. rmcp has no session-closed hook, so that drop is our signal.
+/// The factory is also called for short-lived handlers that never see
+/// `initialize` (e.g. to look up tool schemas), which is why the guard is only
+/// armed in `initialize`.
+struct CrashOnDrop;
+
+impl Drop for CrashOnDrop {
+    fn drop(&mut self) {
+        eprintln!("mcp-test-server: session closed, crashing with exit code {CRASH_EXIT_CODE}");
+        std::process::exit(CRASH_EXIT_CODE);
+    }
+}
+
+impl ServerHandler for TestServer {
+    fn get_info(&self) -> ServerConfig {
+        ServerConfig::new(ServerCapabilities::builder().enable_tools().build())
+            .with_server_info(Implementation::new(
+                env!("CARGO_PKG_NAME"),
+                env!("CARGO_PKG_VERSION"),
+            ))
+            .with_instructions("Test server for mcpd: generated tools that echo their arguments.")
+    }
+
+    async fn initialize(
+        &self,
+        request: InitializeRequestParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<InitializeResult, McpError> {
+        if self.crash_on_session_close {
+            let _ = self.crash_guard.set(CrashOnDrop);
+        }
+        // What the default `initialize` does.
+        context.peer.set_peer_info(request.clone());
+        self.negotiate_initialize(&request)
+    }
+
+    async fn list_tools(
+        &self,
+        request: Option<PaginatedRequestParams>,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<ListToolsResult, McpError> {
+        if self.hang_list {
+            // Not even an error: rmcp drops this future when the session ends.
+            eprintln!("mcp-test-server: --hang list, never answering tools/list");
+            std::future::pending::<()>().await;
+        }
+        let cursor = request.as_ref().and_then(|params| params.cursor.as_deref());
+        let (tools, next_cursor) = self
+            .catalog
+            .page(cursor)
+            .map_err(|message| McpError::invalid_params(message, None))?;
+        let mut result = ListToolsResult::with_all_items(tools);
+        result.next_cursor = next_cursor;
+        Ok(result)
+    }
+
+    async fn call_tool(
+        &self,
+        request: CallToolRequestParams,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<CallToolResponse, McpError> {
+        let name = request.name.as_ref();
+        if !self.catalog.contains(name) {
+            // The MCP spec reports unknown tools as invalid params (-32602).
+            return Err(McpError::invalid_params(
+                format!("unknown tool {name:?}"),
+                None,
+            ));
+        }
+        let arguments = request.arguments.clone().map_or(Value::Null, Value::Object);
+        let echo = json!({ "tool": name, "arguments": arguments });
+        Ok(CallToolResult::success(vec![ContentBlock::text(echo.to_string())]).into())
+    }
+}

@@ -1,0 +1,156 @@
+//! `mcp-test-server`: a real MCP server (stdio or streamable HTTP) that mcpd's
+//! tests and benchmark register. It offers generated tools, paginates
+//! `tools/list`, and can misbehave on request (invalid tools, hangs, crashes,
+//! ignoring shutdown, leaving a grandchild process behind).
+
+mod catalog;
+mod handler;
+mod http;
+mod stdio;
+
+use std::{
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    sync::Arc,
+};
+
+use anyhow::Context as _;
+use clap::{Parser, ValueEnum};
+use tokio::signal::unix::{SignalKind, signal};
+
+use crate::{catalog::Catalog, handler::TestServer};
+
+#[derive(Debug, Parser)]
+#[command(version, about)]
+struct Cli {
+    /// How to talk MCP.
+    #[arg(long, value_enum, default_value_t = Transport::Stdio)]
+    transport: Transport,
+    /// Address to bind for `--transport http`; port 0 picks a free port.
+    #[arg(long, default_value = "127.0.0.1:0")]
+    listen: SocketAddr,
+    /// Number of valid tools offered.
+    #[arg(long, default_value_t = 3)]
+    tools: usize,
+    /// Prefix of the valid tool names, followed by a 4-digit zero-padded index.
+    #[arg(long, default_value = "tool_")]
+    tool_prefix: String,
+    /// Most tools returned per `tools/list` page.
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..))]
+    page_size: u64,
+    /// Number of deliberately invalid tools offered after the valid ones.
+    #[arg(long, default_value_t = 0)]
+    invalid_tools: usize,
+    /// Never answer this request.
+    #[arg(long, value_enum)]
+    hang: Option<Hang>,
+    /// Exit abruptly with code 3 when the client closes the session.
+    #[arg(long)]
+    crash_on_shutdown: bool,
+    /// Ignore SIGTERM and, for stdio, keep running after stdin closes.
+    #[arg(long)]
+    ignore_shutdown: bool,
+    /// Spawn `sleep 1000` and write its PID, then ours, to this file.
+    #[arg(long, value_name = "PIDFILE")]
+    spawn_grandchild: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum Transport {
+    Stdio,
+    Http,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Hang {
+    Initialize,
+    List,
+}
+
+/// The misbehaviours the transports implement themselves.
+pub struct Behaviour {
+    pub hang_initialize: bool,
+    pub crash_on_shutdown: bool,
+    pub ignore_shutdown: bool,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+
+    if cli.ignore_shutdown {
+        ignore_sigterm()?;
+    }
+    // Kept alive for the life of the process; dropping a `Child` neither
+    // kills nor reaps it.
+    let _grandchild = match &cli.spawn_grandchild {
+        Some(pidfile) => Some(spawn_grandchild(pidfile)?),
+        None => None,
+    };
+
+    let page_size = usize::try_from(cli.page_size).context("--page-size too large")?;
+    let catalog = Arc::new(Catalog::new(
+        &cli.tool_prefix,
+        cli.tools,
+        cli.invalid_tools,
+        page_size,
+    ));
+    let behaviour = Behaviour {
+        hang_initialize: cli.hang == Some(Hang::Initialize),
+        crash_on_shutdown: cli.crash_on_shutdown,
+        ignore_shutdown: cli.ignore_shutdown,
+    };
+    let hang_list = cli.hang == Some(Hang::List);
+
+    match cli.transport {
+        Transport::Stdio => {
+            // Over stdio the end of the session is stdin EOF, handled in
+            // `stdio::run`, so the handler itself never crashes.
+            let server = TestServer::new(catalog, hang_list, false);
+            stdio::run(server, &behaviour).await
+        }
+        Transport::Http => {
+            let server = TestServer::new(catalog, hang_list, cli.crash_on_shutdown);
+            http::run(server, cli.listen, &behaviour).await
+        }
+    }
+}
+
+/// Replaces SIGTERM's default action (terminate) with a log line.
+///
+/// Tokio installs its handler on first registration and never removes it, so
+/// the listener task only has to drain the signal stream.
+fn ignore_sigterm() -> anyhow::Result<()> {
+    let mut sigterm = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
+    tokio::spawn(async move {
+        while sigterm.recv().await.is_some() {
+            eprintln!("mcp-test-server: --ignore-shutdown, ignoring SIGTERM");
+        }
+    });
+    Ok(())
+}
+
+/// Starts `sleep 1000` in our process group and records `<its pid>\n<our pid>\n`
+/// in `pidfile`.
+///
+/// The child gets /dev/null for stdin, stdout and stderr: it must not hold our
+/// stdio pipes open, or a client waiting for our stdout to close would wait for
+/// the sleep too, and the test would measure that rather than process cleanup.
+fn spawn_grandchild(pidfile: &Path) -> anyhow::Result<std::process::Child> {
+    let child = Command::new("sleep")
+        .arg("1000")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("spawning `sleep 1000`")?;
+    // Written to a temporary name and renamed into place, so a test polling for
+    // the file never reads it half-written.
+    let mut tmp = pidfile.as_os_str().to_owned();
+    tmp.push(".tmp");
+    std::fs::write(&tmp, format!("{}\n{}\n", child.id(), std::process::id()))
+        .with_context(|| format!("writing {}", Path::new(&tmp).display()))?;
+    std::fs::rename(&tmp, pidfile).with_context(|| format!("writing {}", pidfile.display()))?;
+    Ok(child)
+}

@@ -1,0 +1,361 @@
+//! Shared test harness: a throwaway database per test (PostgreSQL or an
+//! SQLite file), an in-process daemon on a free loopback port, a tonic
+//! client, and the paths of the real MCP servers the tests talk to.
+#![allow(dead_code)]
+
+use std::{
+    path::PathBuf,
+    sync::atomic::{AtomicU64, Ordering},
+    time::Duration,
+};
+
+use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+use mcpd::{
+    api::{self, ServeOptions},
+    manager::{Limits, Manager},
+    mcp::{McpConnector, McpSettings},
+    proto::{self, mcp_server_service_client::McpServerServiceClient},
+    store::{self, DatabaseUrl, Store, StoreSettings},
+};
+use tokio::{sync::oneshot, task::JoinHandle};
+use tonic::{Request, transport::Channel};
+
+pub const PG_ADMIN_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Postgres,
+    Sqlite,
+}
+
+/// Instantiates an async test body once per backend.
+#[macro_export]
+macro_rules! backend_tests {
+    ($($name:ident),* $(,)?) => {
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                async fn $name() {
+                    super::$name($crate::common::Backend::Postgres).await
+                }
+            )*
+        }
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                async fn $name() {
+                    super::$name($crate::common::Backend::Sqlite).await
+                }
+            )*
+        }
+    };
+}
+
+/// A database that exists for one test only.
+pub struct TestDb {
+    pub url: DatabaseUrl,
+    pg_name: Option<String>,
+    _dir: Option<tempfile::TempDir>,
+}
+
+impl TestDb {
+    pub async fn new(backend: Backend) -> TestDb {
+        match backend {
+            Backend::Postgres => {
+                static N: AtomicU64 = AtomicU64::new(0);
+                let name = format!(
+                    "mcpd_test_{}_{}_{}",
+                    std::process::id(),
+                    N.fetch_add(1, Ordering::Relaxed),
+                    uuid::Uuid::new_v4().simple()
+                );
+                let mut admin = AsyncPgConnection::establish(PG_ADMIN_URL)
+                    .await
+                    .expect("PostgreSQL on 127.0.0.1:5432 (see README: the test command starts it)");
+                diesel::sql_query(format!("CREATE DATABASE {name}"))
+                    .execute(&mut admin)
+                    .await
+                    .expect("create test database");
+                TestDb {
+                    url: DatabaseUrl::Postgres(format!("postgres://postgres@127.0.0.1:5432/{name}")),
+                    pg_name: Some(name),
+                    _dir: None,
+                }
+            }
+            Backend::Sqlite => {
+                let dir = tempfile::tempdir().expect("temp dir");
+                let path = dir.path().join("mcpd.db");
+                TestDb {
+                    url: DatabaseUrl::Sqlite(path.to_string_lossy().into_owned()),
+                    pg_name: None,
+                    _dir: Some(dir),
+                }
+            }
+        }
+    }
+
+    /// The URL as `--database-url` takes it.
+    pub fn cli_url(&self) -> String {
+        match &self.url {
+            DatabaseUrl::Postgres(url) => url.clone(),
+            DatabaseUrl::Sqlite(path) => format!("sqlite://{path}"),
+        }
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        if let Some(name) = self.pg_name.take() {
+            // Drop runs outside any runtime we may block: use a thread.
+            let _ = std::thread::spawn(move || {
+                let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build()
+                else {
+                    return;
+                };
+                rt.block_on(async {
+                    if let Ok(mut admin) = AsyncPgConnection::establish(PG_ADMIN_URL).await {
+                        let _ = diesel::sql_query(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                            .execute(&mut admin)
+                            .await;
+                    }
+                });
+            })
+            .join();
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct DaemonOptions {
+    pub pool_size: u32,
+    pub pool_timeout: Duration,
+    pub mcp: McpSettings,
+    pub limits: Limits,
+}
+
+impl Default for DaemonOptions {
+    fn default() -> Self {
+        DaemonOptions {
+            pool_size: 10,
+            pool_timeout: Duration::from_secs(10),
+            mcp: McpSettings {
+                connect_timeout: Duration::from_secs(30),
+                list_timeout: Duration::from_secs(30),
+                teardown_grace: Duration::from_millis(500),
+                ..McpSettings::default()
+            },
+            limits: Limits::default(),
+        }
+    }
+}
+
+/// An in-process daemon serving on a free loopback port.
+pub struct Daemon {
+    pub db: TestDb,
+    pub store: Store,
+    pub manager: Manager,
+    pub addr: std::net::SocketAddr,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<()>>,
+}
+
+impl Daemon {
+    pub async fn start(backend: Backend) -> Daemon {
+        Self::start_with(backend, DaemonOptions::default()).await
+    }
+
+    pub async fn start_with(backend: Backend, options: DaemonOptions) -> Daemon {
+        mcpd::telemetry::init();
+        let db = TestDb::new(backend).await;
+        store::run_migrations(&db.url).await.expect("migrations");
+        let store = Store::open(StoreSettings {
+            url: db.url.clone(),
+            pool_size: options.pool_size,
+            acquire_timeout: options.pool_timeout,
+        })
+        .await
+        .expect("open store");
+        let manager = Manager::new(
+            store.clone(),
+            McpConnector::new(options.mcp).expect("mcp connector"),
+            options.limits,
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn({
+            let manager = manager.clone();
+            async move {
+                api::serve(
+                    listener,
+                    manager,
+                    ServeOptions {
+                        drain_timeout: Duration::from_secs(10),
+                    },
+                    async move {
+                        let _ = stopped.await;
+                    },
+                )
+                .await
+                .expect("serve");
+            }
+        });
+        Daemon {
+            db,
+            store,
+            manager,
+            addr,
+            stop: Some(stop),
+            task: Some(task),
+        }
+    }
+
+    pub async fn client(&self) -> McpServerServiceClient<Channel> {
+        let endpoint = format!("http://{}", self.addr);
+        for _ in 0..100 {
+            if let Ok(client) = McpServerServiceClient::connect(endpoint.clone()).await {
+                return client;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        panic!("daemon at {endpoint} did not accept connections");
+    }
+
+    pub async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.task.take() {
+            let _ = task.await;
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+/// A request made on behalf of `org`.
+pub fn as_org<T>(org: &str, message: T) -> Request<T> {
+    let mut request = Request::new(message);
+    request
+        .metadata_mut()
+        .insert(api::ORGANIZATION_HEADER, org.parse().unwrap());
+    request
+}
+
+fn target_dir() -> PathBuf {
+    // tests run from target/<profile>/deps/<test-binary>
+    let exe = std::env::current_exe().expect("current exe");
+    exe.parent()
+        .and_then(|deps| deps.parent())
+        .expect("target dir")
+        .to_path_buf()
+}
+
+/// The rmcp test server (tests/mcp-test-server), built by the test command.
+pub fn test_server_bin() -> String {
+    if let Ok(path) = std::env::var("MCP_TEST_SERVER_BIN") {
+        return path;
+    }
+    let path = target_dir().join("mcp-test-server");
+    assert!(
+        path.exists(),
+        "{} is missing: run `cargo build -p mcp-test-server` first (the README's test command does)",
+        path.display()
+    );
+    path.to_string_lossy().into_owned()
+}
+
+pub fn stdio(args: &[&str]) -> proto::create_mcp_server_request::Transport {
+    proto::create_mcp_server_request::Transport::Stdio(proto::StdioTransport {
+        command: test_server_bin(),
+        args: args.iter().map(|s| s.to_string()).collect(),
+        env: Default::default(),
+    })
+}
+
+pub fn create_request(
+    name: &str,
+    transport: proto::create_mcp_server_request::Transport,
+) -> proto::CreateMcpServerRequest {
+    proto::CreateMcpServerRequest {
+        server_name: name.to_owned(),
+        transport: Some(transport),
+    }
+}
+
+/// Whether a process with this pid still exists (a zombie counts as gone:
+/// it is reaped by whoever owns it).
+pub fn process_alive(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => {
+            let state = stat
+                .rsplit_once(')')
+                .and_then(|(_, rest)| rest.split_whitespace().next());
+            !matches!(state, Some("Z") | Some("X") | None)
+        }
+        Err(_) => false,
+    }
+}
+
+/// Waits up to `within` for every pid to be gone.
+pub async fn wait_gone(pids: &[u32], within: Duration) -> Vec<u32> {
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        let alive: Vec<u32> = pids.iter().copied().filter(|p| process_alive(*p)).collect();
+        if alive.is_empty() || tokio::time::Instant::now() > deadline {
+            return alive;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The pids a `--spawn-grandchild PIDFILE` test server wrote.
+pub fn read_pids(path: &std::path::Path) -> Vec<u32> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.trim().parse().ok())
+        .collect()
+}
+
+/// The rmcp test server serving streamable HTTP on a free loopback port.
+pub struct HttpTestServer {
+    pub url: String,
+    child: tokio::process::Child,
+}
+
+impl HttpTestServer {
+    pub async fn start(args: &[&str]) -> HttpTestServer {
+        use tokio::io::AsyncBufReadExt;
+        let mut child = tokio::process::Command::new(test_server_bin())
+            .args(["--transport", "http", "--listen", "127.0.0.1:0"])
+            .args(args)
+            .stdout(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("start mcp-test-server over http");
+        let stdout = child.stdout.take().unwrap();
+        let mut lines = tokio::io::BufReader::new(stdout).lines();
+        let line = tokio::time::timeout(Duration::from_secs(20), lines.next_line())
+            .await
+            .expect("test server announces its address")
+            .unwrap()
+            .expect("a LISTENING line");
+        let url = line
+            .strip_prefix("LISTENING ")
+            .unwrap_or_else(|| panic!("unexpected line {line:?}"))
+            .trim()
+            .to_owned();
+        HttpTestServer { url, child }
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.id()
+    }
+}

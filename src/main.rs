@@ -16,7 +16,11 @@ async fn main() -> anyhow::Result<()> {
         Command::Migrate(db) => {
             let settings = db.store_settings()?;
             let applied = store::run_migrations(&settings.url).await?;
-            tracing::info!(backend = settings.url.backend_name(), ?applied, "migrations applied");
+            tracing::info!(
+                backend = settings.url.backend_name(),
+                ?applied,
+                "migrations applied"
+            );
         }
         Command::Serve(args) => {
             let settings = args.database.store_settings()?;

@@ -24,7 +24,10 @@ async fn create_get_list_tools_close(backend: Backend) {
     let mut client = daemon.client().await;
 
     let created = client
-        .create_mcp_server(as_org("acme", create_request("weather", stdio(&["--tools", "3"]))))
+        .create_mcp_server(as_org(
+            "acme",
+            create_request("weather", stdio(&["--tools", "3"])),
+        ))
         .await
         .expect("create")
         .into_inner();
@@ -36,7 +39,11 @@ async fn create_get_list_tools_close(backend: Backend) {
     let mut names: Vec<_> = created.tools.iter().map(|t| t.name.clone()).collect();
     names.sort();
     assert_eq!(names, ["tool_0000", "tool_0001", "tool_0002"]);
-    assert!(created.failed_tools.is_empty(), "{:?}", created.failed_tools);
+    assert!(
+        created.failed_tools.is_empty(),
+        "{:?}",
+        created.failed_tools
+    );
     for tool in &created.tools {
         let schema: serde_json::Value = serde_json::from_str(&tool.input_schema_json).unwrap();
         assert_eq!(schema["type"], "object");
@@ -44,7 +51,12 @@ async fn create_get_list_tools_close(backend: Backend) {
     }
 
     let got = client
-        .get_mcp_server(as_org("acme", proto::GetMcpServerRequest { server_id: server.id.clone() }))
+        .get_mcp_server(as_org(
+            "acme",
+            proto::GetMcpServerRequest {
+                server_id: server.id.clone(),
+            },
+        ))
         .await
         .unwrap()
         .into_inner()
@@ -87,11 +99,22 @@ async fn create_get_list_tools_close(backend: Backend) {
         .await
         .unwrap()
         .into_inner();
-    assert_eq!(rest.tools.iter().map(|t| t.name.as_str()).collect::<Vec<_>>(), ["tool_0002"]);
+    assert_eq!(
+        rest.tools
+            .iter()
+            .map(|t| t.name.as_str())
+            .collect::<Vec<_>>(),
+        ["tool_0002"]
+    );
     assert!(rest.next_page_token.is_empty());
 
     let closed = client
-        .close_mcp_server(as_org("acme", proto::CloseMcpServerRequest { server_id: server.id.clone() }))
+        .close_mcp_server(as_org(
+            "acme",
+            proto::CloseMcpServerRequest {
+                server_id: server.id.clone(),
+            },
+        ))
         .await
         .unwrap()
         .into_inner();
@@ -100,17 +123,30 @@ async fn create_get_list_tools_close(backend: Backend) {
 
     for status in [
         client
-            .get_mcp_server(as_org("acme", proto::GetMcpServerRequest { server_id: server.id.clone() }))
+            .get_mcp_server(as_org(
+                "acme",
+                proto::GetMcpServerRequest {
+                    server_id: server.id.clone(),
+                },
+            ))
             .await
             .unwrap_err(),
         client
-            .close_mcp_server(as_org("acme", proto::CloseMcpServerRequest { server_id: server.id.clone() }))
+            .close_mcp_server(as_org(
+                "acme",
+                proto::CloseMcpServerRequest {
+                    server_id: server.id.clone(),
+                },
+            ))
             .await
             .unwrap_err(),
         client
             .list_mcp_server_tools(as_org(
                 "acme",
-                proto::ListMcpServerToolsRequest { server_id: server.id.clone(), ..Default::default() },
+                proto::ListMcpServerToolsRequest {
+                    server_id: server.id.clone(),
+                    ..Default::default()
+                },
             ))
             .await
             .unwrap_err(),
@@ -120,7 +156,10 @@ async fn create_get_list_tools_close(backend: Backend) {
     }
     // The name is free again once the server is closed.
     client
-        .create_mcp_server(as_org("acme", create_request("weather", stdio(&["--tools", "1"]))))
+        .create_mcp_server(as_org(
+            "acme",
+            create_request("weather", stdio(&["--tools", "1"])),
+        ))
         .await
         .expect("re-create after close");
     daemon.stop().await;
@@ -134,7 +173,10 @@ async fn list_servers_pages_through_everything(backend: Backend) {
         let created = client
             .create_mcp_server(as_org(
                 "acme",
-                create_request(&format!("s{i}"), stdio(&["--tools", "1", "--tool-prefix", &format!("s{i}_")])),
+                create_request(
+                    &format!("s{i}"),
+                    stdio(&["--tools", "1", "--tool-prefix", &format!("s{i}_")]),
+                ),
             ))
             .await
             .unwrap()
@@ -148,7 +190,10 @@ async fn list_servers_pages_through_everything(backend: Backend) {
         let page = client
             .list_mcp_servers(as_org(
                 "acme",
-                proto::ListMcpServersRequest { page_size: 2, page_token: token.clone() },
+                proto::ListMcpServersRequest {
+                    page_size: 2,
+                    page_token: token.clone(),
+                },
             ))
             .await
             .unwrap()
@@ -166,7 +211,13 @@ async fn list_servers_pages_through_everything(backend: Backend) {
 
     // A huge page size is clamped, not refused.
     let all = client
-        .list_mcp_servers(as_org("acme", proto::ListMcpServersRequest { page_size: 1_000_000, ..Default::default() }))
+        .list_mcp_servers(as_org(
+            "acme",
+            proto::ListMcpServersRequest {
+                page_size: 1_000_000,
+                ..Default::default()
+            },
+        ))
         .await
         .unwrap()
         .into_inner();
@@ -174,21 +225,36 @@ async fn list_servers_pages_through_everything(backend: Backend) {
 
     for (page_size, page_token) in [(-1, String::new()), (2, "garbage".to_owned())] {
         let status = client
-            .list_mcp_servers(as_org("acme", proto::ListMcpServersRequest { page_size, page_token }))
+            .list_mcp_servers(as_org(
+                "acme",
+                proto::ListMcpServersRequest {
+                    page_size,
+                    page_token,
+                },
+            ))
             .await
             .unwrap_err();
         assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
     }
     // A token from one organization's listing is no good for another's.
     let first = client
-        .list_mcp_servers(as_org("acme", proto::ListMcpServersRequest { page_size: 1, ..Default::default() }))
+        .list_mcp_servers(as_org(
+            "acme",
+            proto::ListMcpServersRequest {
+                page_size: 1,
+                ..Default::default()
+            },
+        ))
         .await
         .unwrap()
         .into_inner();
     let status = client
         .list_mcp_servers(as_org(
             "globex",
-            proto::ListMcpServersRequest { page_size: 1, page_token: first.next_page_token },
+            proto::ListMcpServersRequest {
+                page_size: 1,
+                page_token: first.next_page_token,
+            },
         ))
         .await
         .unwrap_err();
@@ -200,11 +266,17 @@ async fn duplicate_names_are_already_exists(backend: Backend) {
     let daemon = Daemon::start(backend).await;
     let mut client = daemon.client().await;
     client
-        .create_mcp_server(as_org("acme", create_request("dup", stdio(&["--tools", "2"]))))
+        .create_mcp_server(as_org(
+            "acme",
+            create_request("dup", stdio(&["--tools", "2"])),
+        ))
         .await
         .unwrap();
     let status = client
-        .create_mcp_server(as_org("acme", create_request("dup", stdio(&["--tools", "2", "--tool-prefix", "other_"]))))
+        .create_mcp_server(as_org(
+            "acme",
+            create_request("dup", stdio(&["--tools", "2", "--tool-prefix", "other_"])),
+        ))
         .await
         .unwrap_err();
     assert_eq!(status.code(), Code::AlreadyExists, "{status:?}");
@@ -222,7 +294,10 @@ async fn organizations_are_isolated(backend: Backend) {
     let daemon = Daemon::start(backend).await;
     let mut client = daemon.client().await;
     let a = client
-        .create_mcp_server(as_org("org-a", create_request("shared-name", stdio(&["--tools", "2"]))))
+        .create_mcp_server(as_org(
+            "org-a",
+            create_request("shared-name", stdio(&["--tools", "2"])),
+        ))
         .await
         .unwrap()
         .into_inner()
@@ -230,27 +305,43 @@ async fn organizations_are_isolated(backend: Backend) {
         .unwrap();
     // Same server name and same tool names in another organization: fine.
     let b = client
-        .create_mcp_server(as_org("org-b", create_request("shared-name", stdio(&["--tools", "2"]))))
+        .create_mcp_server(as_org(
+            "org-b",
+            create_request("shared-name", stdio(&["--tools", "2"])),
+        ))
         .await
         .unwrap()
         .into_inner();
     assert!(b.failed_tools.is_empty(), "{:?}", b.failed_tools);
 
     let status = client
-        .get_mcp_server(as_org("org-b", proto::GetMcpServerRequest { server_id: a.id.clone() }))
+        .get_mcp_server(as_org(
+            "org-b",
+            proto::GetMcpServerRequest {
+                server_id: a.id.clone(),
+            },
+        ))
         .await
         .unwrap_err();
     assert_eq!(status.code(), Code::NotFound);
     let status = client
         .list_mcp_server_tools(as_org(
             "org-b",
-            proto::ListMcpServerToolsRequest { server_id: a.id.clone(), ..Default::default() },
+            proto::ListMcpServerToolsRequest {
+                server_id: a.id.clone(),
+                ..Default::default()
+            },
         ))
         .await
         .unwrap_err();
     assert_eq!(status.code(), Code::NotFound);
     let status = client
-        .close_mcp_server(as_org("org-b", proto::CloseMcpServerRequest { server_id: a.id.clone() }))
+        .close_mcp_server(as_org(
+            "org-b",
+            proto::CloseMcpServerRequest {
+                server_id: a.id.clone(),
+            },
+        ))
         .await
         .unwrap_err();
     assert_eq!(status.code(), Code::NotFound);
@@ -263,7 +354,12 @@ async fn organizations_are_isolated(backend: Backend) {
     assert_ne!(listed.servers[0].id, a.id);
     // A's server survived B's attempts.
     client
-        .get_mcp_server(as_org("org-a", proto::GetMcpServerRequest { server_id: a.id.clone() }))
+        .get_mcp_server(as_org(
+            "org-a",
+            proto::GetMcpServerRequest {
+                server_id: a.id.clone(),
+            },
+        ))
         .await
         .unwrap();
     daemon.stop().await;
@@ -273,19 +369,37 @@ async fn invalid_arguments_are_rejected_with_reasons(backend: Backend) {
     let daemon = Daemon::start(backend).await;
     let mut client = daemon.client().await;
     let http = |url: &str| {
-        Transport::StreamableHttp(proto::StreamableHttpTransport { url: url.into(), headers: Default::default() })
+        Transport::StreamableHttp(proto::StreamableHttpTransport {
+            url: url.into(),
+            headers: Default::default(),
+        })
     };
     let stdio_cmd = |command: &str| {
-        Transport::Stdio(proto::StdioTransport { command: command.into(), ..Default::default() })
+        Transport::Stdio(proto::StdioTransport {
+            command: command.into(),
+            ..Default::default()
+        })
     };
     let cases: Vec<(proto::CreateMcpServerRequest, &str)> = vec![
         (create_request("", stdio(&[])), "server_name is required"),
         (create_request(&"n".repeat(65), stdio(&[])), "at most 64"),
         (create_request("bad name", stdio(&[])), "letters, digits"),
         (create_request("-dash", stdio(&[])), "start with a letter"),
-        (proto::CreateMcpServerRequest { server_name: "x".into(), transport: None }, "transport is required"),
-        (create_request("x", stdio_cmd("")), "stdio.command is required"),
-        (create_request("x", stdio_cmd(&"c".repeat(5000))), "stdio.command is 5000 bytes"),
+        (
+            proto::CreateMcpServerRequest {
+                server_name: "x".into(),
+                transport: None,
+            },
+            "transport is required",
+        ),
+        (
+            create_request("x", stdio_cmd("")),
+            "stdio.command is required",
+        ),
+        (
+            create_request("x", stdio_cmd(&"c".repeat(5000))),
+            "stdio.command is 5000 bytes",
+        ),
         (
             create_request(
                 "x",
@@ -308,11 +422,23 @@ async fn invalid_arguments_are_rejected_with_reasons(backend: Backend) {
             ),
             "stdio.env name",
         ),
-        (create_request("x", http("")), "streamable_http.url is required"),
-        (create_request("x", http("ftp://127.0.0.1/mcp")), "http or https"),
+        (
+            create_request("x", http("")),
+            "streamable_http.url is required",
+        ),
+        (
+            create_request("x", http("ftp://127.0.0.1/mcp")),
+            "http or https",
+        ),
         (create_request("x", http("not a url")), "not a valid URL"),
-        (create_request("x", http("http://user:secret@127.0.0.1/mcp")), "credentials"),
-        (create_request("x", http(&format!("http://127.0.0.1/{}", "p".repeat(3000)))), "at most 2048"),
+        (
+            create_request("x", http("http://user:secret@127.0.0.1/mcp")),
+            "credentials",
+        ),
+        (
+            create_request("x", http(&format!("http://127.0.0.1/{}", "p".repeat(3000)))),
+            "at most 2048",
+        ),
         (
             create_request(
                 "x",
@@ -335,7 +461,10 @@ async fn invalid_arguments_are_rejected_with_reasons(backend: Backend) {
         ),
     ];
     for (request, expected) in cases {
-        let status = client.create_mcp_server(as_org("acme", request)).await.unwrap_err();
+        let status = client
+            .create_mcp_server(as_org("acme", request))
+            .await
+            .unwrap_err();
         assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
         assert!(
             status.message().contains(expected),
@@ -346,10 +475,19 @@ async fn invalid_arguments_are_rejected_with_reasons(backend: Backend) {
     }
     for server_id in ["", "not-an-id!", &"a".repeat(100)] {
         let status = client
-            .get_mcp_server(as_org("acme", proto::GetMcpServerRequest { server_id: server_id.into() }))
+            .get_mcp_server(as_org(
+                "acme",
+                proto::GetMcpServerRequest {
+                    server_id: server_id.into(),
+                },
+            ))
             .await
             .unwrap_err();
-        assert_eq!(status.code(), Code::InvalidArgument, "{server_id:?}: {status:?}");
+        assert_eq!(
+            status.code(),
+            Code::InvalidArgument,
+            "{server_id:?}: {status:?}"
+        );
     }
     // Nothing was written by any of it.
     let listed = client
@@ -382,7 +520,10 @@ async fn invalid_tools_are_reported_not_fatal(backend: Backend) {
     let daemon = Daemon::start(backend).await;
     let mut client = daemon.client().await;
     let created = client
-        .create_mcp_server(as_org("acme", create_request("mixed", stdio(&["--tools", "5", "--invalid-tools", "4"]))))
+        .create_mcp_server(as_org(
+            "acme",
+            create_request("mixed", stdio(&["--tools", "5", "--invalid-tools", "4"])),
+        ))
         .await
         .unwrap()
         .into_inner();
@@ -392,7 +533,12 @@ async fn invalid_tools_are_reported_not_fatal(backend: Backend) {
     for failed in &created.failed_tools {
         assert!(!failed.reason.is_empty());
     }
-    let reasons: String = created.failed_tools.iter().map(|f| f.reason.clone()).collect::<Vec<_>>().join("|");
+    let reasons: String = created
+        .failed_tools
+        .iter()
+        .map(|f| f.reason.clone())
+        .collect::<Vec<_>>()
+        .join("|");
     assert!(reasons.contains("empty"), "{reasons}");
     assert!(reasons.contains("object"), "{reasons}");
     daemon.stop().await;
@@ -402,14 +548,20 @@ async fn tool_names_are_unique_per_organization(backend: Backend) {
     let daemon = Daemon::start(backend).await;
     let mut client = daemon.client().await;
     let first = client
-        .create_mcp_server(as_org("acme", create_request("first", stdio(&["--tools", "3"]))))
+        .create_mcp_server(as_org(
+            "acme",
+            create_request("first", stdio(&["--tools", "3"])),
+        ))
         .await
         .unwrap()
         .into_inner();
     assert_eq!(first.tools.len(), 3);
     // Offers tool_0000..tool_0004: the first three are taken.
     let second = client
-        .create_mcp_server(as_org("acme", create_request("second", stdio(&["--tools", "5"]))))
+        .create_mcp_server(as_org(
+            "acme",
+            create_request("second", stdio(&["--tools", "5"])),
+        ))
         .await
         .unwrap()
         .into_inner();
@@ -423,7 +575,9 @@ async fn tool_names_are_unique_per_organization(backend: Backend) {
     let closed = client
         .close_mcp_server(as_org(
             "acme",
-            proto::CloseMcpServerRequest { server_id: second.server.unwrap().id },
+            proto::CloseMcpServerRequest {
+                server_id: second.server.unwrap().id,
+            },
         ))
         .await
         .unwrap()
@@ -432,7 +586,10 @@ async fn tool_names_are_unique_per_organization(backend: Backend) {
     let first_tools = client
         .list_mcp_server_tools(as_org(
             "acme",
-            proto::ListMcpServerToolsRequest { server_id: first.server.unwrap().id, ..Default::default() },
+            proto::ListMcpServerToolsRequest {
+                server_id: first.server.unwrap().id,
+                ..Default::default()
+            },
         ))
         .await
         .unwrap()

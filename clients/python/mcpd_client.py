@@ -28,8 +28,8 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Iterator, Mapping, Sequence
 
 import grpc
 from google.protobuf import json_format
@@ -171,14 +171,14 @@ def _parser() -> argparse.ArgumentParser:
     create = commands.add_parser(
         "create",
         help="register an MCP server",
-        description="Register an MCP server: either `--url URL` (streamable HTTP) "
-        "or `-- COMMAND [ARGS...]` (stdio).",
+        usage="%(prog)s NAME (--url URL [--header K=V]... | [--env K=V]... -- COMMAND [ARGS...])",
+        description="Register an MCP server reached over streamable HTTP (--url) or run "
+        "by mcpd over stdio (everything after `--` is the command and its arguments).",
     )
     create.add_argument("name", help="server name: letters, digits, '.', '_', '-'")
     create.add_argument("--url", help="streamable HTTP endpoint, e.g. http://host:port/mcp")
     create.add_argument("--header", action="append", default=[], metavar="KEY=VALUE")
     create.add_argument("--env", action="append", default=[], metavar="KEY=VALUE")
-    create.add_argument("stdio", nargs=argparse.REMAINDER, metavar="-- COMMAND [ARGS...]")
 
     listing = commands.add_parser("list", help="list the organization's servers")
     listing.add_argument("--page-size", type=int, default=0)
@@ -194,9 +194,8 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _run(client: McpdClient, args: argparse.Namespace) -> str:
+def _run(client: McpdClient, args: argparse.Namespace, command: list[str]) -> str:
     if args.command == "create":
-        command = args.stdio[1:] if args.stdio[:1] == ["--"] else args.stdio
         if bool(args.url) == bool(command):
             raise SystemExit("create needs either --url URL or -- COMMAND [ARGS...]")
         if args.url:
@@ -220,12 +219,21 @@ def _run(client: McpdClient, args: argparse.Namespace) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    # Everything after `--` is a stdio server's command line, kept away from
+    # argparse so that its options are not taken for ours.
+    command: list[str] = []
+    if "--" in argv:
+        split = argv.index("--")
+        argv, command = argv[:split], argv[split + 1 :]
     args = _parser().parse_args(argv)
+    if command and args.command != "create":
+        raise SystemExit("`-- COMMAND` is only for create")
     if not args.org:
         raise SystemExit("--org (or MCPD_ORGANIZATION_ID) is required")
     with McpdClient(args.address, args.org) as client:
         try:
-            print(_run(client, args))
+            print(_run(client, args, command))
         except grpc.RpcError as err:
             print(f"error: {err.code().name}: {err.details()}", file=sys.stderr)
             return 1

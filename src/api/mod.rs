@@ -67,9 +67,11 @@ pub async fn serve(
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
-        .add_service(proto::mcp_server_service_server::McpServerServiceServer::new(
-            McpServerApi::new(manager.clone()),
-        ))
+        .add_service(
+            proto::mcp_server_service_server::McpServerServiceServer::new(McpServerApi::new(
+                manager.clone(),
+            )),
+        )
         .serve_with_incoming_shutdown(TcpIncoming::from(listener).with_nodelay(Some(true)), signal);
     if let Some(addr) = local {
         tracing::info!(%addr, "mcpd listening");

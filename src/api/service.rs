@@ -64,9 +64,18 @@ async fn detached<T: Send + 'static>(
 fn with_stats<T>(message: T, stats: CallStats) -> Response<T> {
     let mut response = Response::new(message);
     let metadata = response.metadata_mut();
-    metadata.insert(PEAK_CONNECTIONS_HEADER, MetadataValue::from(stats.peak_connections as u64));
-    metadata.insert(MCP_MS_HEADER, MetadataValue::from(stats.mcp.as_millis() as u64));
-    metadata.insert(PERSIST_MS_HEADER, MetadataValue::from(stats.persist.as_millis() as u64));
+    metadata.insert(
+        PEAK_CONNECTIONS_HEADER,
+        MetadataValue::from(stats.peak_connections as u64),
+    );
+    metadata.insert(
+        MCP_MS_HEADER,
+        MetadataValue::from(stats.mcp.as_millis() as u64),
+    );
+    metadata.insert(
+        PERSIST_MS_HEADER,
+        MetadataValue::from(stats.persist.as_millis() as u64),
+    );
     response
 }
 

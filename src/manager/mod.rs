@@ -288,7 +288,9 @@ impl Manager {
             .store
             .list_servers(org, after.as_deref(), limit + 1)
             .await?;
-        let next_page_token = next_token(&mut rows, limit, |row| paging::encode_token(&scope, &row.id));
+        let next_page_token = next_token(&mut rows, limit, |row| {
+            paging::encode_token(&scope, &row.id)
+        });
         Ok(Page {
             items: rows.into_iter().map(server_from_row).collect(),
             next_page_token,
@@ -311,8 +313,9 @@ impl Manager {
             .store
             .list_server_tools(org, server_id, after.as_deref(), limit + 1)
             .await?;
-        let next_page_token =
-            next_token(&mut rows, limit, |row| paging::encode_token(&scope, &row.name));
+        let next_page_token = next_token(&mut rows, limit, |row| {
+            paging::encode_token(&scope, &row.name)
+        });
         Ok(Page {
             items: rows.into_iter().map(tool_from_row).collect(),
             next_page_token,

@@ -28,8 +28,7 @@ pub fn check(tools: Vec<Tool>) -> (Vec<CheckedTool>, Vec<FailedTool>) {
             Err(reason) => failed.push(FailedTool { name, reason }),
             Ok(checked) if !seen.insert(checked.name.clone()) => failed.push(FailedTool {
                 name,
-                reason: "the server lists this tool name more than once; the first was kept"
-                    .into(),
+                reason: "the server lists this tool name more than once; the first was kept".into(),
             }),
             Ok(checked) => ok.push(checked),
         }

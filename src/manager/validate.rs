@@ -73,7 +73,11 @@ pub fn server_name(name: &str) -> Result<(), ManagerError> {
     }
     let mut chars = name.chars();
     let first_ok = chars.next().is_some_and(|c| c.is_ascii_alphanumeric());
-    if !first_ok || !name.chars().all(|c| c.is_ascii_alphanumeric() || "._-".contains(c)) {
+    if !first_ok
+        || !name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c))
+    {
         return Err(invalid(format!(
             "server_name {name:?} must start with a letter or digit and contain only letters, digits, '.', '_' and '-'"
         )));
@@ -177,8 +181,8 @@ fn http_url(field: &str, raw: &str) -> Result<url::Url, ManagerError> {
             raw.len()
         )));
     }
-    let url = url::Url::parse(raw)
-        .map_err(|e| invalid(format!("{field} is not a valid URL: {e}")))?;
+    let url =
+        url::Url::parse(raw).map_err(|e| invalid(format!("{field} is not a valid URL: {e}")))?;
     if !matches!(url.scheme(), "http" | "https") {
         return Err(invalid(format!(
             "{field} must use http or https, not {:?}",
@@ -211,7 +215,9 @@ fn http_headers(
     for (name, value) in headers {
         let lower = name.to_ascii_lowercase();
         if http::HeaderName::try_from(lower.as_str()).is_err() {
-            return Err(invalid(format!("{field}: {name:?} is not a valid header name")));
+            return Err(invalid(format!(
+                "{field}: {name:?} is not a valid header name"
+            )));
         }
         if RESERVED_HEADERS.contains(&lower.as_str()) {
             return Err(invalid(format!(
@@ -235,7 +241,13 @@ mod tests {
     #[test]
     fn server_names() {
         assert!(server_name("weather-2.prod_eu").is_ok());
-        for bad in ["", "-lead", "has space", "ünï", &"x".repeat(MAX_SERVER_NAME + 1)] {
+        for bad in [
+            "",
+            "-lead",
+            "has space",
+            "ünï",
+            &"x".repeat(MAX_SERVER_NAME + 1),
+        ] {
             assert!(server_name(bad).is_err(), "{bad:?} accepted");
         }
     }
@@ -249,7 +261,13 @@ mod tests {
             }))
         };
         assert!(http("http://127.0.0.1:8080/mcp").is_ok());
-        for bad in ["", "ftp://x/", "not a url", "http://user:pw@host/", "file:///etc/passwd"] {
+        for bad in [
+            "",
+            "ftp://x/",
+            "not a url",
+            "http://user:pw@host/",
+            "file:///etc/passwd",
+        ] {
             assert!(http(bad).is_err(), "{bad:?} accepted");
         }
     }

@@ -6,7 +6,9 @@ use http::{HeaderMap, HeaderName, HeaderValue};
 use rmcp::{
     ServiceExt,
     model::{ClientCapabilities, Implementation, InitializeRequestParams},
-    transport::{StreamableHttpClientTransport, streamable_http_client::StreamableHttpClientTransportConfig},
+    transport::{
+        StreamableHttpClientTransport, streamable_http_client::StreamableHttpClientTransportConfig,
+    },
 };
 
 use super::{
@@ -95,9 +97,7 @@ impl McpConnector {
                 let transport =
                     StreamableHttpClientTransport::with_client(self.http.clone(), config);
                 Live {
-                    service: self
-                        .within(timeout, client_info().serve(transport))
-                        .await?,
+                    service: self.within(timeout, client_info().serve(transport)).await?,
                     child: None,
                 }
             }
@@ -111,9 +111,7 @@ impl McpConnector {
                 .map_err(|_| timed_out())?
                 .map_err(|e| McpError::failed(Stage::Connect, e))?;
                 Live {
-                    service: self
-                        .within(timeout, client_info().serve(transport))
-                        .await?,
+                    service: self.within(timeout, client_info().serve(transport)).await?,
                     child: None,
                 }
             }

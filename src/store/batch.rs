@@ -3,11 +3,11 @@
 //! diesel-async's sync wrapper).
 
 use diesel::{
+    QueryResult,
     backend::Backend,
     query_builder::{AstPass, Query, QueryFragment, QueryId},
     serialize::ToSql,
     sql_types::{BigInt, Text},
-    QueryResult,
 };
 
 use super::models::{MappingRow, ToolRow};

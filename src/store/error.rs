@@ -5,7 +5,9 @@ use diesel::result::{DatabaseErrorKind, Error as DieselError};
 /// What can go wrong in the store, in terms the manager can act on.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    #[error("no database connection became free within {0:?}; the daemon is overloaded, retry later")]
+    #[error(
+        "no database connection became free within {0:?}; the daemon is overloaded, retry later"
+    )]
     PoolExhausted(Duration),
     #[error("the database is unavailable: {0}")]
     Unavailable(String),

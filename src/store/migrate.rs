@@ -2,7 +2,7 @@
 //! `migrations/sqlite`). They run on a dedicated connection on a blocking
 //! thread: diesel's migration harness is synchronous.
 
-use diesel::{Connection, SqliteConnection};
+use diesel::{Connection, SqliteConnection, connection::SimpleConnection};
 use diesel_async::{AsyncPgConnection, async_connection_wrapper::AsyncConnectionWrapper};
 use diesel_migrations::{EmbeddedMigrations, MigrationHarness, embed_migrations};
 
@@ -23,6 +23,10 @@ pub async fn run_migrations(url: &DatabaseUrl) -> Result<Vec<String>, StoreError
         DatabaseUrl::Sqlite(path) => {
             let mut conn = SqliteConnection::establish(path)
                 .map_err(|e| StoreError::Unavailable(e.to_string()))?;
+            // WAL is a property of the file: set it once here so pooled
+            // connections never have to switch it under a lock.
+            conn.batch_execute("PRAGMA busy_timeout = 10000; PRAGMA journal_mode = WAL;")
+                .map_err(|e| StoreError::Migration(e.to_string()))?;
             apply(&mut conn, SQLITE)
         }
     })

@@ -170,17 +170,15 @@ impl Store {
     /// down at start-up shows as UNAVAILABLE on calls, not as a crash.
     pub async fn open(settings: StoreSettings) -> Result<Store, StoreError> {
         let backend = match &settings.url {
-            DatabaseUrl::Postgres(url) => {
-                Backend::Postgres(pool_builder(&settings).build_unchecked(PgManager::new(url.clone())))
-            }
+            DatabaseUrl::Postgres(url) => Backend::Postgres(
+                pool_builder(&settings).build_unchecked(PgManager::new(url.clone())),
+            ),
             DatabaseUrl::Sqlite(path) => {
                 let mut config = ManagerConfig::default();
                 config.custom_setup = Box::new(|path| open_sqlite(path.to_owned()).boxed());
                 Backend::Sqlite {
-                    pool: pool_builder(&settings).build_unchecked(SqliteManager::new_with_config(
-                        path.clone(),
-                        config,
-                    )),
+                    pool: pool_builder(&settings)
+                        .build_unchecked(SqliteManager::new_with_config(path.clone(), config)),
                     writer: Mutex::new(()),
                 }
             }
@@ -276,7 +274,8 @@ fn pool_builder<M: bb8::ManageConnection>(settings: &StoreSettings) -> bb8::Buil
 async fn open_sqlite(path: String) -> diesel::ConnectionResult<SqliteConn> {
     let mut conn = SqliteConn::establish(&path).await?;
     conn.batch_execute(
-        "PRAGMA journal_mode = WAL; PRAGMA busy_timeout = 10000; \
+        // busy_timeout first: the journal_mode change itself may have to wait.
+        "PRAGMA busy_timeout = 10000; PRAGMA journal_mode = WAL; \
          PRAGMA foreign_keys = ON; PRAGMA synchronous = NORMAL;",
     )
     .await

@@ -7,11 +7,12 @@ use diesel::{dsl::exists, prelude::*};
 use diesel_async::{AsyncConnection, RunQueryDsl};
 
 use super::{
-    Access, Store, StoreError, with_conn,
+    Access, Store, StoreError,
     batch::{InsertMappings, InsertToolsReturningStored},
     error::is_unique_violation,
     models::{MappingRow, ServerRow, ToolRow},
     schema::{mcp_servers, server_tools, tools},
+    with_conn,
 };
 
 /// Rows per multi-row INSERT: big enough to make round trips rare, small
@@ -215,9 +216,8 @@ impl Store {
                         .await?;
                 let mut removed_tools = 0;
                 for batch in tool_ids.chunks(BATCH_ROWS) {
-                    let still_provided = exists(
-                        server_tools::table.filter(server_tools::tool_id.eq(tools::id)),
-                    );
+                    let still_provided =
+                        exists(server_tools::table.filter(server_tools::tool_id.eq(tools::id)));
                     removed_tools += diesel::delete(
                         tools::table
                             .filter(tools::id.eq_any(batch))

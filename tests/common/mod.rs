@@ -69,15 +69,17 @@ impl TestDb {
                     N.fetch_add(1, Ordering::Relaxed),
                     uuid::Uuid::new_v4().simple()
                 );
-                let mut admin = AsyncPgConnection::establish(PG_ADMIN_URL)
-                    .await
-                    .expect("PostgreSQL on 127.0.0.1:5432 (see README: the test command starts it)");
+                let mut admin = AsyncPgConnection::establish(PG_ADMIN_URL).await.expect(
+                    "PostgreSQL on 127.0.0.1:5432 (see README: the test command starts it)",
+                );
                 diesel::sql_query(format!("CREATE DATABASE {name}"))
                     .execute(&mut admin)
                     .await
                     .expect("create test database");
                 TestDb {
-                    url: DatabaseUrl::Postgres(format!("postgres://postgres@127.0.0.1:5432/{name}")),
+                    url: DatabaseUrl::Postgres(format!(
+                        "postgres://postgres@127.0.0.1:5432/{name}"
+                    )),
                     pg_name: Some(name),
                     _dir: None,
                 }
@@ -108,15 +110,19 @@ impl Drop for TestDb {
         if let Some(name) = self.pg_name.take() {
             // Drop runs outside any runtime we may block: use a thread.
             let _ = std::thread::spawn(move || {
-                let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build()
+                let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
                 else {
                     return;
                 };
                 rt.block_on(async {
                     if let Ok(mut admin) = AsyncPgConnection::establish(PG_ADMIN_URL).await {
-                        let _ = diesel::sql_query(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-                            .execute(&mut admin)
-                            .await;
+                        let _ = diesel::sql_query(format!(
+                            "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
+                        ))
+                        .execute(&mut admin)
+                        .await;
                     }
                 });
             })
@@ -357,5 +363,62 @@ impl HttpTestServer {
 
     pub fn pid(&self) -> Option<u32> {
         self.child.id()
+    }
+}
+
+/// A write lock on the registry held by a connection outside the daemon's
+/// pool, to make the daemon's own connection wait.
+pub enum DbLock {
+    Postgres(AsyncPgConnection),
+    Sqlite(std::sync::mpsc::Sender<()>, std::thread::JoinHandle<()>),
+}
+
+impl DbLock {
+    pub async fn take(db: &TestDb) -> DbLock {
+        use diesel_async::AsyncConnection as _;
+        match &db.url {
+            DatabaseUrl::Postgres(url) => {
+                let mut conn = AsyncPgConnection::establish(url).await.unwrap();
+                diesel::sql_query("BEGIN").execute(&mut conn).await.unwrap();
+                diesel::sql_query("LOCK TABLE mcp_servers IN ACCESS EXCLUSIVE MODE")
+                    .execute(&mut conn)
+                    .await
+                    .unwrap();
+                DbLock::Postgres(conn)
+            }
+            DatabaseUrl::Sqlite(path) => {
+                use diesel::Connection;
+                let path = path.clone();
+                let (locked_tx, locked_rx) = std::sync::mpsc::channel();
+                let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
+                let thread = std::thread::spawn(move || {
+                    let mut conn = diesel::SqliteConnection::establish(&path).unwrap();
+                    diesel::RunQueryDsl::execute(diesel::sql_query("BEGIN EXCLUSIVE"), &mut conn)
+                        .unwrap();
+                    locked_tx.send(()).unwrap();
+                    let _ = release_rx.recv();
+                    diesel::RunQueryDsl::execute(diesel::sql_query("COMMIT"), &mut conn).unwrap();
+                });
+                locked_rx.recv().unwrap();
+                DbLock::Sqlite(release_tx, thread)
+            }
+        }
+    }
+
+    pub async fn release(self) {
+        match self {
+            DbLock::Postgres(mut conn) => {
+                diesel::sql_query("COMMIT")
+                    .execute(&mut conn)
+                    .await
+                    .unwrap();
+            }
+            DbLock::Sqlite(release, thread) => {
+                release.send(()).unwrap();
+                tokio::task::spawn_blocking(move || thread.join().unwrap())
+                    .await
+                    .unwrap();
+            }
+        }
     }
 }

@@ -369,7 +369,7 @@ impl HttpTestServer {
 /// A write lock on the registry held by a connection outside the daemon's
 /// pool, to make the daemon's own connection wait.
 pub enum DbLock {
-    Postgres(AsyncPgConnection),
+    Postgres(Box<AsyncPgConnection>),
     Sqlite(std::sync::mpsc::Sender<()>, std::thread::JoinHandle<()>),
 }
 
@@ -384,7 +384,7 @@ impl DbLock {
                     .execute(&mut conn)
                     .await
                     .unwrap();
-                DbLock::Postgres(conn)
+                DbLock::Postgres(Box::new(conn))
             }
             DatabaseUrl::Sqlite(path) => {
                 use diesel::Connection;

@@ -1,12 +1,15 @@
-//! The `mcpd` binary as operators run it: `migrate`, `serve`, and SIGTERM.
+//! The `mcpd` binary as operators run it: `migrate`, `serve`, SIGTERM, logs.
 
 mod common;
 
 use std::{process::Stdio, time::Duration};
 
 use common::*;
-use mcpd::proto::mcp_server_service_client::McpServerServiceClient;
-use tokio::process::Command;
+use mcpd::proto::{
+    self, create_mcp_server_request::Transport, mcp_server_service_client::McpServerServiceClient,
+};
+use tokio::process::{Child, Command};
+use tonic::transport::Channel;
 
 backend_tests!(
     migrate_subcommand_is_idempotent,
@@ -15,8 +18,85 @@ backend_tests!(
 
 fn mcpd() -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_mcpd"));
-    command.env("RUST_LOG", "info").kill_on_drop(true);
+    command.kill_on_drop(true);
     command
+}
+
+/// A daemon process whose stderr is drained as it runs (a full pipe would
+/// stall it).
+struct Process {
+    child: Child,
+    log: tokio::task::JoinHandle<String>,
+}
+
+/// Starts `mcpd serve` on a free port; returns it with a connected client.
+async fn serve(
+    db: &TestDb,
+    extra: &[&str],
+    rust_log: &str,
+) -> (Process, McpServerServiceClient<Channel>) {
+    use tokio::io::AsyncReadExt;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut child = mcpd()
+        .env("RUST_LOG", rust_log)
+        .args([
+            "serve",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--database-url",
+            &db.cli_url(),
+        ])
+        .args(extra)
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut pipe = child.stderr.take().unwrap();
+    let log = tokio::spawn(async move {
+        let mut log = String::new();
+        let _ = pipe.read_to_string(&mut log).await;
+        log
+    });
+    let endpoint = format!("http://127.0.0.1:{port}");
+    for _ in 0..200 {
+        if let Ok(client) = McpServerServiceClient::connect(endpoint.clone()).await {
+            return (Process { child, log }, client);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("daemon did not serve on {endpoint}");
+}
+
+/// SIGTERM, then the exit status and everything the daemon logged.
+async fn stop(mut daemon: Process) -> (std::process::ExitStatus, String) {
+    let pid = daemon.child.id().unwrap() as i32;
+    // SAFETY: sending a signal to our own child.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
+    let status = tokio::time::timeout(Duration::from_secs(20), daemon.child.wait())
+        .await
+        .expect("daemon exits after SIGTERM within its drain bound")
+        .unwrap();
+    (status, daemon.log.await.unwrap())
+}
+
+async fn server_names(db: &TestDb, org: &str) -> Vec<String> {
+    let store = mcpd::store::Store::open(mcpd::store::StoreSettings {
+        url: db.url.clone(),
+        pool_size: 1,
+        acquire_timeout: Duration::from_secs(5),
+    })
+    .await
+    .unwrap();
+    store
+        .list_servers(org, None, 100)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|s| s.name)
+        .collect()
 }
 
 async fn migrate_subcommand_is_idempotent(backend: Backend) {
@@ -33,57 +113,25 @@ async fn migrate_subcommand_is_idempotent(backend: Backend) {
             String::from_utf8_lossy(&output.stderr)
         );
     }
-    // The schema is there: a daemon on it serves an empty registry.
-    let store = mcpd::store::Store::open(mcpd::store::StoreSettings {
-        url: db.url.clone(),
-        pool_size: 1,
-        acquire_timeout: Duration::from_secs(5),
-    })
-    .await
-    .unwrap();
-    assert!(
-        store
-            .list_servers("acme", None, 10)
-            .await
-            .unwrap()
-            .is_empty()
-    );
+    // The schema is there.
+    assert!(server_names(&db, "acme").await.is_empty());
 }
 
 async fn sigterm_drains_tears_down_and_exits_zero(backend: Backend) {
     let db = TestDb::new(backend).await;
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let mut daemon = mcpd()
-        .args([
-            "serve",
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-            "--database-url",
-            &db.cli_url(),
+    let (daemon, mut client) = serve(
+        &db,
+        &[
             "--mcp-list-timeout",
             "60s",
             "--shutdown-timeout",
             "2s",
             "--teardown-grace",
             "300ms",
-        ])
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let endpoint = format!("http://127.0.0.1:{port}");
-    let mut client = None;
-    for _ in 0..200 {
-        if let Ok(c) = McpServerServiceClient::connect(endpoint.clone()).await {
-            client = Some(c);
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let mut client = client.expect("daemon serves");
+        ],
+        "info",
+    )
+    .await;
 
     // A finished create, and one stuck listing tools from a server that also
     // ignores shutdown and has a child of its own.
@@ -98,24 +146,20 @@ async fn sigterm_drains_tears_down_and_exits_zero(backend: Backend) {
     let pidfile = dir.path().join("pids");
     let stuck = tokio::spawn({
         let mut client = client.clone();
-        let pidfile = pidfile.clone();
+        let args = [
+            "--hang",
+            "list",
+            "--ignore-shutdown",
+            "--tool-prefix",
+            "stuck_",
+            "--spawn-grandchild",
+            pidfile.to_str().unwrap(),
+        ]
+        .map(String::from);
         async move {
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
             client
-                .create_mcp_server(as_org(
-                    "acme",
-                    create_request(
-                        "stuck",
-                        stdio(&[
-                            "--hang",
-                            "list",
-                            "--ignore-shutdown",
-                            "--tool-prefix",
-                            "stuck_",
-                            "--spawn-grandchild",
-                            pidfile.to_str().unwrap(),
-                        ]),
-                    ),
-                ))
+                .create_mcp_server(as_org("acme", create_request("stuck", stdio(&args))))
                 .await
         }
     });
@@ -129,13 +173,7 @@ async fn sigterm_drains_tears_down_and_exits_zero(backend: Backend) {
     }
     let pids = read_pids(&pidfile);
 
-    let daemon_pid = daemon.id().unwrap() as i32;
-    // SAFETY: sending a signal to our own child.
-    assert_eq!(unsafe { libc::kill(daemon_pid, libc::SIGTERM) }, 0);
-    let status = tokio::time::timeout(Duration::from_secs(20), daemon.wait())
-        .await
-        .expect("daemon exits after SIGTERM within its drain bound")
-        .unwrap();
+    let (status, log) = stop(daemon).await;
     assert!(status.success(), "exit status {status:?}");
     assert!(
         stuck.await.unwrap().is_err(),
@@ -146,31 +184,68 @@ async fn sigterm_drains_tears_down_and_exits_zero(backend: Backend) {
         Vec::<u32>::new(),
         "no orphans"
     );
-    let mut stderr = String::new();
-    use tokio::io::AsyncReadExt;
-    daemon
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut stderr)
-        .await
-        .unwrap();
-    assert!(stderr.contains("shutting down"), "{stderr}");
-    assert!(stderr.contains("mcpd stopped"), "{stderr}");
+    assert!(log.contains("shutting down"), "{log}");
+    assert!(log.contains("mcpd stopped"), "{log}");
     // Nothing half-written: the stuck server is absent, the finished one is there.
-    let store = mcpd::store::Store::open(mcpd::store::StoreSettings {
-        url: db.url.clone(),
-        pool_size: 1,
-        acquire_timeout: Duration::from_secs(5),
-    })
-    .await
-    .unwrap();
-    let names: Vec<String> = store
-        .list_servers("acme", None, 10)
+    assert_eq!(server_names(&db, "acme").await, ["done"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn secrets_never_reach_the_log_even_at_trace() {
+    let db = TestDb::new(Backend::Sqlite).await;
+    let (daemon, mut client) = serve(&db, &[], "trace").await;
+    let env_secret = "env-s3cret-7f1c9a";
+    let header_secret = "hdr-s3cret-9b2e4d";
+
+    let with_env = Transport::Stdio(proto::StdioTransport {
+        command: test_server_bin(),
+        args: ["--tools", "1", "--tool-prefix", "e_"]
+            .map(String::from)
+            .to_vec(),
+        env: [("API_TOKEN".to_owned(), env_secret.to_owned())].into(),
+    });
+    client
+        .create_mcp_server(as_org("acme", create_request("with-env", with_env)))
         .await
-        .unwrap()
-        .into_iter()
-        .map(|s| s.name)
-        .collect();
-    assert_eq!(names, ["done"]);
+        .expect("stdio create");
+
+    let http = HttpTestServer::start(&["--tools", "1", "--tool-prefix", "h_"]).await;
+    let with_header = |name: &str, value: String| {
+        create_request(
+            name,
+            Transport::StreamableHttp(proto::StreamableHttpTransport {
+                url: http.url.clone(),
+                headers: [("authorization".to_owned(), value)].into(),
+            }),
+        )
+    };
+    client
+        .create_mcp_server(as_org(
+            "acme",
+            with_header("with-header", format!("Bearer {header_secret}")),
+        ))
+        .await
+        .expect("http create");
+    // An invalid header value is refused without being echoed or logged.
+    let status = client
+        .create_mcp_server(as_org(
+            "acme",
+            with_header("bad-header", format!("{header_secret}\n")),
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::InvalidArgument);
+    assert!(!status.message().contains(header_secret));
+
+    let (status, log) = stop(daemon).await;
+    assert!(status.success());
+    assert!(log.contains("TRACE"), "the log really was at trace level");
+    assert!(
+        !log.contains(env_secret),
+        "an env value leaked into the log"
+    );
+    assert!(
+        !log.contains(header_secret),
+        "a header value leaked into the log"
+    );
 }

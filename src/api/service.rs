@@ -28,14 +28,26 @@ impl McpServerApi {
     }
 }
 
-/// Logs the call's outcome and duration; never the request's contents.
-async fn observed<T>(
+/// Finds the caller's organization, runs the call, and logs its outcome and
+/// duration (never the request's contents); a call with no organization is
+/// logged too.
+async fn observed<R, T, F>(
     rpc: &'static str,
-    org: &str,
-    call: impl Future<Output = Result<Response<T>, Status>>,
-) -> Result<Response<T>, Status> {
+    request: Request<R>,
+    call: impl FnOnce(String, R) -> F,
+) -> Result<Response<T>, Status>
+where
+    F: Future<Output = Result<Response<T>, Status>>,
+{
     let started = Instant::now();
-    let result = call.await;
+    let (org, result) = match auth::organization(&request) {
+        Ok(org) => {
+            let result = call(org.clone(), request.into_inner()).await;
+            (org, result)
+        }
+        Err(status) => ("-".to_owned(), Err(status)),
+    };
+    let org = org.as_str();
     let ms = started.elapsed().as_secs_f64() * 1000.0;
     match &result {
         Ok(_) => tracing::info!(rpc, org, code = "OK", ms, "rpc"),
@@ -85,17 +97,14 @@ impl McpServerService for McpServerApi {
         &self,
         request: Request<proto::CreateMcpServerRequest>,
     ) -> Result<Response<proto::CreateMcpServerResponse>, Status> {
-        let org = auth::organization(&request)?;
-        observed("CreateMcpServer", &org, async {
-            let body = request.into_inner();
+        observed("CreateMcpServer", request, |org, body| async move {
             let create = CreateServer {
                 name: body.server_name,
                 transport: convert::transport_request(body.transport),
             };
             let manager = self.manager.clone();
-            let owner = org.clone();
             let (created, stats) =
-                detached(async move { manager.create_server(&owner, create).await }).await?;
+                detached(async move { manager.create_server(&org, create).await }).await?;
             Ok(with_stats(
                 proto::CreateMcpServerResponse {
                     server: Some(convert::server(created.server)),
@@ -116,13 +125,11 @@ impl McpServerService for McpServerApi {
         &self,
         request: Request<proto::CloseMcpServerRequest>,
     ) -> Result<Response<proto::CloseMcpServerResponse>, Status> {
-        let org = auth::organization(&request)?;
-        observed("CloseMcpServer", &org, async {
-            let server_id = request.into_inner().server_id;
+        observed("CloseMcpServer", request, |org, body| async move {
             let manager = self.manager.clone();
-            let (owner, id) = (org.clone(), server_id.clone());
+            let server_id = body.server_id.clone();
             let (closed, stats) =
-                detached(async move { manager.close_server(&owner, &id).await }).await?;
+                detached(async move { manager.close_server(&org, &body.server_id).await }).await?;
             Ok(with_stats(
                 proto::CloseMcpServerResponse {
                     server_id,
@@ -139,11 +146,10 @@ impl McpServerService for McpServerApi {
         &self,
         request: Request<proto::GetMcpServerRequest>,
     ) -> Result<Response<proto::GetMcpServerResponse>, Status> {
-        let org = auth::organization(&request)?;
-        observed("GetMcpServer", &org, async {
+        observed("GetMcpServer", request, |org, body| async move {
             let server = self
                 .manager
-                .get_server(&org, &request.into_inner().server_id)
+                .get_server(&org, &body.server_id)
                 .await
                 .map_err(to_status)?;
             Ok(Response::new(proto::GetMcpServerResponse {
@@ -157,9 +163,7 @@ impl McpServerService for McpServerApi {
         &self,
         request: Request<proto::ListMcpServersRequest>,
     ) -> Result<Response<proto::ListMcpServersResponse>, Status> {
-        let org = auth::organization(&request)?;
-        observed("ListMcpServers", &org, async {
-            let body = request.into_inner();
+        observed("ListMcpServers", request, |org, body| async move {
             let page = self
                 .manager
                 .list_servers(&org, body.page_size, &body.page_token)
@@ -177,9 +181,7 @@ impl McpServerService for McpServerApi {
         &self,
         request: Request<proto::ListMcpServerToolsRequest>,
     ) -> Result<Response<proto::ListMcpServerToolsResponse>, Status> {
-        let org = auth::organization(&request)?;
-        observed("ListMcpServerTools", &org, async {
-            let body = request.into_inner();
+        observed("ListMcpServerTools", request, |org, body| async move {
             let page = self
                 .manager
                 .list_server_tools(&org, &body.server_id, body.page_size, &body.page_token)

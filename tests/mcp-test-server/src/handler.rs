@@ -59,7 +59,9 @@ impl TestServer {
 /// otherwise. rmcp has no session-closed hook, so that drop is our signal.
 /// The factory is also called for short-lived handlers that never see
 /// `initialize` (e.g. to look up tool schemas), which is why the guard is only
-/// armed in `initialize`.
+/// armed in `initialize`. If requests are still running when the session
+/// closes, rmcp gives them up to 5 seconds before the handler goes, so the
+/// crash can lag the `DELETE` by that much (e.g. with `--hang list`).
 struct CrashOnDrop;
 
 impl Drop for CrashOnDrop {
@@ -95,12 +97,20 @@ impl ServerHandler for TestServer {
     async fn list_tools(
         &self,
         request: Option<PaginatedRequestParams>,
-        _context: RequestContext<RoleServer>,
+        context: RequestContext<RoleServer>,
     ) -> Result<ListToolsResult, McpError> {
         if self.hang_list {
-            // Not even an error: rmcp drops this future when the session ends.
             eprintln!("mcp-test-server: --hang list, never answering tools/list");
-            std::future::pending::<()>().await;
+            // Wait until rmcp cancels the request: the client sent
+            // `notifications/cancelled`, or the session is over. rmcp drops
+            // responses to cancelled requests, so the error below never reaches
+            // the client. Pending forever instead would leak this handler: rmcp
+            // does not abort request tasks, and each holds the handler.
+            context.ct.cancelled().await;
+            return Err(McpError::internal_error(
+                "tools/list abandoned (--hang list)",
+                None,
+            ));
         }
         let cursor = request.as_ref().and_then(|params| params.cursor.as_deref());
         let (tools, next_cursor) = self

@@ -217,10 +217,19 @@ impl Daemon {
     }
 
     pub async fn client(&self) -> McpServerServiceClient<Channel> {
+        McpServerServiceClient::new(self.channel().await)
+    }
+
+    /// A connected channel to the daemon, for any of its services.
+    pub async fn channel(&self) -> Channel {
         let endpoint = format!("http://{}", self.addr);
         for _ in 0..100 {
-            if let Ok(client) = McpServerServiceClient::connect(endpoint.clone()).await {
-                return client;
+            if let Ok(channel) = Channel::from_shared(endpoint.clone())
+                .unwrap()
+                .connect()
+                .await
+            {
+                return channel;
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }

@@ -1,6 +1,7 @@
 //! The gRPC edge: the registry service, health and reflection, and the
 //! server's lifecycle (graceful shutdown, teardown of everything held).
 
+mod admin;
 mod auth;
 mod convert;
 mod service;
@@ -13,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::transport::{Server, server::TcpIncoming};
 
 pub use auth::ORGANIZATION_HEADER;
-pub use service::{MCP_MS_HEADER, McpServerApi, PEAK_CONNECTIONS_HEADER, PERSIST_MS_HEADER};
+pub use service::{MCP_US_HEADER, McpServerApi, PEAK_CONNECTIONS_HEADER, PERSIST_US_HEADER};
 
 use crate::{manager::Manager, proto};
 
@@ -72,6 +73,9 @@ pub async fn serve(
                 manager.clone(),
             )),
         )
+        .add_service(proto::admin_service_server::AdminServiceServer::new(
+            admin::AdminApi::new(manager.clone()),
+        ))
         .serve_with_incoming_shutdown(TcpIncoming::from(listener).with_nodelay(Some(true)), signal);
     if let Some(addr) = local {
         tracing::info!(%addr, "mcpd listening");

@@ -13,10 +13,12 @@ use crate::{
 
 /// Response metadata: the most pooled connections the call held at once.
 pub const PEAK_CONNECTIONS_HEADER: &str = "mcpd-db-connections-peak";
-/// Response metadata: milliseconds spent talking to the MCP server.
-pub const MCP_MS_HEADER: &str = "mcpd-mcp-ms";
-/// Response metadata: milliseconds spent persisting.
-pub const PERSIST_MS_HEADER: &str = "mcpd-persist-ms";
+/// Response metadata: microseconds spent talking to the MCP server
+/// (connect, initialize, list).
+pub const MCP_US_HEADER: &str = "mcpd-mcp-us";
+/// Response metadata: microseconds spent persisting (waiting for the
+/// connection included).
+pub const PERSIST_US_HEADER: &str = "mcpd-persist-us";
 
 pub struct McpServerApi {
     manager: Manager,
@@ -74,19 +76,17 @@ async fn detached<T: Send + 'static>(
 }
 
 fn with_stats<T>(message: T, stats: CallStats) -> Response<T> {
+    let micros = |d: std::time::Duration| u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
     let mut response = Response::new(message);
     let metadata = response.metadata_mut();
     metadata.insert(
         PEAK_CONNECTIONS_HEADER,
         MetadataValue::from(stats.peak_connections as u64),
     );
+    metadata.insert(MCP_US_HEADER, MetadataValue::from(micros(stats.mcp)));
     metadata.insert(
-        MCP_MS_HEADER,
-        MetadataValue::from(stats.mcp.as_millis() as u64),
-    );
-    metadata.insert(
-        PERSIST_MS_HEADER,
-        MetadataValue::from(stats.persist.as_millis() as u64),
+        PERSIST_US_HEADER,
+        MetadataValue::from(micros(stats.persist)),
     );
     response
 }

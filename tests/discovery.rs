@@ -80,7 +80,10 @@ async fn admin_stats_report_the_pool_and_reset_peaks() {
     let daemon = Daemon::start(Backend::Sqlite).await;
     let mut client = daemon.client().await;
     client
-        .create_mcp_server(as_org("acme", create_request("one", stdio(&["--tools", "2"]))))
+        .create_mcp_server(as_org(
+            "acme",
+            create_request("one", stdio(&["--tools", "2"])),
+        ))
         .await
         .unwrap();
     let mut admin = AdminServiceClient::new(daemon.channel().await);

@@ -1,6 +1,9 @@
 //! The MCP server itself: a hand-written `ServerHandler` over a [`Catalog`].
 
-use std::sync::{Arc, OnceLock};
+use std::sync::{
+    Arc, OnceLock,
+    atomic::{AtomicU64, Ordering},
+};
 
 use rmcp::{
     ErrorData as McpError, RoleServer, ServerHandler,
@@ -27,7 +30,15 @@ pub struct TestServer {
     crash_on_session_close: bool,
     /// Armed by `initialize`; empty for handlers that never serve a session.
     crash_guard: OnceLock<CrashOnDrop>,
+    /// `--unique-per-session`: every session's tool names get their own
+    /// prefix, so one server can back thousands of registrations in one
+    /// organization (tool names are unique per organization in mcpd).
+    unique_per_session: bool,
+    session_prefix: OnceLock<String>,
 }
+
+/// Numbers sessions for `--unique-per-session`.
+static SESSIONS: AtomicU64 = AtomicU64::new(0);
 
 impl TestServer {
     pub fn new(catalog: Arc<Catalog>, hang_list: bool, crash_on_session_close: bool) -> Self {
@@ -36,7 +47,18 @@ impl TestServer {
             hang_list,
             crash_on_session_close,
             crash_guard: OnceLock::new(),
+            unique_per_session: false,
+            session_prefix: OnceLock::new(),
         }
+    }
+
+    pub fn unique_per_session(mut self, on: bool) -> Self {
+        self.unique_per_session = on;
+        self
+    }
+
+    fn session_prefix(&self) -> &str {
+        self.session_prefix.get().map_or("", String::as_str)
     }
 
     /// A fresh handler sharing this one's configuration, with its own
@@ -48,6 +70,7 @@ impl TestServer {
             self.hang_list,
             self.crash_on_session_close,
         )
+        .unique_per_session(self.unique_per_session)
     }
 }
 
@@ -89,6 +112,10 @@ impl ServerHandler for TestServer {
         if self.crash_on_session_close {
             let _ = self.crash_guard.set(CrashOnDrop);
         }
+        if self.unique_per_session {
+            let n = SESSIONS.fetch_add(1, Ordering::Relaxed);
+            let _ = self.session_prefix.set(format!("s{n:07}_"));
+        }
         // What the default `initialize` does.
         context.peer.set_peer_info(request.clone());
         self.negotiate_initialize(&request)
@@ -117,6 +144,18 @@ impl ServerHandler for TestServer {
             .catalog
             .page(cursor)
             .map_err(|message| McpError::invalid_params(message, None))?;
+        let prefix = self.session_prefix();
+        let tools = if prefix.is_empty() {
+            tools
+        } else {
+            tools
+                .into_iter()
+                .map(|mut tool| {
+                    tool.name = format!("{prefix}{}", tool.name).into();
+                    tool
+                })
+                .collect()
+        };
         let mut result = ListToolsResult::with_all_items(tools);
         result.next_cursor = next_cursor;
         Ok(result)
@@ -128,7 +167,8 @@ impl ServerHandler for TestServer {
         _context: RequestContext<RoleServer>,
     ) -> Result<CallToolResponse, McpError> {
         let name = request.name.as_ref();
-        if !self.catalog.contains(name) {
+        let listed = name.strip_prefix(self.session_prefix()).unwrap_or(name);
+        if !self.catalog.contains(listed) {
             // The MCP spec reports unknown tools as invalid params (-32602).
             return Err(McpError::invalid_params(
                 format!("unknown tool {name:?}"),

@@ -51,6 +51,9 @@ struct Cli {
     /// Ignore SIGTERM and, for stdio, keep running after stdin closes.
     #[arg(long)]
     ignore_shutdown: bool,
+    /// Give every session's tool names a prefix of their own (`s0000042_`).
+    #[arg(long)]
+    unique_per_session: bool,
     /// Spawn `sleep 1000` and write its PID, then ours, to this file.
     #[arg(long, value_name = "PIDFILE")]
     spawn_grandchild: Option<PathBuf>,
@@ -107,11 +110,13 @@ async fn main() -> anyhow::Result<()> {
         Transport::Stdio => {
             // Over stdio the end of the session is stdin EOF, handled in
             // `stdio::run`, so the handler itself never crashes.
-            let server = TestServer::new(catalog, hang_list, false);
+            let server = TestServer::new(catalog, hang_list, false)
+                .unique_per_session(cli.unique_per_session);
             stdio::run(server, &behaviour).await
         }
         Transport::Http => {
-            let server = TestServer::new(catalog, hang_list, cli.crash_on_shutdown);
+            let server = TestServer::new(catalog, hang_list, cli.crash_on_shutdown)
+                .unique_per_session(cli.unique_per_session);
             http::run(server, cli.listen, &behaviour).await
         }
     }

@@ -2,6 +2,7 @@
 
 use std::{io::Write, net::SocketAddr, sync::Arc};
 
+use axum::serve::ListenerExt;
 use rmcp::transport::{
     StreamableHttpServerConfig, StreamableHttpService,
     streamable_http_server::session::local::LocalSessionManager,
@@ -44,6 +45,11 @@ pub async fn run(
         config,
     );
     let router = axum::Router::new().nest_service("/mcp", service);
+    // Without TCP_NODELAY small SSE writes meet delayed ACKs on loopback and
+    // stall ~40 ms: that would be measured as the daemon's MCP time.
+    let listener = listener.tap_io(|tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
     axum::serve(listener, router).await?;
     Ok(())
 }

@@ -1,0 +1,195 @@
+//! The things a run needs: a throwaway database, the release daemon as a
+//! separate process, and synthetic MCP servers over streamable HTTP.
+
+use std::{path::PathBuf, process::Stdio, time::Duration};
+
+use anyhow::{Context, bail};
+use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+use mcpd::proto::{
+    admin_service_client::AdminServiceClient, mcp_server_service_client::McpServerServiceClient,
+};
+use tokio::{
+    io::{AsyncBufReadExt, BufReader},
+    process::{Child, Command},
+};
+use tonic::transport::Channel;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Postgres,
+    Sqlite,
+}
+
+impl Backend {
+    pub fn name(self) -> &'static str {
+        match self {
+            Backend::Postgres => "postgres",
+            Backend::Sqlite => "sqlite",
+        }
+    }
+}
+
+/// A database for one run of one backend, dropped at the end.
+pub struct Db {
+    pub backend: Backend,
+    /// As `--database-url` takes it.
+    pub url: String,
+    pg_admin: String,
+    pg_name: Option<String>,
+    dir: Option<PathBuf>,
+}
+
+impl Db {
+    pub async fn create(backend: Backend, pg_admin: &str) -> anyhow::Result<Db> {
+        let tag = format!("{}_{}", std::process::id(), uuid::Uuid::now_v7().simple());
+        match backend {
+            Backend::Postgres => {
+                let name = format!("mcpd_bench_{tag}");
+                let mut admin = AsyncPgConnection::establish(pg_admin)
+                    .await
+                    .with_context(|| format!("connecting to {pg_admin}"))?;
+                diesel::sql_query(format!("CREATE DATABASE {name}"))
+                    .execute(&mut admin)
+                    .await?;
+                let base = pg_admin.rsplit_once('/').map_or(pg_admin, |(base, _)| base);
+                Ok(Db {
+                    backend,
+                    url: format!("{base}/{name}"),
+                    pg_admin: pg_admin.to_owned(),
+                    pg_name: Some(name),
+                    dir: None,
+                })
+            }
+            Backend::Sqlite => {
+                let dir = std::env::temp_dir().join(format!("mcpd-bench-{tag}"));
+                std::fs::create_dir_all(&dir)?;
+                Ok(Db {
+                    backend,
+                    url: format!("sqlite://{}", dir.join("mcpd.db").display()),
+                    pg_admin: pg_admin.to_owned(),
+                    pg_name: None,
+                    dir: Some(dir),
+                })
+            }
+        }
+    }
+
+    /// The SQLite file's path (for the floor).
+    pub fn sqlite_path(&self) -> Option<String> {
+        self.url.strip_prefix("sqlite://").map(str::to_owned)
+    }
+
+    pub async fn drop_db(self) {
+        if let Some(name) = &self.pg_name
+            && let Ok(mut admin) = AsyncPgConnection::establish(&self.pg_admin).await
+        {
+            let _ = diesel::sql_query(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                .execute(&mut admin)
+                .await;
+        }
+        if let Some(dir) = &self.dir {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
+}
+
+/// A child process killed when dropped.
+pub struct Proc {
+    child: Child,
+}
+
+impl Proc {
+    /// SIGTERM and wait: the daemon's own shutdown path.
+    pub async fn terminate(mut self) {
+        if let Some(pid) = self.child.id().and_then(|p| i32::try_from(p).ok()) {
+            // SAFETY: signalling our own child.
+            unsafe { libc::kill(pid, libc::SIGTERM) };
+            let _ = tokio::time::timeout(Duration::from_secs(30), self.child.wait()).await;
+        }
+    }
+}
+
+/// The rmcp test server on a free loopback port, serving `tools` synthetic
+/// tools whose names are unique per session.
+pub async fn start_mcp_server(bin: &str, tools: usize) -> anyhow::Result<(Proc, String)> {
+    let mut child = Command::new(bin)
+        .args([
+            "--transport",
+            "http",
+            "--listen",
+            "127.0.0.1:0",
+            "--unique-per-session",
+        ])
+        .args(["--tools", &tools.to_string(), "--page-size", "500"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .with_context(|| format!("starting {bin}"))?;
+    let stdout = child.stdout.take().context("test server stdout")?;
+    let line = tokio::time::timeout(
+        Duration::from_secs(20),
+        BufReader::new(stdout).lines().next_line(),
+    )
+    .await
+    .context("test server did not announce its address")??
+    .context("test server exited")?;
+    let url = line
+        .strip_prefix("LISTENING ")
+        .with_context(|| format!("unexpected line {line:?}"))?
+        .trim()
+        .to_owned();
+    Ok((Proc { child }, url))
+}
+
+pub struct Daemon {
+    pub proc: Proc,
+    pub channel: Channel,
+}
+
+impl Daemon {
+    pub async fn start(bin: &str, db: &Db, pool_size: u32) -> anyhow::Result<Daemon> {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
+        let child = Command::new(bin)
+            .env("RUST_LOG", "warn")
+            .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
+            .args([
+                "--database-url",
+                &db.url,
+                "--pool-size",
+                &pool_size.to_string(),
+            ])
+            .args([
+                "--pool-timeout",
+                "5s",
+                "--mcp-connect-timeout",
+                "60s",
+                "--mcp-list-timeout",
+                "60s",
+            ])
+            .stdout(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .with_context(|| format!("starting {bin}"))?;
+        let proc = Proc { child };
+        let endpoint = format!("http://127.0.0.1:{port}");
+        for _ in 0..400 {
+            if let Ok(channel) = Channel::from_shared(endpoint.clone())?.connect().await {
+                return Ok(Daemon { proc, channel });
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        bail!("daemon did not serve on {endpoint}")
+    }
+
+    pub fn client(&self) -> McpServerServiceClient<Channel> {
+        McpServerServiceClient::new(self.channel.clone())
+            .max_decoding_message_size(64 * 1024 * 1024)
+    }
+
+    pub fn admin(&self) -> AdminServiceClient<Channel> {
+        AdminServiceClient::new(self.channel.clone())
+    }
+}

@@ -1,0 +1,174 @@
+//! The floor: the same rows a create writes (the server, N tools, N
+//! mappings), written by the fastest plain approach on one connection in one
+//! transaction: COPY on PostgreSQL, one multi-row INSERT per table on SQLite.
+
+use std::time::Instant;
+
+use anyhow::Context;
+use bytes::Bytes;
+use diesel::{Connection, SqliteConnection, connection::SimpleConnection};
+use futures::SinkExt;
+
+/// The rows of one synthetic server, built before the clock starts.
+pub struct Rows {
+    org: String,
+    server_id: String,
+    tools: Vec<[String; 5]>,
+    now: i64,
+}
+
+impl Rows {
+    pub fn new(n: usize) -> Rows {
+        let org = format!("floor-{}", uuid::Uuid::now_v7().simple());
+        let schema = r#"{"properties":{"x":{"description":"any integer","type":"integer"}},"type":"object"}"#;
+        Rows {
+            server_id: uuid::Uuid::now_v7().to_string(),
+            tools: (0..n)
+                .map(|i| {
+                    [
+                        uuid::Uuid::now_v7().to_string(),
+                        org.clone(),
+                        format!("tool_{i:04}"),
+                        format!("Test tool number {i}; echoes its name and arguments."),
+                        schema.to_owned(),
+                    ]
+                })
+                .collect(),
+            org,
+            now: 1_800_000_000_000,
+        }
+    }
+}
+
+pub struct PgFloor {
+    client: tokio_postgres::Client,
+}
+
+impl PgFloor {
+    pub async fn connect(url: &str) -> anyhow::Result<PgFloor> {
+        let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+            .await
+            .context("floor connection")?;
+        tokio::spawn(connection);
+        Ok(PgFloor { client })
+    }
+
+    /// Milliseconds to write `rows`.
+    pub async fn write(&mut self, rows: &Rows) -> anyhow::Result<f64> {
+        let tools_copy = copy_text(rows.tools.iter().map(|t| {
+            let mut row = t.to_vec();
+            row.push(rows.now.to_string());
+            row
+        }));
+        let mappings_copy = copy_text(
+            rows.tools
+                .iter()
+                .map(|t| vec![rows.server_id.clone(), t[0].clone()]),
+        );
+        let started = Instant::now();
+        let tx = self.client.transaction().await?;
+        tx.execute(
+            "INSERT INTO mcp_servers (id, organization_id, name, transport, endpoint, transport_config, tool_count, created_at) \
+             VALUES ($1, $2, 'floor', 'streamable_http', 'http://127.0.0.1/mcp', '{}', $3, $4)",
+            &[&rows.server_id, &rows.org, &(rows.tools.len() as i32), &rows.now],
+        )
+        .await?;
+        for (statement, data) in [
+            (
+                "COPY tools (id, organization_id, name, description, input_schema, created_at) FROM STDIN",
+                tools_copy,
+            ),
+            (
+                "COPY server_tools (server_id, tool_id) FROM STDIN",
+                mappings_copy,
+            ),
+        ] {
+            let sink = tx.copy_in::<_, Bytes>(statement).await?;
+            futures::pin_mut!(sink);
+            sink.send(Bytes::from(data)).await?;
+            sink.finish().await?;
+        }
+        tx.commit().await?;
+        Ok(started.elapsed().as_secs_f64() * 1000.0)
+    }
+}
+
+/// COPY's text format: tab-separated, backslash escapes.
+fn copy_text(rows: impl Iterator<Item = Vec<String>>) -> String {
+    let mut out = String::new();
+    for row in rows {
+        for (i, field) in row.iter().enumerate() {
+            if i > 0 {
+                out.push('\t');
+            }
+            for c in field.chars() {
+                match c {
+                    '\\' => out.push_str("\\\\"),
+                    '\t' => out.push_str("\\t"),
+                    '\n' => out.push_str("\\n"),
+                    '\r' => out.push_str("\\r"),
+                    c => out.push(c),
+                }
+            }
+        }
+        out.push('\n');
+    }
+    out
+}
+
+pub struct SqliteFloor {
+    conn: SqliteConnection,
+}
+
+impl SqliteFloor {
+    pub fn connect(path: &str) -> anyhow::Result<SqliteFloor> {
+        let mut conn = SqliteConnection::establish(path)?;
+        conn.batch_execute("PRAGMA busy_timeout = 10000; PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON;")?;
+        Ok(SqliteFloor { conn })
+    }
+
+    /// Milliseconds to write `rows` (the SQL text is built before the clock starts).
+    pub fn write(&mut self, rows: &Rows) -> anyhow::Result<f64> {
+        let q = |s: &str| format!("'{}'", s.replace('\'', "''"));
+        let mut sql = format!(
+            "BEGIN; INSERT INTO mcp_servers (id, organization_id, name, transport, endpoint, transport_config, tool_count, created_at) \
+             VALUES ({}, {}, 'floor', 'streamable_http', 'http://127.0.0.1/mcp', '{{}}', {}, {});",
+            q(&rows.server_id),
+            q(&rows.org),
+            rows.tools.len(),
+            rows.now
+        );
+        if !rows.tools.is_empty() {
+            let tools: Vec<String> = rows
+                .tools
+                .iter()
+                .map(|t| {
+                    format!(
+                        "({}, {}, {}, {}, {}, {})",
+                        q(&t[0]),
+                        q(&t[1]),
+                        q(&t[2]),
+                        q(&t[3]),
+                        q(&t[4]),
+                        rows.now
+                    )
+                })
+                .collect();
+            let mappings: Vec<String> = rows
+                .tools
+                .iter()
+                .map(|t| format!("({}, {})", q(&rows.server_id), q(&t[0])))
+                .collect();
+            sql.push_str(&format!(
+                "INSERT INTO tools (id, organization_id, name, description, input_schema, created_at) VALUES {};\
+                 INSERT INTO server_tools (server_id, tool_id) VALUES {};",
+                tools.join(","),
+                mappings.join(",")
+            ));
+        }
+        sql.push_str("COMMIT;");
+        let started = Instant::now();
+        self.conn.batch_execute(&sql)?;
+        Ok(started.elapsed().as_secs_f64() * 1000.0)
+    }
+}

@@ -1,0 +1,317 @@
+//! The daemon's own figures, measured through its gRPC API.
+
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use futures::{StreamExt, stream};
+use mcpd::{
+    api::{MCP_US_HEADER, ORGANIZATION_HEADER, PEAK_CONNECTIONS_HEADER, PERSIST_US_HEADER},
+    proto::{
+        self, GetStatsRequest, create_mcp_server_request::Transport,
+        mcp_server_service_client::McpServerServiceClient,
+    },
+};
+use serde_json::{Value, json};
+use tonic::{Request, metadata::MetadataMap, transport::Channel};
+
+use crate::{
+    env::Daemon,
+    stats::{round, summarize},
+};
+
+fn as_org<T>(org: &str, message: T) -> Request<T> {
+    let mut request = Request::new(message);
+    request
+        .metadata_mut()
+        .insert(ORGANIZATION_HEADER, org.parse().expect("ascii org"));
+    request
+}
+
+fn header_u64(metadata: &MetadataMap, name: &str) -> u64 {
+    metadata
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+fn http_create(name: &str, url: &str) -> proto::CreateMcpServerRequest {
+    proto::CreateMcpServerRequest {
+        server_name: name.to_owned(),
+        transport: Some(Transport::StreamableHttp(proto::StreamableHttpTransport {
+            url: url.to_owned(),
+            headers: Default::default(),
+        })),
+    }
+}
+
+/// One timed create.
+pub struct CreateSample {
+    pub total_ms: f64,
+    pub mcp_ms: f64,
+    pub persist_ms: f64,
+    pub peak_per_request: u64,
+    pub server_id: String,
+    pub stored_tools: usize,
+}
+
+pub async fn create(
+    client: &mut McpServerServiceClient<Channel>,
+    org: &str,
+    name: &str,
+    url: &str,
+) -> Result<CreateSample, tonic::Status> {
+    let started = Instant::now();
+    let response = client
+        .create_mcp_server(as_org(org, http_create(name, url)))
+        .await?;
+    let total_ms = started.elapsed().as_secs_f64() * 1000.0;
+    let metadata = response.metadata().clone();
+    let body = response.into_inner();
+    Ok(CreateSample {
+        total_ms,
+        mcp_ms: header_u64(&metadata, MCP_US_HEADER) as f64 / 1000.0,
+        persist_ms: header_u64(&metadata, PERSIST_US_HEADER) as f64 / 1000.0,
+        peak_per_request: header_u64(&metadata, PEAK_CONNECTIONS_HEADER),
+        server_id: body.server.map(|s| s.id).unwrap_or_default(),
+        stored_tools: body.tools.len(),
+    })
+}
+
+pub async fn close(
+    client: &mut McpServerServiceClient<Channel>,
+    org: &str,
+    server_id: &str,
+) -> Result<f64, tonic::Status> {
+    let started = Instant::now();
+    client
+        .close_mcp_server(as_org(
+            org,
+            proto::CloseMcpServerRequest {
+                server_id: server_id.to_owned(),
+            },
+        ))
+        .await?;
+    Ok(started.elapsed().as_secs_f64() * 1000.0)
+}
+
+pub async fn daemon_peak(daemon: &Daemon, reset: bool) -> anyhow::Result<proto::GetStatsResponse> {
+    Ok(daemon
+        .admin()
+        .get_stats(GetStatsRequest { reset_peaks: reset })
+        .await
+        .context("GetStats")?
+        .into_inner())
+}
+
+/// Scenario 1: sequential creates of one size; the persistence part is what
+/// the floor is compared with.
+pub async fn single_creates(
+    daemon: &Daemon,
+    url: &str,
+    n: usize,
+    runs: usize,
+) -> anyhow::Result<Value> {
+    let mut client = daemon.client();
+    let org = format!("single-{n}");
+    let (mut totals, mut mcp, mut persist) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut errors, mut peak, mut peak_per_request) = (0u64, 0u32, 0u64);
+    let mut created = Vec::new();
+    for i in 0..runs {
+        daemon_peak(daemon, true).await?;
+        match create(&mut client, &org, &format!("s{n}-{i}"), url).await {
+            Ok(sample) if sample.stored_tools == n => {
+                totals.push(sample.total_ms);
+                mcp.push(sample.mcp_ms);
+                persist.push(sample.persist_ms);
+                peak_per_request = peak_per_request.max(sample.peak_per_request);
+                created.push(sample.server_id);
+            }
+            Ok(sample) => {
+                errors += 1;
+                eprintln!("create stored {} of {n} tools", sample.stored_tools);
+            }
+            Err(status) => {
+                errors += 1;
+                eprintln!("create failed: {status}");
+            }
+        }
+        peak = peak.max(daemon_peak(daemon, false).await?.pool_peak_checked_out);
+    }
+    let mut closes = Vec::new();
+    for id in created {
+        match close(&mut client, &org, &id).await {
+            Ok(ms) => closes.push(ms),
+            Err(_) => errors += 1,
+        }
+    }
+    let (t, m, p, c) = (
+        summarize(&totals),
+        summarize(&mcp),
+        summarize(&persist),
+        summarize(&closes),
+    );
+    Ok(json!({
+        "scenario": "single_create",
+        "n": n,
+        "runs": runs,
+        "p50_ms": round(t.p50),
+        "p99_ms": round(t.p99),
+        "mcp_ms": round(m.p50),
+        "persist_ms": round(p.p50),
+        "persist_p99_ms": round(p.p99),
+        "close_p50_ms": round(c.p50),
+        "errors": errors,
+        "peak_connections": peak,
+        "peak_connections_per_request": peak_per_request,
+    }))
+}
+
+/// Scenario 4: `count` creates at once, then `count` closes at once.
+pub async fn load(daemon: &Daemon, url: &str, count: usize, tools: usize) -> anyhow::Result<Value> {
+    let org = "load";
+    daemon_peak(daemon, true).await?;
+    let started = Instant::now();
+    let creates = (0..count).map(|i| {
+        let mut client = daemon.client();
+        async move { create(&mut client, org, &format!("load-{i}"), url).await }
+    });
+    let results = futures::future::join_all(creates).await;
+    let create_secs = started.elapsed().as_secs_f64();
+    let (mut latencies, mut ids, mut errors, mut peak_per_request) =
+        (Vec::new(), Vec::new(), 0u64, 0u64);
+    for result in results {
+        match result {
+            Ok(sample) if sample.stored_tools == tools => {
+                latencies.push(sample.total_ms);
+                peak_per_request = peak_per_request.max(sample.peak_per_request);
+                ids.push(sample.server_id);
+            }
+            Ok(_) => errors += 1,
+            Err(status) => {
+                errors += 1;
+                eprintln!("load create failed: {status}");
+            }
+        }
+    }
+    let stats_after_creates = daemon_peak(daemon, true).await?;
+    let started = Instant::now();
+    let closes = ids.iter().map(|id| {
+        let mut client = daemon.client();
+        async move { close(&mut client, org, id).await }
+    });
+    let results = futures::future::join_all(closes).await;
+    let close_secs = started.elapsed().as_secs_f64();
+    let mut close_latencies = Vec::new();
+    let mut close_errors = 0u64;
+    for result in results {
+        match result {
+            Ok(ms) => close_latencies.push(ms),
+            Err(status) => {
+                close_errors += 1;
+                eprintln!("load close failed: {status}");
+            }
+        }
+    }
+    let stats_after_closes = daemon_peak(daemon, false).await?;
+    let (c, k) = (summarize(&latencies), summarize(&close_latencies));
+    Ok(json!({
+        "scenario": "load",
+        "creates": count,
+        "tools_per_server": tools,
+        "throughput_per_s": round(latencies.len() as f64 / create_secs),
+        "p50_ms": round(c.p50),
+        "p99_ms": round(c.p99),
+        "errors": errors + close_errors,
+        "create_errors": errors,
+        "close_errors": close_errors,
+        "close_throughput_per_s": round(close_latencies.len() as f64 / close_secs),
+        "close_p50_ms": round(k.p50),
+        "close_p99_ms": round(k.p99),
+        "peak_connections": stats_after_creates.pool_peak_checked_out.max(stats_after_closes.pool_peak_checked_out),
+        "peak_connections_per_request": peak_per_request,
+        "pool_size": stats_after_closes.pool_max_size,
+        "pool_timeouts": stats_after_closes.pool_timeouts,
+    }))
+}
+
+/// Scenario 5: RSS idle and after `servers` × `tools` registered, and the
+/// latency of paging through them 100 at a time.
+pub async fn memory(
+    daemon: &Daemon,
+    url: &str,
+    idle_rss: u64,
+    servers: usize,
+    tools: usize,
+) -> anyhow::Result<Value> {
+    let org = "memory";
+    let mut errors = 0u64;
+    let started = Instant::now();
+    // RSS at the half and at the end: what is kept per server or per tool
+    // shows as growth between the two; warm-up (allocator arenas, caches,
+    // the pool filling) shows before the half.
+    let mut rss_half = 0;
+    for (from, to) in [(0, servers / 2), (servers / 2, servers)] {
+        let results: Vec<_> = stream::iter(from..to)
+            .map(|i| {
+                let mut client = daemon.client();
+                async move { create(&mut client, org, &format!("mem-{i:06}"), url).await }
+            })
+            .buffer_unordered(32)
+            .collect()
+            .await;
+        errors += results
+            .iter()
+            .filter(|r| !matches!(r, Ok(s) if s.stored_tools == tools))
+            .count() as u64;
+        if from == 0 {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            rss_half = daemon_peak(daemon, false).await?.rss_bytes;
+        }
+    }
+    let register_secs = started.elapsed().as_secs_f64();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let after = daemon_peak(daemon, false).await?;
+
+    let mut client = daemon.client();
+    let mut pages = Vec::new();
+    let mut token = String::new();
+    let mut listed = 0usize;
+    loop {
+        let started = Instant::now();
+        let page = client
+            .list_mcp_servers(as_org(
+                org,
+                proto::ListMcpServersRequest {
+                    page_size: 100,
+                    page_token: token.clone(),
+                },
+            ))
+            .await?
+            .into_inner();
+        pages.push(started.elapsed().as_secs_f64() * 1000.0);
+        listed += page.servers.len();
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        token = page.next_page_token;
+    }
+    let l = summarize(&pages);
+    let mb = |bytes: u64| round(bytes as f64 / 1_048_576.0);
+    Ok(json!({
+        "scenario": "memory",
+        "servers": servers,
+        "tools": servers * tools,
+        "registered_per_s": round(servers as f64 / register_secs),
+        "errors": errors,
+        "listed": listed,
+        "rss_idle_mb": mb(idle_rss),
+        "rss_mb": mb(after.rss_bytes),
+        "rss_growth_mb": round(mb(after.rss_bytes) - mb(idle_rss)),
+        "rss_half_mb": mb(rss_half),
+        "rss_growth_second_half_mb": round(mb(after.rss_bytes) - mb(rss_half)),
+        "list_page_size": 100,
+        "list_p50_ms": round(l.p50),
+        "list_p99_ms": round(l.p99),
+    }))
+}

@@ -1,0 +1,100 @@
+//! The benchmark is not a test; this only checks that `--quick` runs end to
+//! end and writes the JSON the README documents. It drives the debug
+//! binaries the test command built, so its figures mean nothing.
+
+use std::{path::PathBuf, process::Command};
+
+use serde_json::Value;
+
+fn target_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_mcpd-bench"))
+        .parent()
+        .expect("target dir")
+        .to_path_buf()
+}
+
+#[test]
+fn quick_run_writes_the_documented_json() {
+    let dir = target_dir();
+    for bin in ["mcpd", "mcp-test-server"] {
+        assert!(
+            dir.join(bin).exists(),
+            "{bin} is missing: `cargo build --workspace` first"
+        );
+    }
+    let out = tempfile::tempdir().unwrap();
+    let json_path = out.path().join("results.json");
+    let output = Command::new(env!("CARGO_BIN_EXE_mcpd-bench"))
+        .arg("--quick")
+        .arg("--daemon")
+        .arg(dir.join("mcpd"))
+        .arg("--test-server")
+        .arg(dir.join("mcp-test-server"))
+        .arg("--out")
+        .arg(&json_path)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        stdout.contains("Single create (daemon) vs floor"),
+        "{stdout}"
+    );
+
+    let report: Value = serde_json::from_slice(&std::fs::read(&json_path).unwrap()).unwrap();
+    assert_eq!(report["mode"], "quick");
+    let results = report["results"].as_array().unwrap();
+    let baseline = report["fanout_baseline"].as_array().unwrap();
+    for backend in ["postgres", "sqlite"] {
+        let of = |scenario: &str| -> Vec<&Value> {
+            results
+                .iter()
+                .filter(|r| r["backend"] == backend && r["scenario"] == scenario)
+                .collect()
+        };
+        let singles = of("single_create");
+        let sizes: Vec<u64> = singles.iter().map(|r| r["n"].as_u64().unwrap()).collect();
+        assert_eq!(sizes, [1, 50, 500, 5000], "{backend}");
+        for r in &singles {
+            for key in ["p50_ms", "p99_ms", "persist_ms", "floor_ms", "floor_ratio"] {
+                assert!(
+                    r[key].as_f64().is_some_and(|v| v > 0.0),
+                    "{backend} {key}: {r}"
+                );
+            }
+            assert_eq!(r["errors"], 0, "{r}");
+            assert_eq!(r["peak_connections_per_request"], 1, "{r}");
+            assert_eq!(r["peak_connections"], 1, "{r}");
+        }
+        let load = of("load");
+        assert_eq!(load.len(), 1);
+        assert_eq!(load[0]["errors"], 0, "{}", load[0]);
+        assert_eq!(load[0]["peak_connections_per_request"], 1);
+        assert!(
+            load[0]["peak_connections"].as_u64().unwrap() <= load[0]["pool_size"].as_u64().unwrap()
+        );
+        assert!(load[0]["throughput_per_s"].as_f64().unwrap() > 0.0);
+        let memory = of("memory");
+        assert_eq!(memory.len(), 1);
+        assert!(memory[0]["rss_mb"].as_f64().unwrap() > 0.0);
+        assert_eq!(memory[0]["listed"], memory[0]["servers"]);
+
+        let fanout: Vec<&Value> = baseline
+            .iter()
+            .filter(|r| r["backend"] == backend)
+            .collect();
+        assert!(
+            fanout
+                .iter()
+                .any(|r| r["scenario"] == "fanout_single" && r["n"] == 50)
+        );
+        assert!(fanout.iter().any(|r| r["scenario"] == "fanout_load"));
+        for r in fanout {
+            assert!(r["peak_connections"].as_u64().is_some(), "{r}");
+        }
+    }
+}

@@ -6,7 +6,10 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::{
     manager::Limits,
-    mcp::McpSettings,
+    mcp::{
+        McpSettings,
+        outbound::{OutboundPolicy, PolicyError},
+    },
     store::{DatabaseUrl, StoreError, StoreSettings},
 };
 
@@ -23,6 +26,38 @@ pub enum Command {
     Serve(ServeArgs),
     /// Apply pending database migrations and exit.
     Migrate(DatabaseArgs),
+    /// Create, list and revoke API keys.
+    Keys {
+        #[command(subcommand)]
+        command: KeysCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum KeysCommand {
+    /// Create a key for an organization; the key is printed once, on stdout.
+    Create {
+        #[arg(long)]
+        org: String,
+        /// What the key is for (shown by `keys list`).
+        #[arg(long, default_value = "")]
+        name: String,
+        #[command(flatten)]
+        database: DatabaseArgs,
+    },
+    /// List keys (never the keys themselves).
+    List {
+        #[arg(long)]
+        org: Option<String>,
+        #[command(flatten)]
+        database: DatabaseArgs,
+    },
+    /// Revoke a key by id; calls with it are refused from then on.
+    Revoke {
+        id: String,
+        #[command(flatten)]
+        database: DatabaseArgs,
+    },
 }
 
 #[derive(Debug, Clone, Args)]
@@ -59,6 +94,21 @@ pub struct ServeArgs {
     /// On SIGINT/SIGTERM, how long in-flight calls get to finish.
     #[arg(long, env = "MCPD_SHUTDOWN_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
     pub shutdown_timeout: Duration,
+    /// Programs stdio MCP servers may run: exact paths or bare names,
+    /// comma-separated or repeated. Empty (the default) refuses stdio.
+    #[arg(long, env = "MCPD_STDIO_ALLOW", value_delimiter = ',')]
+    pub stdio_allow: Vec<String>,
+    /// CIDRs remote MCP servers may be reached at although they are loopback
+    /// or private (denied by default), comma-separated or repeated.
+    #[arg(long, env = "MCPD_OUTBOUND_ALLOW", value_delimiter = ',')]
+    pub outbound_allow: Vec<String>,
+    /// CIDRs remote MCP servers may never be reached at.
+    #[arg(long, env = "MCPD_OUTBOUND_DENY", value_delimiter = ',')]
+    pub outbound_deny: Vec<String>,
+    /// Key that seals header and env values at rest (64 hex characters).
+    /// Created (mode 0600) when missing and nothing is sealed yet.
+    #[arg(long, env = "MCPD_SECRET_KEY_FILE", default_value = "mcpd.key")]
+    pub secret_key_file: std::path::PathBuf,
     /// Most tools one MCP server may offer.
     #[arg(long, env = "MCPD_MAX_TOOLS_PER_SERVER", default_value_t = 10_000)]
     pub max_tools_per_server: usize,
@@ -70,18 +120,26 @@ impl DatabaseArgs {
             url: DatabaseUrl::parse(&self.database_url)?,
             pool_size: self.pool_size.max(1),
             acquire_timeout: self.pool_timeout,
+            sealer: None,
         })
     }
 }
 
 impl ServeArgs {
-    pub fn mcp_settings(&self) -> McpSettings {
-        McpSettings {
+    pub fn mcp_settings(&self) -> Result<McpSettings, PolicyError> {
+        Ok(McpSettings {
             connect_timeout: self.mcp_connect_timeout,
             list_timeout: self.mcp_list_timeout,
             teardown_grace: self.teardown_grace,
+            stdio_allow: self
+                .stdio_allow
+                .iter()
+                .filter(|s| !s.is_empty())
+                .cloned()
+                .collect(),
+            outbound: OutboundPolicy::new(&self.outbound_allow, &self.outbound_deny)?,
             ..McpSettings::default()
-        }
+        })
     }
 
     pub fn limits(&self) -> Limits {

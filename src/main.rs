@@ -2,10 +2,10 @@ use anyhow::Context;
 use clap::Parser;
 use mcpd::{
     api::{self, ServeOptions},
-    config::{Cli, Command},
-    manager::Manager,
-    mcp::McpConnector,
-    store::{self, Store},
+    config::{Cli, Command, KeysCommand},
+    manager::{Limits, Manager},
+    mcp::{McpConnector, McpSettings},
+    store::{self, Sealer, Store, StoreSettings},
     telemetry,
 };
 
@@ -13,6 +13,7 @@ use mcpd::{
 async fn main() -> anyhow::Result<()> {
     telemetry::init();
     match Cli::parse().command {
+        Command::Keys { command } => keys(command).await?,
         Command::Migrate(db) => {
             let settings = db.store_settings()?;
             let applied = store::run_migrations(&settings.url).await?;
@@ -36,8 +37,13 @@ async fn main() -> anyhow::Result<()> {
             if !applied.is_empty() {
                 tracing::info!(?applied, "migrations applied");
             }
-            let store = Store::open(settings).await?;
-            let mcp = McpConnector::new(args.mcp_settings())?;
+            let sealer = open_sealer(&settings, &args.secret_key_file).await?;
+            let store = Store::open(StoreSettings {
+                sealer: Some(sealer),
+                ..settings
+            })
+            .await?;
+            let mcp = McpConnector::new(args.mcp_settings()?)?;
             let manager = Manager::new(store, mcp, args.limits());
             let listener = tokio::net::TcpListener::bind(args.listen)
                 .await
@@ -51,6 +57,82 @@ async fn main() -> anyhow::Result<()> {
                 shutdown_signal(),
             )
             .await?;
+        }
+    }
+    Ok(())
+}
+
+/// The key that seals secrets at rest. A missing key file is created only
+/// while nothing is sealed; a key that does not open what is stored stops
+/// the daemon here, with a message that says so.
+async fn open_sealer(settings: &StoreSettings, path: &std::path::Path) -> anyhow::Result<Sealer> {
+    let probe = Store::open(settings.clone()).await?;
+    let sealed = probe.has_sealed_configs().await?;
+    let sealer = if path.exists() || sealed {
+        Sealer::load(path).with_context(|| {
+            if sealed && !path.exists() {
+                format!(
+                    "the registry holds sealed secrets but the key file {} is missing; restore it",
+                    path.display()
+                )
+            } else {
+                format!("loading the secret key {}", path.display())
+            }
+        })?
+    } else {
+        let (sealer, created) = Sealer::load_or_create(path)?;
+        if created {
+            tracing::info!(path = %path.display(), fingerprint = %sealer.fingerprint(), "created a new secret key; back it up");
+        }
+        sealer
+    };
+    probe.verify_sealer(&sealer).await?;
+    tracing::info!(fingerprint = %sealer.fingerprint(), "secrets at rest are sealed");
+    Ok(sealer)
+}
+
+async fn keys(command: KeysCommand) -> anyhow::Result<()> {
+    let database = match &command {
+        KeysCommand::Create { database, .. }
+        | KeysCommand::List { database, .. }
+        | KeysCommand::Revoke { database, .. } => database,
+    };
+    let settings = database.store_settings()?;
+    store::run_migrations(&settings.url).await?;
+    let manager = Manager::new(
+        Store::open(settings).await?,
+        McpConnector::new(McpSettings::default())?,
+        Limits::default(),
+    );
+    match command {
+        KeysCommand::Create { org, name, .. } => {
+            let created = manager.create_api_key(&org, &name).await?;
+            eprintln!(
+                "created API key {} for organization {:?}; it is shown only now:",
+                created.info.id, created.info.organization_id
+            );
+            println!("{}", created.key);
+        }
+        KeysCommand::List { org, .. } => {
+            println!(
+                "{:<36}  {:<24}  {:<24}  {:<8}  created (unix ms)",
+                "id", "organization", "name", "state"
+            );
+            for key in manager.list_api_keys(org.as_deref()).await? {
+                let state = if key.revoked_at_ms.is_some() {
+                    "revoked"
+                } else {
+                    "active"
+                };
+                println!(
+                    "{:<36}  {:<24}  {:<24}  {:<8}  {}",
+                    key.id, key.organization_id, key.name, state, key.created_at_ms
+                );
+            }
+        }
+        KeysCommand::Revoke { id, .. } => {
+            manager.revoke_api_key(&id).await?;
+            eprintln!("revoked API key {id}");
         }
     }
     Ok(())

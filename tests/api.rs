@@ -13,7 +13,7 @@ backend_tests!(
     duplicate_names_are_already_exists,
     organizations_are_isolated,
     invalid_arguments_are_rejected_with_reasons,
-    missing_organization_is_unauthenticated,
+    calls_need_a_valid_api_key,
     invalid_tools_are_reported_not_fatal,
     tool_names_are_unique_per_organization,
     streamable_http_server,
@@ -21,13 +21,11 @@ backend_tests!(
 
 async fn create_get_list_tools_close(backend: Backend) {
     let daemon = Daemon::start(backend).await;
+    let keys = daemon.keys.clone();
     let mut client = daemon.client().await;
 
     let created = client
-        .create_mcp_server(as_org(
-            "acme",
-            create_request("weather", stdio(&["--tools", "3"])),
-        ))
+        .create_mcp_server(keys.req("acme", create_request("weather", stdio(&["--tools", "3"]))))
         .await
         .expect("create")
         .into_inner();
@@ -51,7 +49,7 @@ async fn create_get_list_tools_close(backend: Backend) {
     }
 
     let got = client
-        .get_mcp_server(as_org(
+        .get_mcp_server(keys.req(
             "acme",
             proto::GetMcpServerRequest {
                 server_id: server.id.clone(),
@@ -65,7 +63,7 @@ async fn create_get_list_tools_close(backend: Backend) {
     assert_eq!(got, server);
 
     let listed = client
-        .list_mcp_servers(as_org("acme", proto::ListMcpServersRequest::default()))
+        .list_mcp_servers(keys.req("acme", proto::ListMcpServersRequest::default()))
         .await
         .unwrap()
         .into_inner();
@@ -73,7 +71,7 @@ async fn create_get_list_tools_close(backend: Backend) {
     assert!(listed.next_page_token.is_empty());
 
     let tools = client
-        .list_mcp_server_tools(as_org(
+        .list_mcp_server_tools(keys.req(
             "acme",
             proto::ListMcpServerToolsRequest {
                 server_id: server.id.clone(),
@@ -88,7 +86,7 @@ async fn create_get_list_tools_close(backend: Backend) {
     assert_eq!(tools.tools[0].name, "tool_0000");
     assert!(!tools.next_page_token.is_empty());
     let rest = client
-        .list_mcp_server_tools(as_org(
+        .list_mcp_server_tools(keys.req(
             "acme",
             proto::ListMcpServerToolsRequest {
                 server_id: server.id.clone(),
@@ -109,7 +107,7 @@ async fn create_get_list_tools_close(backend: Backend) {
     assert!(rest.next_page_token.is_empty());
 
     let closed = client
-        .close_mcp_server(as_org(
+        .close_mcp_server(keys.req(
             "acme",
             proto::CloseMcpServerRequest {
                 server_id: server.id.clone(),
@@ -123,7 +121,7 @@ async fn create_get_list_tools_close(backend: Backend) {
 
     for status in [
         client
-            .get_mcp_server(as_org(
+            .get_mcp_server(keys.req(
                 "acme",
                 proto::GetMcpServerRequest {
                     server_id: server.id.clone(),
@@ -132,7 +130,7 @@ async fn create_get_list_tools_close(backend: Backend) {
             .await
             .unwrap_err(),
         client
-            .close_mcp_server(as_org(
+            .close_mcp_server(keys.req(
                 "acme",
                 proto::CloseMcpServerRequest {
                     server_id: server.id.clone(),
@@ -141,7 +139,7 @@ async fn create_get_list_tools_close(backend: Backend) {
             .await
             .unwrap_err(),
         client
-            .list_mcp_server_tools(as_org(
+            .list_mcp_server_tools(keys.req(
                 "acme",
                 proto::ListMcpServerToolsRequest {
                     server_id: server.id.clone(),
@@ -156,10 +154,7 @@ async fn create_get_list_tools_close(backend: Backend) {
     }
     // The name is free again once the server is closed.
     client
-        .create_mcp_server(as_org(
-            "acme",
-            create_request("weather", stdio(&["--tools", "1"])),
-        ))
+        .create_mcp_server(keys.req("acme", create_request("weather", stdio(&["--tools", "1"]))))
         .await
         .expect("re-create after close");
     daemon.stop().await;
@@ -167,11 +162,12 @@ async fn create_get_list_tools_close(backend: Backend) {
 
 async fn list_servers_pages_through_everything(backend: Backend) {
     let daemon = Daemon::start(backend).await;
+    let keys = daemon.keys.clone();
     let mut client = daemon.client().await;
     let mut ids = Vec::new();
     for i in 0..5 {
         let created = client
-            .create_mcp_server(as_org(
+            .create_mcp_server(keys.req(
                 "acme",
                 create_request(
                     &format!("s{i}"),
@@ -188,7 +184,7 @@ async fn list_servers_pages_through_everything(backend: Backend) {
     let mut pages = 0;
     loop {
         let page = client
-            .list_mcp_servers(as_org(
+            .list_mcp_servers(keys.req(
                 "acme",
                 proto::ListMcpServersRequest {
                     page_size: 2,
@@ -211,7 +207,7 @@ async fn list_servers_pages_through_everything(backend: Backend) {
 
     // A huge page size is clamped, not refused.
     let all = client
-        .list_mcp_servers(as_org(
+        .list_mcp_servers(keys.req(
             "acme",
             proto::ListMcpServersRequest {
                 page_size: 1_000_000,
@@ -225,7 +221,7 @@ async fn list_servers_pages_through_everything(backend: Backend) {
 
     for (page_size, page_token) in [(-1, String::new()), (2, "garbage".to_owned())] {
         let status = client
-            .list_mcp_servers(as_org(
+            .list_mcp_servers(keys.req(
                 "acme",
                 proto::ListMcpServersRequest {
                     page_size,
@@ -238,7 +234,7 @@ async fn list_servers_pages_through_everything(backend: Backend) {
     }
     // A token from one organization's listing is no good for another's.
     let first = client
-        .list_mcp_servers(as_org(
+        .list_mcp_servers(keys.req(
             "acme",
             proto::ListMcpServersRequest {
                 page_size: 1,
@@ -249,7 +245,7 @@ async fn list_servers_pages_through_everything(backend: Backend) {
         .unwrap()
         .into_inner();
     let status = client
-        .list_mcp_servers(as_org(
+        .list_mcp_servers(keys.req(
             "globex",
             proto::ListMcpServersRequest {
                 page_size: 1,
@@ -264,16 +260,14 @@ async fn list_servers_pages_through_everything(backend: Backend) {
 
 async fn duplicate_names_are_already_exists(backend: Backend) {
     let daemon = Daemon::start(backend).await;
+    let keys = daemon.keys.clone();
     let mut client = daemon.client().await;
     client
-        .create_mcp_server(as_org(
-            "acme",
-            create_request("dup", stdio(&["--tools", "2"])),
-        ))
+        .create_mcp_server(keys.req("acme", create_request("dup", stdio(&["--tools", "2"]))))
         .await
         .unwrap();
     let status = client
-        .create_mcp_server(as_org(
+        .create_mcp_server(keys.req(
             "acme",
             create_request("dup", stdio(&["--tools", "2", "--tool-prefix", "other_"])),
         ))
@@ -282,7 +276,7 @@ async fn duplicate_names_are_already_exists(backend: Backend) {
     assert_eq!(status.code(), Code::AlreadyExists, "{status:?}");
     assert!(status.message().contains("dup"));
     let listed = client
-        .list_mcp_servers(as_org("acme", proto::ListMcpServersRequest::default()))
+        .list_mcp_servers(keys.req("acme", proto::ListMcpServersRequest::default()))
         .await
         .unwrap()
         .into_inner();
@@ -292,9 +286,10 @@ async fn duplicate_names_are_already_exists(backend: Backend) {
 
 async fn organizations_are_isolated(backend: Backend) {
     let daemon = Daemon::start(backend).await;
+    let keys = daemon.keys.clone();
     let mut client = daemon.client().await;
     let a = client
-        .create_mcp_server(as_org(
+        .create_mcp_server(keys.req(
             "org-a",
             create_request("shared-name", stdio(&["--tools", "2"])),
         ))
@@ -305,7 +300,7 @@ async fn organizations_are_isolated(backend: Backend) {
         .unwrap();
     // Same server name and same tool names in another organization: fine.
     let b = client
-        .create_mcp_server(as_org(
+        .create_mcp_server(keys.req(
             "org-b",
             create_request("shared-name", stdio(&["--tools", "2"])),
         ))
@@ -315,7 +310,7 @@ async fn organizations_are_isolated(backend: Backend) {
     assert!(b.failed_tools.is_empty(), "{:?}", b.failed_tools);
 
     let status = client
-        .get_mcp_server(as_org(
+        .get_mcp_server(keys.req(
             "org-b",
             proto::GetMcpServerRequest {
                 server_id: a.id.clone(),
@@ -325,7 +320,7 @@ async fn organizations_are_isolated(backend: Backend) {
         .unwrap_err();
     assert_eq!(status.code(), Code::NotFound);
     let status = client
-        .list_mcp_server_tools(as_org(
+        .list_mcp_server_tools(keys.req(
             "org-b",
             proto::ListMcpServerToolsRequest {
                 server_id: a.id.clone(),
@@ -336,7 +331,7 @@ async fn organizations_are_isolated(backend: Backend) {
         .unwrap_err();
     assert_eq!(status.code(), Code::NotFound);
     let status = client
-        .close_mcp_server(as_org(
+        .close_mcp_server(keys.req(
             "org-b",
             proto::CloseMcpServerRequest {
                 server_id: a.id.clone(),
@@ -346,7 +341,7 @@ async fn organizations_are_isolated(backend: Backend) {
         .unwrap_err();
     assert_eq!(status.code(), Code::NotFound);
     let listed = client
-        .list_mcp_servers(as_org("org-b", proto::ListMcpServersRequest::default()))
+        .list_mcp_servers(keys.req("org-b", proto::ListMcpServersRequest::default()))
         .await
         .unwrap()
         .into_inner();
@@ -354,7 +349,7 @@ async fn organizations_are_isolated(backend: Backend) {
     assert_ne!(listed.servers[0].id, a.id);
     // A's server survived B's attempts.
     client
-        .get_mcp_server(as_org(
+        .get_mcp_server(keys.req(
             "org-a",
             proto::GetMcpServerRequest {
                 server_id: a.id.clone(),
@@ -367,6 +362,7 @@ async fn organizations_are_isolated(backend: Backend) {
 
 async fn invalid_arguments_are_rejected_with_reasons(backend: Backend) {
     let daemon = Daemon::start(backend).await;
+    let keys = daemon.keys.clone();
     let mut client = daemon.client().await;
     let http = |url: &str| {
         Transport::StreamableHttp(proto::StreamableHttpTransport {
@@ -462,7 +458,7 @@ async fn invalid_arguments_are_rejected_with_reasons(backend: Backend) {
     ];
     for (request, expected) in cases {
         let status = client
-            .create_mcp_server(as_org("acme", request))
+            .create_mcp_server(keys.req("acme", request))
             .await
             .unwrap_err();
         assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
@@ -475,7 +471,7 @@ async fn invalid_arguments_are_rejected_with_reasons(backend: Backend) {
     }
     for server_id in ["", "not-an-id!", &"a".repeat(100)] {
         let status = client
-            .get_mcp_server(as_org(
+            .get_mcp_server(keys.req(
                 "acme",
                 proto::GetMcpServerRequest {
                     server_id: server_id.into(),
@@ -491,7 +487,7 @@ async fn invalid_arguments_are_rejected_with_reasons(backend: Backend) {
     }
     // Nothing was written by any of it.
     let listed = client
-        .list_mcp_servers(as_org("acme", proto::ListMcpServersRequest::default()))
+        .list_mcp_servers(keys.req("acme", proto::ListMcpServersRequest::default()))
         .await
         .unwrap()
         .into_inner();
@@ -499,28 +495,91 @@ async fn invalid_arguments_are_rejected_with_reasons(backend: Backend) {
     daemon.stop().await;
 }
 
-async fn missing_organization_is_unauthenticated(backend: Backend) {
+async fn calls_need_a_valid_api_key(backend: Backend) {
     let daemon = Daemon::start(backend).await;
+    let keys = daemon.keys.clone();
     let mut client = daemon.client().await;
+    let list = || proto::ListMcpServersRequest::default();
+
+    let status = client.list_mcp_servers(list()).await.unwrap_err();
+    assert_eq!(status.code(), Code::Unauthenticated);
+    assert!(
+        status.message().contains("mcpd keys create"),
+        "{}",
+        status.message()
+    );
+
+    let unknown = format!("mcpd_{}", "0".repeat(64));
+    for bad in ["", "garbage", "mcpd_short", unknown.as_str()] {
+        let mut request = tonic::Request::new(list());
+        request
+            .metadata_mut()
+            .insert("authorization", format!("Bearer {bad}").parse().unwrap());
+        let status = client.list_mcp_servers(request).await.unwrap_err();
+        assert_eq!(status.code(), Code::Unauthenticated, "{bad:?}");
+    }
+    // A scheme other than Bearer is refused too.
+    let mut request = tonic::Request::new(list());
+    request.metadata_mut().insert(
+        "authorization",
+        format!("Basic {}", keys.key("acme")).parse().unwrap(),
+    );
+    assert_eq!(
+        client.list_mcp_servers(request).await.unwrap_err().code(),
+        Code::Unauthenticated
+    );
+
+    // The organization comes from the key; a header naming another is ignored.
+    client
+        .create_mcp_server(keys.req("acme", create_request("mine", stdio(&["--tools", "1"]))))
+        .await
+        .unwrap();
+    let mut request = keys.req("org-b", list());
+    request
+        .metadata_mut()
+        .insert("x-organization-id", "acme".parse().unwrap());
+    assert!(
+        client
+            .list_mcp_servers(request)
+            .await
+            .unwrap()
+            .into_inner()
+            .servers
+            .is_empty()
+    );
+
+    // A revoked key stops working at once.
+    let extra = daemon
+        .manager
+        .create_api_key("acme", "short-lived")
+        .await
+        .unwrap();
+    client
+        .list_mcp_servers(with_key(&extra.key, list()))
+        .await
+        .expect("new key works");
+    daemon.manager.revoke_api_key(&extra.info.id).await.unwrap();
     let status = client
-        .list_mcp_servers(proto::ListMcpServersRequest::default())
+        .list_mcp_servers(with_key(&extra.key, list()))
         .await
         .unwrap_err();
     assert_eq!(status.code(), Code::Unauthenticated);
-    assert!(status.message().contains("x-organization-id"));
-    let status = client
-        .create_mcp_server(as_org("", create_request("x", stdio(&[]))))
-        .await
-        .unwrap_err();
-    assert_eq!(status.code(), Code::Unauthenticated);
+    // Only hashes are stored.
+    let stored = daemon.manager.list_api_keys(Some("acme")).await.unwrap();
+    assert!(
+        stored
+            .iter()
+            .any(|k| k.id == extra.info.id && k.revoked_at_ms.is_some())
+    );
     daemon.stop().await;
 }
 
 async fn invalid_tools_are_reported_not_fatal(backend: Backend) {
     let daemon = Daemon::start(backend).await;
+    let keys = daemon.keys.clone();
     let mut client = daemon.client().await;
     let created = client
-        .create_mcp_server(as_org(
+        .create_mcp_server(keys.req(
             "acme",
             create_request("mixed", stdio(&["--tools", "5", "--invalid-tools", "4"])),
         ))
@@ -546,22 +605,17 @@ async fn invalid_tools_are_reported_not_fatal(backend: Backend) {
 
 async fn tool_names_are_unique_per_organization(backend: Backend) {
     let daemon = Daemon::start(backend).await;
+    let keys = daemon.keys.clone();
     let mut client = daemon.client().await;
     let first = client
-        .create_mcp_server(as_org(
-            "acme",
-            create_request("first", stdio(&["--tools", "3"])),
-        ))
+        .create_mcp_server(keys.req("acme", create_request("first", stdio(&["--tools", "3"]))))
         .await
         .unwrap()
         .into_inner();
     assert_eq!(first.tools.len(), 3);
     // Offers tool_0000..tool_0004: the first three are taken.
     let second = client
-        .create_mcp_server(as_org(
-            "acme",
-            create_request("second", stdio(&["--tools", "5"])),
-        ))
+        .create_mcp_server(keys.req("acme", create_request("second", stdio(&["--tools", "5"]))))
         .await
         .unwrap()
         .into_inner();
@@ -573,7 +627,7 @@ async fn tool_names_are_unique_per_organization(backend: Backend) {
     }
     // Closing the second removes only what it provided.
     let closed = client
-        .close_mcp_server(as_org(
+        .close_mcp_server(keys.req(
             "acme",
             proto::CloseMcpServerRequest {
                 server_id: second.server.unwrap().id,
@@ -584,7 +638,7 @@ async fn tool_names_are_unique_per_organization(backend: Backend) {
         .into_inner();
     assert_eq!(closed.removed_tools, 2);
     let first_tools = client
-        .list_mcp_server_tools(as_org(
+        .list_mcp_server_tools(keys.req(
             "acme",
             proto::ListMcpServerToolsRequest {
                 server_id: first.server.unwrap().id,
@@ -600,10 +654,11 @@ async fn tool_names_are_unique_per_organization(backend: Backend) {
 
 async fn streamable_http_server(backend: Backend) {
     let daemon = Daemon::start(backend).await;
+    let keys = daemon.keys.clone();
     let mut client = daemon.client().await;
     let server = HttpTestServer::start(&["--tools", "7", "--page-size", "3"]).await;
     let created = client
-        .create_mcp_server(as_org(
+        .create_mcp_server(keys.req(
             "acme",
             create_request(
                 "remote",

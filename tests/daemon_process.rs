@@ -49,7 +49,13 @@ async fn serve(
             &format!("127.0.0.1:{port}"),
             "--database-url",
             &db.cli_url(),
+            "--stdio-allow",
+            &test_server_bin(),
+            "--outbound-allow",
+            &LOOPBACK.join(","),
         ])
+        .arg("--secret-key-file")
+        .arg(db.dir().join("mcpd.key"))
         .args(extra)
         .stderr(Stdio::piped())
         .spawn()
@@ -82,11 +88,38 @@ async fn stop(mut daemon: Process) -> (std::process::ExitStatus, String) {
     (status, daemon.log.await.unwrap())
 }
 
+/// `mcpd keys create`: the key is the one line on stdout.
+async fn create_key(db: &TestDb, org: &str) -> String {
+    let output = mcpd()
+        .args([
+            "keys",
+            "create",
+            "--org",
+            org,
+            "--name",
+            "tests",
+            "--database-url",
+            &db.cli_url(),
+        ])
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let key = String::from_utf8(output.stdout).unwrap().trim().to_owned();
+    assert!(key.starts_with("mcpd_"), "{key:?}");
+    key
+}
+
 async fn server_names(db: &TestDb, org: &str) -> Vec<String> {
     let store = mcpd::store::Store::open(mcpd::store::StoreSettings {
         url: db.url.clone(),
         pool_size: 1,
         acquire_timeout: Duration::from_secs(5),
+        sealer: None,
     })
     .await
     .unwrap();
@@ -119,6 +152,7 @@ async fn migrate_subcommand_is_idempotent(backend: Backend) {
 
 async fn sigterm_drains_tears_down_and_exits_zero(backend: Backend) {
     let db = TestDb::new(backend).await;
+    let key = create_key(&db, "acme").await;
     let (daemon, mut client) = serve(
         &db,
         &[
@@ -136,8 +170,8 @@ async fn sigterm_drains_tears_down_and_exits_zero(backend: Backend) {
     // A finished create, and one stuck listing tools from a server that also
     // ignores shutdown and has a child of its own.
     client
-        .create_mcp_server(as_org(
-            "acme",
+        .create_mcp_server(with_key(
+            &key,
             create_request("done", stdio(&["--tools", "2"])),
         ))
         .await
@@ -146,6 +180,7 @@ async fn sigterm_drains_tears_down_and_exits_zero(backend: Backend) {
     let pidfile = dir.path().join("pids");
     let stuck = tokio::spawn({
         let mut client = client.clone();
+        let key = key.clone();
         let args = [
             "--hang",
             "list",
@@ -159,7 +194,7 @@ async fn sigterm_drains_tears_down_and_exits_zero(backend: Backend) {
         async move {
             let args: Vec<&str> = args.iter().map(String::as_str).collect();
             client
-                .create_mcp_server(as_org("acme", create_request("stuck", stdio(&args))))
+                .create_mcp_server(with_key(&key, create_request("stuck", stdio(&args))))
                 .await
         }
     });
@@ -193,6 +228,7 @@ async fn sigterm_drains_tears_down_and_exits_zero(backend: Backend) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn secrets_never_reach_the_log_even_at_trace() {
     let db = TestDb::new(Backend::Sqlite).await;
+    let key = create_key(&db, "acme").await;
     let (daemon, mut client) = serve(&db, &[], "trace").await;
     let env_secret = "env-s3cret-7f1c9a";
     let header_secret = "hdr-s3cret-9b2e4d";
@@ -205,7 +241,7 @@ async fn secrets_never_reach_the_log_even_at_trace() {
         env: [("API_TOKEN".to_owned(), env_secret.to_owned())].into(),
     });
     client
-        .create_mcp_server(as_org("acme", create_request("with-env", with_env)))
+        .create_mcp_server(with_key(&key, create_request("with-env", with_env)))
         .await
         .expect("stdio create");
 
@@ -220,16 +256,16 @@ async fn secrets_never_reach_the_log_even_at_trace() {
         )
     };
     client
-        .create_mcp_server(as_org(
-            "acme",
+        .create_mcp_server(with_key(
+            &key,
             with_header("with-header", format!("Bearer {header_secret}")),
         ))
         .await
         .expect("http create");
     // An invalid header value is refused without being echoed or logged.
     let status = client
-        .create_mcp_server(as_org(
-            "acme",
+        .create_mcp_server(with_key(
+            &key,
             with_header("bad-header", format!("{header_secret}\n")),
         ))
         .await

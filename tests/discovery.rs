@@ -78,32 +78,33 @@ async fn reflection_v1_and_v1alpha_list_the_services() {
 async fn admin_stats_report_the_pool_and_reset_peaks() {
     use mcpd::proto::{GetStatsRequest, admin_service_client::AdminServiceClient};
     let daemon = Daemon::start(Backend::Sqlite).await;
+    let keys = daemon.keys.clone();
     let mut client = daemon.client().await;
     client
-        .create_mcp_server(as_org(
-            "acme",
-            create_request("one", stdio(&["--tools", "2"])),
-        ))
+        .create_mcp_server(keys.req("acme", create_request("one", stdio(&["--tools", "2"]))))
         .await
         .unwrap();
     let mut admin = AdminServiceClient::new(daemon.channel().await);
     let stats = admin
-        .get_stats(GetStatsRequest { reset_peaks: true })
+        .get_stats(keys.req("acme", GetStatsRequest { reset_peaks: true }))
         .await
         .unwrap()
         .into_inner();
     assert_eq!(stats.pool_max_size, 10);
     assert_eq!(stats.pool_peak_checked_out, 1);
+    // Read while this call's key lookup is done: nothing held.
     assert_eq!(stats.pool_checked_out, 0);
     assert!(stats.pool_checkouts >= 2, "{stats:?}");
     assert_eq!(stats.pool_timeouts, 0);
     assert_eq!(stats.open_mcp_sessions, 0);
     assert!(stats.rss_bytes > 1_000_000, "{stats:?}");
     let after_reset = admin
-        .get_stats(GetStatsRequest::default())
+        .get_stats(keys.req("acme", GetStatsRequest::default()))
         .await
         .unwrap()
         .into_inner();
-    assert_eq!(after_reset.pool_peak_checked_out, 0);
+    // Since the reset only this call's own key lookup held a connection.
+    assert_eq!(after_reset.pool_peak_checked_out, 1);
+    assert_eq!(after_reset.pool_checkouts, stats.pool_checkouts + 1);
     daemon.stop().await;
 }

@@ -78,9 +78,10 @@ impl Drop for NodeServer {
 
 async fn create_and_check(backend: Backend, transport: Transport, kind: proto::TransportKind) {
     let daemon = Daemon::start(backend).await;
+    let keys = daemon.keys.clone();
     let mut client = daemon.client().await;
     let created = client
-        .create_mcp_server(as_org("acme", create_request("everything", transport)))
+        .create_mcp_server(keys.req("acme", create_request("everything", transport)))
         .await
         .expect("create server-everything")
         .into_inner();
@@ -100,7 +101,7 @@ async fn create_and_check(backend: Backend, transport: Transport, kind: proto::T
     assert!(schema["properties"]["message"].is_object(), "{schema}");
 
     let closed = client
-        .close_mcp_server(as_org(
+        .close_mcp_server(keys.req(
             "acme",
             proto::CloseMcpServerRequest {
                 server_id: server.id,

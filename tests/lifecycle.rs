@@ -9,7 +9,6 @@ use std::time::Duration;
 use common::*;
 use mcpd::{
     api::PEAK_CONNECTIONS_HEADER,
-    mcp::McpSettings,
     proto::{self, create_mcp_server_request::Transport},
 };
 use tonic::Code;
@@ -37,10 +36,11 @@ fn peak(metadata: &tonic::metadata::MetadataMap) -> usize {
 
 async fn five_hundred_tools_use_one_connection(backend: Backend) {
     let daemon = Daemon::start(backend).await;
+    let keys = daemon.keys.clone();
     let mut client = daemon.client().await;
     daemon.store.reset_peak();
     let response = client
-        .create_mcp_server(as_org(
+        .create_mcp_server(keys.req(
             "acme",
             create_request("big", stdio(&["--tools", "500", "--page-size", "100"])),
         ))
@@ -58,7 +58,7 @@ async fn five_hundred_tools_use_one_connection(backend: Backend) {
     assert_eq!(created.tools.len(), 500, "all five pages were followed");
     assert!(created.failed_tools.is_empty());
     let tools = client
-        .list_mcp_server_tools(as_org(
+        .list_mcp_server_tools(keys.req(
             "acme",
             proto::ListMcpServerToolsRequest {
                 server_id: created.server.as_ref().unwrap().id.clone(),
@@ -72,7 +72,7 @@ async fn five_hundred_tools_use_one_connection(backend: Backend) {
     assert_eq!(tools.tools.len(), 500);
 
     let response = client
-        .close_mcp_server(as_org(
+        .close_mcp_server(keys.req(
             "acme",
             proto::CloseMcpServerRequest {
                 server_id: created.server.unwrap().id,
@@ -95,14 +95,16 @@ async fn twenty_concurrent_creates_share_a_pool_of_one(backend: Backend) {
         },
     )
     .await;
+    let keys = daemon.keys.clone();
     let client = daemon.client().await;
     daemon.store.reset_peak();
     let calls = (0..20).map(|i| {
         let mut client = client.clone();
+        let keys = keys.clone();
         async move {
             let prefix = format!("s{i:02}_");
             client
-                .create_mcp_server(as_org(
+                .create_mcp_server(keys.req(
                     "acme",
                     create_request(
                         &format!("server-{i}"),
@@ -125,7 +127,7 @@ async fn twenty_concurrent_creates_share_a_pool_of_one(backend: Backend) {
     assert_eq!(stats.timeouts, 0);
     let listed = client
         .clone()
-        .list_mcp_servers(as_org(
+        .list_mcp_servers(keys.req(
             "acme",
             proto::ListMcpServersRequest {
                 page_size: 100,
@@ -141,13 +143,15 @@ async fn twenty_concurrent_creates_share_a_pool_of_one(backend: Backend) {
 }
 
 fn quick_timeouts() -> DaemonOptions {
+    let mut mcp = test_mcp_settings();
+    mcp.connect_timeout = Duration::from_secs(2);
+    mcp.list_timeout = Duration::from_secs(2);
+    mcp.teardown_grace = Duration::from_millis(300);
+    // Programs that are not MCP servers at all, for the failure cases.
+    mcp.stdio_allow
+        .extend(["false".to_owned(), "/nonexistent/mcp-server".to_owned()]);
     DaemonOptions {
-        mcp: McpSettings {
-            connect_timeout: Duration::from_secs(2),
-            list_timeout: Duration::from_secs(2),
-            teardown_grace: Duration::from_millis(300),
-            ..McpSettings::default()
-        },
+        mcp,
         ..Default::default()
     }
 }
@@ -155,7 +159,11 @@ fn quick_timeouts() -> DaemonOptions {
 async fn assert_nothing_written(daemon: &Daemon, org: &str) {
     let mut client = daemon.client().await;
     let listed = client
-        .list_mcp_servers(as_org(org, proto::ListMcpServersRequest::default()))
+        .list_mcp_servers(
+            daemon
+                .keys
+                .req(org, proto::ListMcpServersRequest::default()),
+        )
         .await
         .unwrap()
         .into_inner();
@@ -164,12 +172,13 @@ async fn assert_nothing_written(daemon: &Daemon, org: &str) {
 
 async fn hanging_initialize_is_deadline_exceeded_and_writes_nothing(backend: Backend) {
     let daemon = Daemon::start_with(backend, quick_timeouts()).await;
+    let keys = daemon.keys.clone();
     let mut client = daemon.client().await;
     let dir = tempfile::tempdir().unwrap();
     let pidfile = dir.path().join("pids");
     let started = std::time::Instant::now();
     let status = client
-        .create_mcp_server(as_org(
+        .create_mcp_server(keys.req(
             "acme",
             create_request(
                 "hangs",
@@ -203,11 +212,12 @@ async fn hanging_initialize_is_deadline_exceeded_and_writes_nothing(backend: Bac
 
 async fn hanging_list_is_deadline_exceeded_and_reaps_the_child(backend: Backend) {
     let daemon = Daemon::start_with(backend, quick_timeouts()).await;
+    let keys = daemon.keys.clone();
     let mut client = daemon.client().await;
     let dir = tempfile::tempdir().unwrap();
     let pidfile = dir.path().join("pids");
     let status = client
-        .create_mcp_server(as_org(
+        .create_mcp_server(keys.req(
             "acme",
             create_request(
                 "hangs",
@@ -240,6 +250,7 @@ async fn hanging_list_is_deadline_exceeded_and_reaps_the_child(backend: Backend)
 
 async fn unreachable_servers_are_unavailable(backend: Backend) {
     let daemon = Daemon::start_with(backend, quick_timeouts()).await;
+    let keys = daemon.keys.clone();
     let mut client = daemon.client().await;
     // A port nothing listens on: bind one, then free it.
     let port = std::net::TcpListener::bind("127.0.0.1:0")
@@ -268,7 +279,7 @@ async fn unreachable_servers_are_unavailable(backend: Backend) {
     ];
     for transport in cases {
         let status = client
-            .create_mcp_server(as_org("acme", create_request("nowhere", transport)))
+            .create_mcp_server(keys.req("acme", create_request("nowhere", transport)))
             .await
             .unwrap_err();
         assert_eq!(status.code(), Code::Unavailable, "{status:?}");
@@ -280,9 +291,10 @@ async fn unreachable_servers_are_unavailable(backend: Backend) {
 
 async fn crash_on_shutdown_does_not_change_the_answer(backend: Backend) {
     let daemon = Daemon::start_with(backend, quick_timeouts()).await;
+    let keys = daemon.keys.clone();
     let mut client = daemon.client().await;
     let created = client
-        .create_mcp_server(as_org(
+        .create_mcp_server(keys.req(
             "acme",
             create_request("crashy", stdio(&["--tools", "4", "--crash-on-shutdown"])),
         ))
@@ -295,7 +307,7 @@ async fn crash_on_shutdown_does_not_change_the_answer(backend: Backend) {
         HttpTestServer::start(&["--tools", "2", "--crash-on-shutdown", "--tool-prefix", "h_"])
             .await;
     let created = client
-        .create_mcp_server(as_org(
+        .create_mcp_server(keys.req(
             "acme",
             create_request(
                 "crashy-http",
@@ -314,6 +326,7 @@ async fn crash_on_shutdown_does_not_change_the_answer(backend: Backend) {
 
 async fn no_process_survives_create_or_close(backend: Backend) {
     let daemon = Daemon::start_with(backend, quick_timeouts()).await;
+    let keys = daemon.keys.clone();
     let mut client = daemon.client().await;
     let dir = tempfile::tempdir().unwrap();
     for (i, extra) in [&["--ignore-shutdown"][..], &["--crash-on-shutdown"], &[]]
@@ -331,10 +344,7 @@ async fn no_process_survives_create_or_close(backend: Backend) {
         args.extend(["--tool-prefix", &prefix]);
         args.extend(extra);
         let created = client
-            .create_mcp_server(as_org(
-                "acme",
-                create_request(&format!("proc-{i}"), stdio(&args)),
-            ))
+            .create_mcp_server(keys.req("acme", create_request(&format!("proc-{i}"), stdio(&args))))
             .await
             .unwrap()
             .into_inner();
@@ -347,7 +357,7 @@ async fn no_process_survives_create_or_close(backend: Backend) {
             "{extra:?}"
         );
         let closed = client
-            .close_mcp_server(as_org(
+            .close_mcp_server(keys.req(
                 "acme",
                 proto::CloseMcpServerRequest {
                     server_id: created.server.unwrap().id,
@@ -375,17 +385,18 @@ async fn busy_pool_is_resource_exhausted_then_recovers(backend: Backend) {
         },
     )
     .await;
+    let keys = daemon.keys.clone();
     let client = daemon.client().await;
     let lock = DbLock::take(&daemon.db).await;
     // This one takes the pool's only connection and waits on the lock.
     let blocked = tokio::spawn({
         let mut client = client.clone();
+        let keys = keys.clone();
         async move {
             client
-                .create_mcp_server(as_org(
-                    "acme",
-                    create_request("blocked", stdio(&["--tools", "2"])),
-                ))
+                .create_mcp_server(
+                    keys.req("acme", create_request("blocked", stdio(&["--tools", "2"]))),
+                )
                 .await
         }
     });
@@ -399,7 +410,7 @@ async fn busy_pool_is_resource_exhausted_then_recovers(backend: Backend) {
     }
     let status = client
         .clone()
-        .list_mcp_servers(as_org("acme", proto::ListMcpServersRequest::default()))
+        .list_mcp_servers(keys.req("acme", proto::ListMcpServersRequest::default()))
         .await
         .unwrap_err();
     assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
@@ -416,7 +427,7 @@ async fn busy_pool_is_resource_exhausted_then_recovers(backend: Backend) {
     assert_eq!(created.into_inner().tools.len(), 2);
     let listed = client
         .clone()
-        .list_mcp_servers(as_org("acme", proto::ListMcpServersRequest::default()))
+        .list_mcp_servers(keys.req("acme", proto::ListMcpServersRequest::default()))
         .await
         .expect("the daemon recovered by itself")
         .into_inner();

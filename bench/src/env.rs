@@ -1,18 +1,21 @@
 //! The things a run needs: a throwaway database, the release daemon as a
 //! separate process, and synthetic MCP servers over streamable HTTP.
 
-use std::{path::PathBuf, process::Stdio, time::Duration};
+use std::{collections::HashMap, path::PathBuf, process::Stdio, time::Duration};
 
 use anyhow::{Context, bail};
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
-use mcpd::proto::{
-    admin_service_client::AdminServiceClient, mcp_server_service_client::McpServerServiceClient,
+use mcpd::{
+    api::AUTHORIZATION_HEADER,
+    proto::{
+        admin_service_client::AdminServiceClient, mcp_server_service_client::McpServerServiceClient,
+    },
 };
 use tokio::{
     io::{AsyncBufReadExt, BufReader},
     process::{Child, Command},
 };
-use tonic::transport::Channel;
+use tonic::{Request, transport::Channel};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {
@@ -36,12 +39,15 @@ pub struct Db {
     pub url: String,
     pg_admin: String,
     pg_name: Option<String>,
-    dir: Option<PathBuf>,
+    /// Scratch space: the SQLite file, the daemon's secret key.
+    pub dir: PathBuf,
 }
 
 impl Db {
     pub async fn create(backend: Backend, pg_admin: &str) -> anyhow::Result<Db> {
         let tag = format!("{}_{}", std::process::id(), uuid::Uuid::now_v7().simple());
+        let dir = std::env::temp_dir().join(format!("mcpd-bench-{tag}"));
+        std::fs::create_dir_all(&dir)?;
         match backend {
             Backend::Postgres => {
                 let name = format!("mcpd_bench_{tag}");
@@ -57,20 +63,16 @@ impl Db {
                     url: format!("{base}/{name}"),
                     pg_admin: pg_admin.to_owned(),
                     pg_name: Some(name),
-                    dir: None,
+                    dir,
                 })
             }
-            Backend::Sqlite => {
-                let dir = std::env::temp_dir().join(format!("mcpd-bench-{tag}"));
-                std::fs::create_dir_all(&dir)?;
-                Ok(Db {
-                    backend,
-                    url: format!("sqlite://{}", dir.join("mcpd.db").display()),
-                    pg_admin: pg_admin.to_owned(),
-                    pg_name: None,
-                    dir: Some(dir),
-                })
-            }
+            Backend::Sqlite => Ok(Db {
+                backend,
+                url: format!("sqlite://{}", dir.join("mcpd.db").display()),
+                pg_admin: pg_admin.to_owned(),
+                pg_name: None,
+                dir,
+            }),
         }
     }
 
@@ -87,9 +89,7 @@ impl Db {
                 .execute(&mut admin)
                 .await;
         }
-        if let Some(dir) = &self.dir {
-            let _ = std::fs::remove_dir_all(dir);
-        }
+        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 
@@ -145,10 +145,42 @@ pub async fn start_mcp_server(bin: &str, tools: usize) -> anyhow::Result<(Proc, 
 pub struct Daemon {
     pub proc: Proc,
     pub channel: Channel,
+    /// An API key per organization the scenarios act for.
+    keys: HashMap<String, String>,
 }
 
 impl Daemon {
-    pub async fn start(bin: &str, db: &Db, pool_size: u32) -> anyhow::Result<Daemon> {
+    pub async fn start(
+        bin: &str,
+        db: &Db,
+        pool_size: u32,
+        orgs: &[String],
+    ) -> anyhow::Result<Daemon> {
+        let mut keys = HashMap::new();
+        for org in orgs {
+            let output = Command::new(bin)
+                .args([
+                    "keys",
+                    "create",
+                    "--org",
+                    org,
+                    "--name",
+                    "mcpd-bench",
+                    "--database-url",
+                    &db.url,
+                ])
+                .output()
+                .await?;
+            anyhow::ensure!(
+                output.status.success(),
+                "mcpd keys create: {}",
+                String::from_utf8_lossy(&output.stderr)
+            );
+            keys.insert(
+                org.clone(),
+                String::from_utf8(output.stdout)?.trim().to_owned(),
+            );
+        }
         let port = std::net::TcpListener::bind("127.0.0.1:0")?
             .local_addr()?
             .port();
@@ -177,7 +209,11 @@ impl Daemon {
         let endpoint = format!("http://127.0.0.1:{port}");
         for _ in 0..400 {
             if let Ok(channel) = Channel::from_shared(endpoint.clone())?.connect().await {
-                return Ok(Daemon { proc, channel });
+                return Ok(Daemon {
+                    proc,
+                    channel,
+                    keys,
+                });
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
@@ -187,6 +223,16 @@ impl Daemon {
     pub fn client(&self) -> McpServerServiceClient<Channel> {
         McpServerServiceClient::new(self.channel.clone())
             .max_decoding_message_size(64 * 1024 * 1024)
+    }
+
+    /// A request on behalf of `org` (one of those given to `start`).
+    pub fn req<T>(&self, org: &str, message: T) -> Request<T> {
+        let mut request = Request::new(message);
+        let key = self.keys.get(org).map(String::as_str).unwrap_or_default();
+        if let Ok(value) = format!("Bearer {key}").parse() {
+            request.metadata_mut().insert(AUTHORIZATION_HEADER, value);
+        }
+        request
     }
 
     pub fn admin(&self) -> AdminServiceClient<Channel> {

@@ -127,7 +127,13 @@ async fn main() -> anyhow::Result<()> {
 
 async fn run_backend(cli: &Cli, plan: &Plan, db: &Db) -> anyhow::Result<(Vec<Value>, Vec<Value>)> {
     let backend = db.backend;
-    let daemon = Daemon::start(&cli.daemon, db, cli.pool_size).await?;
+    let orgs: Vec<String> = plan
+        .sizes
+        .iter()
+        .map(|(n, _)| format!("single-{n}"))
+        .chain(["load".to_owned(), "memory".to_owned()])
+        .collect();
+    let daemon = Daemon::start(&cli.daemon, db, cli.pool_size, &orgs).await?;
     // Idle: started, migrated, nothing registered yet.
     tokio::time::sleep(Duration::from_millis(300)).await;
     let idle_rss = scenarios::daemon_peak(&daemon, false).await?.rss_bytes;

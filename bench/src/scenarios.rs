@@ -5,27 +5,19 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use futures::{StreamExt, stream};
 use mcpd::{
-    api::{MCP_US_HEADER, ORGANIZATION_HEADER, PEAK_CONNECTIONS_HEADER, PERSIST_US_HEADER},
+    api::{MCP_US_HEADER, PEAK_CONNECTIONS_HEADER, PERSIST_US_HEADER},
     proto::{
         self, GetStatsRequest, create_mcp_server_request::Transport,
         mcp_server_service_client::McpServerServiceClient,
     },
 };
 use serde_json::{Value, json};
-use tonic::{Request, metadata::MetadataMap, transport::Channel};
+use tonic::{metadata::MetadataMap, transport::Channel};
 
 use crate::{
     env::Daemon,
     stats::{round, summarize},
 };
-
-fn as_org<T>(org: &str, message: T) -> Request<T> {
-    let mut request = Request::new(message);
-    request
-        .metadata_mut()
-        .insert(ORGANIZATION_HEADER, org.parse().expect("ascii org"));
-    request
-}
 
 fn header_u64(metadata: &MetadataMap, name: &str) -> u64 {
     metadata
@@ -56,6 +48,7 @@ pub struct CreateSample {
 }
 
 pub async fn create(
+    daemon: &Daemon,
     client: &mut McpServerServiceClient<Channel>,
     org: &str,
     name: &str,
@@ -63,7 +56,7 @@ pub async fn create(
 ) -> Result<CreateSample, tonic::Status> {
     let started = Instant::now();
     let response = client
-        .create_mcp_server(as_org(org, http_create(name, url)))
+        .create_mcp_server(daemon.req(org, http_create(name, url)))
         .await?;
     let total_ms = started.elapsed().as_secs_f64() * 1000.0;
     let metadata = response.metadata().clone();
@@ -79,13 +72,14 @@ pub async fn create(
 }
 
 pub async fn close(
+    daemon: &Daemon,
     client: &mut McpServerServiceClient<Channel>,
     org: &str,
     server_id: &str,
 ) -> Result<f64, tonic::Status> {
     let started = Instant::now();
     client
-        .close_mcp_server(as_org(
+        .close_mcp_server(daemon.req(
             org,
             proto::CloseMcpServerRequest {
                 server_id: server_id.to_owned(),
@@ -98,7 +92,7 @@ pub async fn close(
 pub async fn daemon_peak(daemon: &Daemon, reset: bool) -> anyhow::Result<proto::GetStatsResponse> {
     Ok(daemon
         .admin()
-        .get_stats(GetStatsRequest { reset_peaks: reset })
+        .get_stats(daemon.req("load", GetStatsRequest { reset_peaks: reset }))
         .await
         .context("GetStats")?
         .into_inner())
@@ -119,7 +113,7 @@ pub async fn single_creates(
     let mut created = Vec::new();
     for i in 0..runs {
         daemon_peak(daemon, true).await?;
-        match create(&mut client, &org, &format!("s{n}-{i}"), url).await {
+        match create(daemon, &mut client, &org, &format!("s{n}-{i}"), url).await {
             Ok(sample) if sample.stored_tools == n => {
                 totals.push(sample.total_ms);
                 mcp.push(sample.mcp_ms);
@@ -140,7 +134,7 @@ pub async fn single_creates(
     }
     let mut closes = Vec::new();
     for id in created {
-        match close(&mut client, &org, &id).await {
+        match close(daemon, &mut client, &org, &id).await {
             Ok(ms) => closes.push(ms),
             Err(_) => errors += 1,
         }
@@ -174,7 +168,7 @@ pub async fn load(daemon: &Daemon, url: &str, count: usize, tools: usize) -> any
     let started = Instant::now();
     let creates = (0..count).map(|i| {
         let mut client = daemon.client();
-        async move { create(&mut client, org, &format!("load-{i}"), url).await }
+        async move { create(daemon, &mut client, org, &format!("load-{i}"), url).await }
     });
     let results = futures::future::join_all(creates).await;
     let create_secs = started.elapsed().as_secs_f64();
@@ -198,7 +192,7 @@ pub async fn load(daemon: &Daemon, url: &str, count: usize, tools: usize) -> any
     let started = Instant::now();
     let closes = ids.iter().map(|id| {
         let mut client = daemon.client();
-        async move { close(&mut client, org, id).await }
+        async move { close(daemon, &mut client, org, id).await }
     });
     let results = futures::future::join_all(closes).await;
     let close_secs = started.elapsed().as_secs_f64();
@@ -255,7 +249,7 @@ pub async fn memory(
         let results: Vec<_> = stream::iter(from..to)
             .map(|i| {
                 let mut client = daemon.client();
-                async move { create(&mut client, org, &format!("mem-{i:06}"), url).await }
+                async move { create(daemon, &mut client, org, &format!("mem-{i:06}"), url).await }
             })
             .buffer_unordered(32)
             .collect()
@@ -280,7 +274,7 @@ pub async fn memory(
     loop {
         let started = Instant::now();
         let page = client
-            .list_mcp_servers(as_org(
+            .list_mcp_servers(daemon.req(
                 org,
                 proto::ListMcpServersRequest {
                     page_size: 100,

@@ -3,6 +3,7 @@
 
 use tonic::{Request, Response, Status};
 
+use super::service::observed;
 use crate::{
     manager::Manager,
     proto::{self, admin_service_server::AdminService},
@@ -24,23 +25,32 @@ impl AdminService for AdminApi {
         &self,
         request: Request<proto::GetStatsRequest>,
     ) -> Result<Response<proto::GetStatsResponse>, Status> {
-        let store = self.manager.store();
-        let pool = store.pool_stats();
-        if request.into_inner().reset_peaks {
-            store.reset_peak();
-        }
-        let clamp = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
-        Ok(Response::new(proto::GetStatsResponse {
-            pool_max_size: pool.max_size,
-            pool_open: pool.open,
-            pool_idle: pool.idle,
-            pool_checked_out: clamp(pool.checked_out),
-            pool_peak_checked_out: clamp(pool.peak_checked_out),
-            pool_checkouts: pool.checkouts,
-            pool_timeouts: pool.timeouts,
-            open_mcp_sessions: clamp(self.manager.mcp().open_sessions()),
-            rss_bytes: rss_bytes().unwrap_or(0),
-        }))
+        // Daemon-wide figures, no tenant data: any valid key may read them.
+        observed(
+            "GetStats",
+            &self.manager,
+            request,
+            |_org, body| async move {
+                let store = self.manager.store();
+                let pool = store.pool_stats();
+                if body.reset_peaks {
+                    store.reset_peak();
+                }
+                let clamp = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
+                Ok(Response::new(proto::GetStatsResponse {
+                    pool_max_size: pool.max_size,
+                    pool_open: pool.open,
+                    pool_idle: pool.idle,
+                    pool_checked_out: clamp(pool.checked_out),
+                    pool_peak_checked_out: clamp(pool.peak_checked_out),
+                    pool_checkouts: pool.checkouts,
+                    pool_timeouts: pool.timeouts,
+                    open_mcp_sessions: clamp(self.manager.mcp().open_sessions()),
+                    rss_bytes: rss_bytes().unwrap_or(0),
+                }))
+            },
+        )
+        .await
     }
 }
 

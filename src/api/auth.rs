@@ -1,25 +1,32 @@
-//! Who is calling. Until API keys exist the organization comes from the
-//! `x-organization-id` metadata.
+//! Who is calling: `authorization: Bearer <API key>`. The organization comes
+//! from the key, never from anything else the caller sends.
 
-use tonic::{Request, Status, metadata::MetadataMap};
+use tonic::{Request, Status};
 
-pub const ORGANIZATION_HEADER: &str = "x-organization-id";
+use super::status::to_status;
+use crate::manager::Manager;
 
-pub fn organization<T>(request: &Request<T>) -> Result<String, Status> {
-    organization_from(request.metadata())
+pub const AUTHORIZATION_HEADER: &str = "authorization";
+
+fn missing() -> Status {
+    Status::unauthenticated(
+        "missing `authorization: Bearer <API key>` metadata; an operator creates keys with `mcpd keys create --org ORG`",
+    )
 }
 
-fn organization_from(metadata: &MetadataMap) -> Result<String, Status> {
-    let value = metadata
-        .get(ORGANIZATION_HEADER)
-        .map(|v| v.to_str().map(str::trim))
-        .transpose()
-        .map_err(|_| Status::unauthenticated(format!("{ORGANIZATION_HEADER} must be ASCII")))?
-        .unwrap_or_default();
-    if value.is_empty() {
-        return Err(Status::unauthenticated(format!(
-            "missing {ORGANIZATION_HEADER} metadata: every call is made on behalf of an organization"
-        )));
-    }
-    Ok(value.to_owned())
+/// The organization of the caller's key.
+pub async fn organization<T>(manager: &Manager, request: &Request<T>) -> Result<String, Status> {
+    let value = request
+        .metadata()
+        .get(AUTHORIZATION_HEADER)
+        .ok_or_else(missing)?
+        .to_str()
+        .map_err(|_| missing())?;
+    let key = value
+        .split_once(' ')
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, key)| key.trim())
+        .filter(|key| !key.is_empty())
+        .ok_or_else(missing)?;
+    manager.authenticate(key).await.map_err(to_status)
 }

@@ -13,7 +13,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::{Server, server::TcpIncoming};
 
-pub use auth::ORGANIZATION_HEADER;
+pub use auth::AUTHORIZATION_HEADER;
 pub use service::{MCP_US_HEADER, McpServerApi, PEAK_CONNECTIONS_HEADER, PERSIST_US_HEADER};
 
 use crate::{manager::Manager, proto};

@@ -30,11 +30,12 @@ impl McpServerApi {
     }
 }
 
-/// Finds the caller's organization, runs the call, and logs its outcome and
-/// duration (never the request's contents); a call with no organization is
-/// logged too.
-async fn observed<R, T, F>(
+/// Authenticates the caller, runs the call on behalf of the key's
+/// organization, and logs its outcome and duration (never the request's
+/// contents, never the key); refused calls are logged too.
+pub(super) async fn observed<R, T, F>(
     rpc: &'static str,
+    manager: &Manager,
     request: Request<R>,
     call: impl FnOnce(String, R) -> F,
 ) -> Result<Response<T>, Status>
@@ -42,7 +43,7 @@ where
     F: Future<Output = Result<Response<T>, Status>>,
 {
     let started = Instant::now();
-    let (org, result) = match auth::organization(&request) {
+    let (org, result) = match auth::organization(manager, &request).await {
         Ok(org) => {
             let result = call(org.clone(), request.into_inner()).await;
             (org, result)
@@ -97,27 +98,32 @@ impl McpServerService for McpServerApi {
         &self,
         request: Request<proto::CreateMcpServerRequest>,
     ) -> Result<Response<proto::CreateMcpServerResponse>, Status> {
-        observed("CreateMcpServer", request, |org, body| async move {
-            let create = CreateServer {
-                name: body.server_name,
-                transport: convert::transport_request(body.transport),
-            };
-            let manager = self.manager.clone();
-            let (created, stats) =
-                detached(async move { manager.create_server(&org, create).await }).await?;
-            Ok(with_stats(
-                proto::CreateMcpServerResponse {
-                    server: Some(convert::server(created.server)),
-                    tools: created.tools.into_iter().map(convert::tool).collect(),
-                    failed_tools: created
-                        .failed_tools
-                        .into_iter()
-                        .map(convert::failed_tool)
-                        .collect(),
-                },
-                stats,
-            ))
-        })
+        observed(
+            "CreateMcpServer",
+            &self.manager,
+            request,
+            |org, body| async move {
+                let create = CreateServer {
+                    name: body.server_name,
+                    transport: convert::transport_request(body.transport),
+                };
+                let manager = self.manager.clone();
+                let (created, stats) =
+                    detached(async move { manager.create_server(&org, create).await }).await?;
+                Ok(with_stats(
+                    proto::CreateMcpServerResponse {
+                        server: Some(convert::server(created.server)),
+                        tools: created.tools.into_iter().map(convert::tool).collect(),
+                        failed_tools: created
+                            .failed_tools
+                            .into_iter()
+                            .map(convert::failed_tool)
+                            .collect(),
+                    },
+                    stats,
+                ))
+            },
+        )
         .await
     }
 
@@ -125,20 +131,26 @@ impl McpServerService for McpServerApi {
         &self,
         request: Request<proto::CloseMcpServerRequest>,
     ) -> Result<Response<proto::CloseMcpServerResponse>, Status> {
-        observed("CloseMcpServer", request, |org, body| async move {
-            let manager = self.manager.clone();
-            let server_id = body.server_id.clone();
-            let (closed, stats) =
-                detached(async move { manager.close_server(&org, &body.server_id).await }).await?;
-            Ok(with_stats(
-                proto::CloseMcpServerResponse {
-                    server_id,
-                    removed_tools: closed.removed_tools,
-                    removed_mappings: closed.removed_mappings,
-                },
-                stats,
-            ))
-        })
+        observed(
+            "CloseMcpServer",
+            &self.manager,
+            request,
+            |org, body| async move {
+                let manager = self.manager.clone();
+                let server_id = body.server_id.clone();
+                let (closed, stats) =
+                    detached(async move { manager.close_server(&org, &body.server_id).await })
+                        .await?;
+                Ok(with_stats(
+                    proto::CloseMcpServerResponse {
+                        server_id,
+                        removed_tools: closed.removed_tools,
+                        removed_mappings: closed.removed_mappings,
+                    },
+                    stats,
+                ))
+            },
+        )
         .await
     }
 
@@ -146,16 +158,21 @@ impl McpServerService for McpServerApi {
         &self,
         request: Request<proto::GetMcpServerRequest>,
     ) -> Result<Response<proto::GetMcpServerResponse>, Status> {
-        observed("GetMcpServer", request, |org, body| async move {
-            let server = self
-                .manager
-                .get_server(&org, &body.server_id)
-                .await
-                .map_err(to_status)?;
-            Ok(Response::new(proto::GetMcpServerResponse {
-                server: Some(convert::server(server)),
-            }))
-        })
+        observed(
+            "GetMcpServer",
+            &self.manager,
+            request,
+            |org, body| async move {
+                let server = self
+                    .manager
+                    .get_server(&org, &body.server_id)
+                    .await
+                    .map_err(to_status)?;
+                Ok(Response::new(proto::GetMcpServerResponse {
+                    server: Some(convert::server(server)),
+                }))
+            },
+        )
         .await
     }
 
@@ -163,17 +180,22 @@ impl McpServerService for McpServerApi {
         &self,
         request: Request<proto::ListMcpServersRequest>,
     ) -> Result<Response<proto::ListMcpServersResponse>, Status> {
-        observed("ListMcpServers", request, |org, body| async move {
-            let page = self
-                .manager
-                .list_servers(&org, body.page_size, &body.page_token)
-                .await
-                .map_err(to_status)?;
-            Ok(Response::new(proto::ListMcpServersResponse {
-                servers: page.items.into_iter().map(convert::server).collect(),
-                next_page_token: page.next_page_token,
-            }))
-        })
+        observed(
+            "ListMcpServers",
+            &self.manager,
+            request,
+            |org, body| async move {
+                let page = self
+                    .manager
+                    .list_servers(&org, body.page_size, &body.page_token)
+                    .await
+                    .map_err(to_status)?;
+                Ok(Response::new(proto::ListMcpServersResponse {
+                    servers: page.items.into_iter().map(convert::server).collect(),
+                    next_page_token: page.next_page_token,
+                }))
+            },
+        )
         .await
     }
 
@@ -181,17 +203,22 @@ impl McpServerService for McpServerApi {
         &self,
         request: Request<proto::ListMcpServerToolsRequest>,
     ) -> Result<Response<proto::ListMcpServerToolsResponse>, Status> {
-        observed("ListMcpServerTools", request, |org, body| async move {
-            let page = self
-                .manager
-                .list_server_tools(&org, &body.server_id, body.page_size, &body.page_token)
-                .await
-                .map_err(to_status)?;
-            Ok(Response::new(proto::ListMcpServerToolsResponse {
-                tools: page.items.into_iter().map(convert::tool).collect(),
-                next_page_token: page.next_page_token,
-            }))
-        })
+        observed(
+            "ListMcpServerTools",
+            &self.manager,
+            request,
+            |org, body| async move {
+                let page = self
+                    .manager
+                    .list_server_tools(&org, &body.server_id, body.page_size, &body.page_token)
+                    .await
+                    .map_err(to_status)?;
+                Ok(Response::new(proto::ListMcpServerToolsResponse {
+                    tools: page.items.into_iter().map(convert::tool).collect(),
+                    next_page_token: page.next_page_token,
+                }))
+            },
+        )
         .await
     }
 }

@@ -9,6 +9,8 @@ pub fn to_status(err: ManagerError) -> Status {
         ManagerError::InvalidArgument(_) => Code::InvalidArgument,
         ManagerError::AlreadyExists(_) => Code::AlreadyExists,
         ManagerError::NotFound(_) => Code::NotFound,
+        ManagerError::Unauthenticated(_) => Code::Unauthenticated,
+        ManagerError::PermissionDenied(_) => Code::PermissionDenied,
         ManagerError::ResourceExhausted(_) => Code::ResourceExhausted,
         ManagerError::Unavailable(_) => Code::Unavailable,
         ManagerError::DeadlineExceeded(_) => Code::DeadlineExceeded,

@@ -12,6 +12,10 @@ pub enum ManagerError {
     AlreadyExists(String),
     #[error("{0}")]
     NotFound(String),
+    #[error("{0}")]
+    Unauthenticated(String),
+    #[error("{0}")]
+    PermissionDenied(String),
     /// A limit of the daemon was hit (pool, tool count).
     #[error("{0}")]
     ResourceExhausted(String),
@@ -31,9 +35,10 @@ impl From<StoreError> for ManagerError {
             StoreError::ServerNotFound(_) => ManagerError::NotFound(err.to_string()),
             StoreError::PoolExhausted(_) => ManagerError::ResourceExhausted(err.to_string()),
             StoreError::Unavailable(_) => ManagerError::Unavailable(err.to_string()),
-            StoreError::InvalidUrl { .. } | StoreError::Migration(_) | StoreError::Query(_) => {
-                ManagerError::Internal(err.to_string())
-            }
+            StoreError::InvalidUrl { .. }
+            | StoreError::Migration(_)
+            | StoreError::Query(_)
+            | StoreError::Sealing(_) => ManagerError::Internal(err.to_string()),
         }
     }
 }
@@ -43,6 +48,7 @@ impl From<McpError> for ManagerError {
         match err {
             McpError::Timeout { .. } => ManagerError::DeadlineExceeded(err.to_string()),
             McpError::Settings(_) => ManagerError::InvalidArgument(err.to_string()),
+            McpError::Refused(_) => ManagerError::PermissionDenied(err.to_string()),
             McpError::Spawn { .. }
             | McpError::Failed {
                 stage: Stage::Connect | Stage::ListTools,

@@ -2,6 +2,7 @@
 //! one pooled connection at a time and never holds one across MCP traffic.
 
 mod error;
+mod keys;
 mod paging;
 mod tools;
 mod validate;
@@ -9,6 +10,7 @@ mod validate;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 pub use error::ManagerError;
+pub use keys::{ApiKey, NewApiKey};
 pub use validate::TransportRequest;
 
 use crate::{
@@ -208,6 +210,8 @@ impl Manager {
             transport_config: transport_config_json(&spec),
             tool_count: 0,
             created_at: now,
+            secret_names: serde_json::to_string(&spec.secret_names())
+                .unwrap_or_else(|_| "[]".into()),
         };
         let tool_rows = checked
             .into_iter()
@@ -333,7 +337,7 @@ fn next_token<T>(rows: &mut Vec<T>, limit: i64, token: impl Fn(&T) -> String) ->
     }
 }
 
-fn now_ms() -> i64 {
+pub(crate) fn now_ms() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))

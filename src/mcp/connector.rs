@@ -29,11 +29,12 @@ pub struct McpConnector {
 
 impl McpConnector {
     pub fn new(settings: McpSettings) -> Result<Self, McpError> {
-        let http = reqwest::Client::builder()
-            .connect_timeout(settings.connect_timeout)
-            // MCP servers are reached where the request says, never through
-            // whatever proxy the daemon's environment names.
-            .no_proxy()
+        // The policy's resolver checks every address at connect time (DNS
+        // rebinding), its redirect policy checks redirect targets, and no
+        // proxy from the environment is used (it would hide the target).
+        let http = settings
+            .outbound
+            .apply(reqwest::Client::builder().connect_timeout(settings.connect_timeout))
             .build()
             .map_err(|e| McpError::Settings(format!("HTTP client: {e}")))?;
         Ok(McpConnector {
@@ -61,6 +62,7 @@ impl McpConnector {
             stage: Stage::Connect,
             after: timeout,
         };
+        self.check_policy(spec).await?;
         let live = match spec {
             TransportSpec::Stdio { command, args, env } => {
                 let (child, stdout, stdin) =
@@ -123,6 +125,40 @@ impl McpConnector {
             self.settings.list_timeout,
             self.settings.teardown_grace,
         ))
+    }
+
+    /// Stdio commands must be allowlisted; remote hosts must pass the
+    /// outbound policy for every address they resolve to.
+    async fn check_policy(&self, spec: &TransportSpec) -> Result<(), McpError> {
+        match spec {
+            TransportSpec::Stdio { command, .. } => {
+                let allowed = self
+                    .settings
+                    .stdio_allow
+                    .iter()
+                    .any(|entry| entry == command);
+                if allowed {
+                    Ok(())
+                } else {
+                    Err(McpError::Refused(format!(
+                        "stdio command {command:?} is not allowed: the operator must start mcpd with --stdio-allow {command} (exact paths or program names)"
+                    )))
+                }
+            }
+            TransportSpec::StreamableHttp { url, .. } | TransportSpec::Sse { url, .. } => {
+                let timeout = self.settings.connect_timeout;
+                match tokio::time::timeout(timeout, self.settings.outbound.check_url(url)).await {
+                    Ok(Ok(())) => Ok(()),
+                    Ok(Err(refusal)) => Err(McpError::Refused(format!(
+                        "{refusal}; the operator sets --outbound-allow / --outbound-deny"
+                    ))),
+                    Err(_) => Err(McpError::Timeout {
+                        stage: Stage::Connect,
+                        after: timeout,
+                    }),
+                }
+            }
+        }
     }
 
     async fn within<T, E: std::fmt::Display>(

@@ -30,6 +30,9 @@ pub enum McpError {
     Failed { stage: Stage, detail: String },
     #[error("invalid transport settings: {0}")]
     Settings(String),
+    /// The operator's policy does not allow this connection or command.
+    #[error("{0}")]
+    Refused(String),
 }
 
 impl McpError {

@@ -5,6 +5,7 @@ mod child;
 mod connector;
 mod error;
 mod live;
+pub mod outbound;
 mod session;
 pub mod sse;
 
@@ -46,6 +47,18 @@ impl TransportSpec {
     }
 }
 
+impl TransportSpec {
+    /// Names of the values that are secrets (env or header names), sorted.
+    pub fn secret_names(&self) -> Vec<String> {
+        match self {
+            TransportSpec::Stdio { env, .. } => env.keys().cloned().collect(),
+            TransportSpec::StreamableHttp { headers, .. } | TransportSpec::Sse { headers, .. } => {
+                headers.keys().cloned().collect()
+            }
+        }
+    }
+}
+
 impl std::fmt::Debug for TransportSpec {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
@@ -81,6 +94,12 @@ pub struct McpSettings {
     /// Variables of the daemon's environment passed to stdio children; they
     /// get nothing else but what the request sets.
     pub stdio_env_passthrough: Vec<String>,
+    /// Programs stdio transports may run: exact paths (containing a `/`) or
+    /// bare names. Empty: stdio is refused. Running a command is code
+    /// execution on the daemon's host, so the operator decides.
+    pub stdio_allow: Vec<String>,
+    /// Where remote transports may connect.
+    pub outbound: outbound::OutboundPolicy,
 }
 
 impl Default for McpSettings {
@@ -92,6 +111,8 @@ impl Default for McpSettings {
             stdio_env_passthrough: ["PATH", "HOME", "LANG", "LC_ALL", "TMPDIR", "TZ", "USER"]
                 .map(String::from)
                 .to_vec(),
+            stdio_allow: Vec::new(),
+            outbound: outbound::OutboundPolicy::default(),
         }
     }
 }

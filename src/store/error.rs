@@ -19,6 +19,8 @@ pub enum StoreError {
     InvalidUrl { url: String, reason: &'static str },
     #[error("database migrations failed: {0}")]
     Migration(String),
+    #[error("secrets at rest: {0}")]
+    Sealing(String),
     #[error("database query failed: {0}")]
     Query(#[source] DieselError),
 }

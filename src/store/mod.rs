@@ -5,11 +5,13 @@
 
 mod batch;
 mod error;
+mod keys;
 mod metrics;
 mod migrate;
 mod models;
 mod queries;
 mod schema;
+mod sealer;
 
 use std::{
     ops::{Deref, DerefMut},
@@ -29,8 +31,9 @@ use tokio::sync::{Mutex, MutexGuard};
 pub use error::StoreError;
 pub use metrics::{PoolStats, track_connections};
 pub use migrate::run_migrations;
-pub use models::{ServerRow, ToolRow};
+pub use models::{ApiKeyRow, ServerRow, ToolRow};
 pub use queries::{CreatedServer, DeletedServer};
+pub use sealer::{Sealer, SealerError};
 
 use metrics::{LeaseCount, PoolMetrics};
 
@@ -91,6 +94,9 @@ pub struct StoreSettings {
     pub pool_size: u32,
     /// How long a request waits for a free connection before RESOURCE_EXHAUSTED.
     pub acquire_timeout: Duration,
+    /// Seals each server's transport config (header and env values) at
+    /// rest. Without one the store can read but not create servers.
+    pub sealer: Option<Sealer>,
 }
 
 enum Backend {

@@ -2,7 +2,7 @@
 
 use diesel::prelude::*;
 
-use super::schema::{mcp_servers, server_tools, tools};
+use super::schema::{api_keys, mcp_servers, server_tools, tools};
 
 #[derive(Debug, Clone, PartialEq, Eq, Queryable, Selectable, Insertable)]
 #[diesel(table_name = mcp_servers)]
@@ -15,6 +15,8 @@ pub struct ServerRow {
     pub transport_config: String,
     pub tool_count: i32,
     pub created_at: i64,
+    /// JSON array of the header/env names whose values `transport_config` seals.
+    pub secret_names: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Queryable, Selectable, Insertable)]
@@ -33,4 +35,15 @@ pub struct ToolRow {
 pub struct MappingRow {
     pub server_id: String,
     pub tool_id: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Queryable, Selectable, Insertable)]
+#[diesel(table_name = api_keys)]
+pub struct ApiKeyRow {
+    pub id: String,
+    pub organization_id: String,
+    pub name: String,
+    pub key_hash: String,
+    pub created_at: i64,
+    pub revoked_at: Option<i64>,
 }

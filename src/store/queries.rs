@@ -7,7 +7,7 @@ use diesel::{dsl::exists, prelude::*};
 use diesel_async::{AsyncConnection, RunQueryDsl};
 
 use super::{
-    Access, Store, StoreError,
+    Access, Sealer, Store, StoreError,
     batch::{InsertMappings, InsertToolsReturningStored},
     error::is_unique_violation,
     models::{MappingRow, ServerRow, ToolRow},
@@ -55,9 +55,16 @@ impl Store {
     /// and reported, so one bad tool never fails the others.
     pub async fn create_server(
         &self,
-        server: ServerRow,
+        mut server: ServerRow,
         mut new_tools: Vec<ToolRow>,
     ) -> Result<CreatedServer, StoreError> {
+        let sealer = self.inner.settings.sealer.as_ref().ok_or_else(|| {
+            StoreError::Sealing("no secret key is configured (--secret-key-file)".into())
+        })?;
+        // Bound to the row: a sealed config copied to another server does
+        // not open.
+        server.transport_config =
+            sealer.seal(server.transport_config.as_bytes(), server.id.as_bytes());
         // A stable order makes concurrent creates that share tool names take
         // their row locks in the same order: they wait, never deadlock.
         new_tools.sort_by(|a, b| a.name.cmp(&b.name));
@@ -121,6 +128,40 @@ impl Store {
             })
             .await
         })
+    }
+
+    /// Whether any server's transport config is sealed (then the key that
+    /// sealed it is needed).
+    pub async fn has_sealed_configs(&self) -> Result<bool, StoreError> {
+        with_conn!(self, Access::Read, |conn| {
+            Ok(diesel::select(exists(
+                mcp_servers::table.filter(mcp_servers::transport_config.like("sealed:%")),
+            ))
+            .get_result::<bool>(conn)
+            .await?)
+        })
+    }
+
+    /// Opens one stored config with `sealer`: a wrong key fails here, at
+    /// start-up, not on some later call.
+    pub async fn verify_sealer(&self, sealer: &Sealer) -> Result<(), StoreError> {
+        let sample: Option<(String, String)> = with_conn!(self, Access::Read, |conn| {
+            mcp_servers::table
+                .filter(mcp_servers::transport_config.like("sealed:%"))
+                .select((mcp_servers::id, mcp_servers::transport_config))
+                .first(conn)
+                .await
+                .optional()
+        })?;
+        if let Some((id, sealed)) = sample {
+            sealer.open(&sealed, id.as_bytes()).map_err(|e| {
+                StoreError::Sealing(format!(
+                    "the secret key (fingerprint {}) does not open the stored secrets: {e}; start with the key file they were sealed with",
+                    sealer.fingerprint()
+                ))
+            })?;
+        }
+        Ok(())
     }
 
     pub async fn get_server(&self, org: &str, id: &str) -> Result<ServerRow, StoreError> {

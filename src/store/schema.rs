@@ -11,6 +11,7 @@ diesel::table! {
         transport_config -> Text,
         tool_count -> Integer,
         created_at -> BigInt,
+        secret_names -> Text,
     }
 }
 
@@ -29,6 +30,17 @@ diesel::table! {
     server_tools (server_id, tool_id) {
         server_id -> Text,
         tool_id -> Text,
+    }
+}
+
+diesel::table! {
+    api_keys (id) {
+        id -> Text,
+        organization_id -> Text,
+        name -> Text,
+        key_hash -> Text,
+        created_at -> BigInt,
+        revoked_at -> Nullable<BigInt>,
     }
 }
 

@@ -13,9 +13,9 @@ use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use mcpd::{
     api::{self, ServeOptions},
     manager::{Limits, Manager},
-    mcp::{McpConnector, McpSettings},
+    mcp::{McpConnector, McpSettings, outbound::OutboundPolicy},
     proto::{self, mcp_server_service_client::McpServerServiceClient},
-    store::{self, DatabaseUrl, Store, StoreSettings},
+    store::{self, DatabaseUrl, Sealer, Store, StoreSettings},
 };
 use tokio::{sync::oneshot, task::JoinHandle};
 use tonic::{Request, transport::Channel};
@@ -55,7 +55,8 @@ macro_rules! backend_tests {
 pub struct TestDb {
     pub url: DatabaseUrl,
     pg_name: Option<String>,
-    _dir: Option<tempfile::TempDir>,
+    /// Scratch space for this test: the SQLite file, key files.
+    dir: tempfile::TempDir,
 }
 
 impl TestDb {
@@ -81,7 +82,7 @@ impl TestDb {
                         "postgres://postgres@127.0.0.1:5432/{name}"
                     )),
                     pg_name: Some(name),
-                    _dir: None,
+                    dir: tempfile::tempdir().expect("temp dir"),
                 }
             }
             Backend::Sqlite => {
@@ -90,10 +91,14 @@ impl TestDb {
                 TestDb {
                     url: DatabaseUrl::Sqlite(path.to_string_lossy().into_owned()),
                     pg_name: None,
-                    _dir: Some(dir),
+                    dir,
                 }
             }
         }
+    }
+
+    pub fn dir(&self) -> &std::path::Path {
+        self.dir.path()
     }
 
     /// The URL as `--database-url` takes it.
@@ -144,20 +149,32 @@ impl Default for DaemonOptions {
         DaemonOptions {
             pool_size: 10,
             pool_timeout: Duration::from_secs(10),
-            mcp: McpSettings {
-                connect_timeout: Duration::from_secs(30),
-                list_timeout: Duration::from_secs(30),
-                teardown_grace: Duration::from_millis(500),
-                ..McpSettings::default()
-            },
+            mcp: test_mcp_settings(),
             limits: Limits::default(),
         }
     }
 }
 
+/// What the tests' daemons may run and reach: the test server and node over
+/// stdio, loopback over HTTP.
+pub fn test_mcp_settings() -> McpSettings {
+    McpSettings {
+        connect_timeout: Duration::from_secs(30),
+        list_timeout: Duration::from_secs(30),
+        teardown_grace: Duration::from_millis(500),
+        stdio_allow: vec![test_server_bin(), "node".to_owned()],
+        outbound: OutboundPolicy::new(&LOOPBACK.map(String::from), &[]).unwrap(),
+        ..McpSettings::default()
+    }
+}
+
+/// `--outbound-allow` for loopback, where every test server listens.
+pub const LOOPBACK: [&str; 2] = ["127.0.0.0/8", "::1/128"];
+
 /// An in-process daemon serving on a free loopback port.
 pub struct Daemon {
     pub db: TestDb,
+    pub keys: Keys,
     pub store: Store,
     pub manager: Manager,
     pub addr: std::net::SocketAddr,
@@ -178,6 +195,7 @@ impl Daemon {
             url: db.url.clone(),
             pool_size: options.pool_size,
             acquire_timeout: options.pool_timeout,
+            sealer: Some(Sealer::from_key(rand::random())),
         })
         .await
         .expect("open store");
@@ -186,6 +204,7 @@ impl Daemon {
             McpConnector::new(options.mcp).expect("mcp connector"),
             options.limits,
         );
+        let keys = Keys::create(&manager).await;
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (stop, stopped) = oneshot::channel::<()>();
@@ -208,6 +227,7 @@ impl Daemon {
         });
         Daemon {
             db,
+            keys,
             store,
             manager,
             addr,
@@ -254,13 +274,50 @@ impl Drop for Daemon {
     }
 }
 
-/// A request made on behalf of `org`.
-pub fn as_org<T>(org: &str, message: T) -> Request<T> {
+/// Organizations the tests act for; each test daemon has a key for each.
+pub const ORGS: &[&str] = &["acme", "org-a", "org-b", "globex"];
+
+/// A request carrying an API key.
+pub fn with_key<T>(key: &str, message: T) -> Request<T> {
     let mut request = Request::new(message);
+    request.metadata_mut().insert(
+        api::AUTHORIZATION_HEADER,
+        format!("Bearer {key}").parse().unwrap(),
+    );
     request
-        .metadata_mut()
-        .insert(api::ORGANIZATION_HEADER, org.parse().unwrap());
-    request
+}
+
+/// API keys by organization.
+#[derive(Clone, Default)]
+pub struct Keys(std::sync::Arc<std::collections::HashMap<String, String>>);
+
+impl Keys {
+    pub async fn create(manager: &Manager) -> Keys {
+        let mut keys = std::collections::HashMap::new();
+        for org in ORGS {
+            let created = manager
+                .create_api_key(org, "tests")
+                .await
+                .expect("create key");
+            keys.insert(org.to_string(), created.key);
+        }
+        Keys(std::sync::Arc::new(keys))
+    }
+
+    pub fn from_map(keys: std::collections::HashMap<String, String>) -> Keys {
+        Keys(std::sync::Arc::new(keys))
+    }
+
+    pub fn key(&self, org: &str) -> &str {
+        self.0
+            .get(org)
+            .unwrap_or_else(|| panic!("no test key for organization {org:?}; add it to ORGS"))
+    }
+
+    /// A request made on behalf of `org`.
+    pub fn req<T>(&self, org: &str, message: T) -> Request<T> {
+        with_key(self.key(org), message)
+    }
 }
 
 fn target_dir() -> PathBuf {

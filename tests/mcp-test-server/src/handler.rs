@@ -21,10 +21,16 @@ use crate::catalog::Catalog;
 /// Exit code of `--crash-on-shutdown`.
 pub const CRASH_EXIT_CODE: i32 = 3;
 
+/// Exit code of `--crash-during-list`.
+pub const CRASH_DURING_LIST_EXIT_CODE: i32 = 4;
+
 pub struct TestServer {
     catalog: Arc<Catalog>,
     /// `--hang list`: never answer `tools/list`.
     hang_list: bool,
+    /// `--crash-during-list`: exit with [`CRASH_DURING_LIST_EXIT_CODE`] instead
+    /// of answering `tools/list`.
+    crash_during_list: bool,
     /// `--crash-on-shutdown` over HTTP: crash when this session's handler is
     /// dropped (see [`CrashOnDrop`]).
     crash_on_session_close: bool,
@@ -45,6 +51,7 @@ impl TestServer {
         Self {
             catalog,
             hang_list,
+            crash_during_list: false,
             crash_on_session_close,
             crash_guard: OnceLock::new(),
             unique_per_session: false,
@@ -54,6 +61,12 @@ impl TestServer {
 
     pub fn unique_per_session(mut self, on: bool) -> Self {
         self.unique_per_session = on;
+        self
+    }
+
+    /// `--crash-during-list` over stdio: `list_tools` exits the process.
+    pub fn crash_during_list(mut self, on: bool) -> Self {
+        self.crash_during_list = on;
         self
     }
 
@@ -71,6 +84,7 @@ impl TestServer {
             self.crash_on_session_close,
         )
         .unique_per_session(self.unique_per_session)
+        .crash_during_list(self.crash_during_list)
     }
 }
 
@@ -126,6 +140,15 @@ impl ServerHandler for TestServer {
         request: Option<PaginatedRequestParams>,
         context: RequestContext<RoleServer>,
     ) -> Result<ListToolsResult, McpError> {
+        if self.crash_during_list {
+            // No answer, no cleanup: the process is gone while the request is
+            // in flight. (Only used over stdio; see `http::intercept_list`.)
+            eprintln!(
+                "mcp-test-server: --crash-during-list, crashing with exit code \
+                 {CRASH_DURING_LIST_EXIT_CODE}"
+            );
+            std::process::exit(CRASH_DURING_LIST_EXIT_CODE);
+        }
         if self.hang_list {
             eprintln!("mcp-test-server: --hang list, never answering tools/list");
             // Wait until rmcp cancels the request: the client sent

@@ -1,11 +1,12 @@
 //! `mcp-test-server`: a real MCP server (stdio or streamable HTTP) that mcpd's
 //! tests and benchmark register. It offers generated tools, paginates
 //! `tools/list`, and can misbehave on request (invalid tools, hangs, crashes,
-//! ignoring shutdown, leaving a grandchild process behind).
+//! malformed answers, ignoring shutdown, leaving a grandchild process behind).
 
 mod catalog;
 mod handler;
 mod http;
+mod malformed;
 mod stdio;
 
 use std::{
@@ -45,6 +46,19 @@ struct Cli {
     /// Never answer this request.
     #[arg(long, value_enum)]
     hang: Option<Hang>,
+    /// Exit abruptly with code 4, without answering, as soon as a `tools/list`
+    /// request (any page) arrives. Over stdio nothing more is written to
+    /// stdout; over HTTP the POST gets no response at all, not even headers,
+    /// its connection just closes (POST bodies are then limited to 4 MiB).
+    #[arg(long, conflicts_with = "malformed_list")]
+    crash_during_list: bool,
+    /// Answer every `tools/list` request with data that is not valid JSON and
+    /// keep running; the request never gets a valid answer. Over stdio: one
+    /// line of truncated JSON carrying the request id. Over HTTP: the POST
+    /// gets `200 OK`, `Content-Type: application/json` and a truncated JSON
+    /// body (POST bodies are then limited to 4 MiB).
+    #[arg(long)]
+    malformed_list: bool,
     /// Exit abruptly with code 3 when the client closes the session.
     #[arg(long)]
     crash_on_shutdown: bool,
@@ -76,6 +90,10 @@ pub struct Behaviour {
     pub hang_initialize: bool,
     pub crash_on_shutdown: bool,
     pub ignore_shutdown: bool,
+    /// Only over HTTP: over stdio the handler crashes (see
+    /// [`TestServer::crash_during_list`]).
+    pub crash_during_list: bool,
+    pub malformed_list: bool,
 }
 
 #[tokio::main]
@@ -103,6 +121,8 @@ async fn main() -> anyhow::Result<()> {
         hang_initialize: cli.hang == Some(Hang::Initialize),
         crash_on_shutdown: cli.crash_on_shutdown,
         ignore_shutdown: cli.ignore_shutdown,
+        crash_during_list: cli.crash_during_list,
+        malformed_list: cli.malformed_list,
     };
     let hang_list = cli.hang == Some(Hang::List);
 
@@ -111,10 +131,13 @@ async fn main() -> anyhow::Result<()> {
             // Over stdio the end of the session is stdin EOF, handled in
             // `stdio::run`, so the handler itself never crashes.
             let server = TestServer::new(catalog, hang_list, false)
-                .unique_per_session(cli.unique_per_session);
+                .unique_per_session(cli.unique_per_session)
+                .crash_during_list(cli.crash_during_list);
             stdio::run(server, &behaviour).await
         }
         Transport::Http => {
+            // `--crash-during-list` is up to `http::run`: crashing in the
+            // handler would be too late, rmcp has sent the SSE headers by then.
             let server = TestServer::new(catalog, hang_list, cli.crash_on_shutdown)
                 .unique_per_session(cli.unique_per_session);
             http::run(server, cli.listen, &behaviour).await

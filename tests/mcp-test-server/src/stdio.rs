@@ -7,13 +7,23 @@ use std::{
     time::Duration,
 };
 
-use rmcp::{ServiceExt, transport::stdio};
-use tokio::io::{AsyncRead, ReadBuf};
+use rmcp::{
+    RoleServer, ServiceExt,
+    model::{ClientRequest, JsonRpcMessage, JsonRpcRequest},
+    service::{RxJsonRpcMessage, TxJsonRpcMessage},
+    transport::{Transport, async_rw::AsyncRwTransport, stdio},
+};
+use tokio::{
+    io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf},
+    sync::mpsc,
+    task::JoinHandle,
+};
 use tokio_util::sync::CancellationToken;
 
 use crate::{
     Behaviour,
     handler::{CRASH_EXIT_CODE, TestServer},
+    malformed,
 };
 
 /// How long answers still in flight at stdin EOF may take to be written.
@@ -23,6 +33,9 @@ use crate::{
 /// exit for no benefit. Answers that are coming at all come within
 /// milliseconds here.
 const EOF_GRACE: Duration = Duration::from_millis(500);
+
+/// How long `--malformed-list` waits at the end for queued stdout lines.
+const STDOUT_DRAIN: Duration = Duration::from_secs(1);
 
 pub async fn run(server: TestServer, behaviour: &Behaviour) -> anyhow::Result<()> {
     if behaviour.hang_initialize {
@@ -40,7 +53,25 @@ pub async fn run(server: TestServer, behaviour: &Behaviour) -> anyhow::Result<()
     };
     // `serve` performs the initialize handshake; it fails if stdin closes
     // before the handshake completes, which ends the session all the same.
-    match server.serve((stdin, stdout)).await {
+    let mut stdout_writer = None;
+    let served = if behaviour.malformed_list {
+        let (lines, writer) = spawn_stdout_writer();
+        stdout_writer = Some(writer);
+        let transport = MalformedList {
+            inner: AsyncRwTransport::new_server(
+                stdin,
+                LineSender {
+                    lines: lines.clone(),
+                    partial: Vec::new(),
+                },
+            ),
+            lines,
+        };
+        server.serve(transport).await
+    } else {
+        server.serve((stdin, stdout)).await
+    };
+    match served {
         Ok(running) => {
             let eof_grace = async {
                 stdin_closed.cancelled().await;
@@ -60,6 +91,11 @@ pub async fn run(server: TestServer, behaviour: &Behaviour) -> anyhow::Result<()
         Err(error) => {
             eprintln!("mcp-test-server: stdio session ended before initialization: {error}")
         }
+    }
+    if let Some(writer) = stdout_writer {
+        // The session (and with it every sender) is gone or going; let what
+        // it queued reach stdout before we exit or write anything ourselves.
+        let _ = tokio::time::timeout(STDOUT_DRAIN, writer).await;
     }
 
     if behaviour.crash_on_shutdown {
@@ -102,5 +138,108 @@ impl<R: AsyncRead + Unpin> AsyncRead for EofSignal<R> {
             }
         }
         poll
+    }
+}
+
+/// `--malformed-list`: hides `tools/list` requests from rmcp and answers each
+/// with one line of truncated JSON instead (see [`malformed::truncated_answer`]).
+///
+/// rmcp's own transport owns the reading and the message framing; this only
+/// filters what it parsed. Its writes and ours both go through [`LineSender`]
+/// into one queue, whole lines at a time, so they never interleave on stdout.
+struct MalformedList<T> {
+    inner: T,
+    lines: mpsc::UnboundedSender<Vec<u8>>,
+}
+
+impl<T: Transport<RoleServer>> Transport<RoleServer> for MalformedList<T> {
+    type Error = T::Error;
+
+    fn send(
+        &mut self,
+        item: TxJsonRpcMessage<RoleServer>,
+    ) -> impl Future<Output = Result<(), Self::Error>> + Send + 'static {
+        self.inner.send(item)
+    }
+
+    async fn receive(&mut self) -> Option<RxJsonRpcMessage<RoleServer>> {
+        loop {
+            let message = self.inner.receive().await?;
+            // Nothing is awaited from here on, so a cancelled `receive`
+            // (rmcp polls it in a `select!`) never loses a request.
+            let JsonRpcMessage::Request(JsonRpcRequest {
+                id,
+                request: ClientRequest::ListToolsRequest(_),
+                ..
+            }) = &message
+            else {
+                return Some(message);
+            };
+            let id = serde_json::to_string(id).expect("a request id serializes");
+            eprintln!("mcp-test-server: --malformed-list, answering tools/list {id} with garbage");
+            let mut line = malformed::truncated_answer(&id).into_bytes();
+            line.push(b'\n');
+            // Fails only once the writer is gone, i.e. stdout is broken.
+            let _ = self.lines.send(line);
+        }
+    }
+
+    fn close(&mut self) -> impl Future<Output = Result<(), Self::Error>> + Send {
+        self.inner.close()
+    }
+}
+
+/// Writes every queued chunk to stdout, in order, until all senders are gone
+/// or stdout fails.
+fn spawn_stdout_writer() -> (mpsc::UnboundedSender<Vec<u8>>, JoinHandle<()>) {
+    let (lines, mut queue) = mpsc::unbounded_channel::<Vec<u8>>();
+    let writer = tokio::spawn(async move {
+        let mut stdout = tokio::io::stdout();
+        while let Some(line) = queue.recv().await {
+            if stdout.write_all(&line).await.is_err() || stdout.flush().await.is_err() {
+                break;
+            }
+        }
+    });
+    (lines, writer)
+}
+
+/// rmcp's stdout for `--malformed-list`: queues what rmcp writes, one whole
+/// line per chunk, for [`spawn_stdout_writer`]'s task. Writes never block;
+/// rmcp's frames are small and the queue drains as fast as stdout takes it.
+struct LineSender {
+    lines: mpsc::UnboundedSender<Vec<u8>>,
+    /// Bytes written since the last newline.
+    partial: Vec<u8>,
+}
+
+impl AsyncWrite for LineSender {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        _cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let this = &mut *self;
+        let mut rest = buf;
+        while let Some(newline) = rest.iter().position(|b| *b == b'\n') {
+            let (line, after) = rest.split_at(newline + 1);
+            let mut chunk = std::mem::take(&mut this.partial);
+            chunk.extend_from_slice(line);
+            if this.lines.send(chunk).is_err() {
+                return Poll::Ready(Err(std::io::ErrorKind::BrokenPipe.into()));
+            }
+            rest = after;
+        }
+        this.partial.extend_from_slice(rest);
+        Poll::Ready(Ok(buf.len()))
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        // Only whole lines are ever queued: a partial one waits for its end.
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Poll::Ready(Ok(()))
     }
 }

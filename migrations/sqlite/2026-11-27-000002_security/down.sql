@@ -1,0 +1,2 @@
+ALTER TABLE mcp_servers DROP COLUMN secret_names;
+DROP TABLE api_keys;

@@ -17,6 +17,7 @@ use super::{
     live::{Live, LiveSessions},
     session::teardown,
     sse::SseClientTransport,
+    stdio::{self, Malformed},
 };
 
 /// The MCP client side of the daemon. Cheap to clone.
@@ -68,10 +69,13 @@ impl McpConnector {
                 let (child, stdout, stdin) =
                     ChildProcess::spawn(command, args, env, &self.settings.stdio_env_passthrough)?;
                 tracing::debug!(program = %command, pid = ?child.pid(), "spawned stdio MCP server");
-                match tokio::time::timeout(timeout, client_info().serve((stdout, stdin))).await {
+                let malformed = Malformed::default();
+                let transport = stdio::transport(stdout, stdin, malformed.clone());
+                match tokio::time::timeout(timeout, client_info().serve(transport)).await {
                     Ok(Ok(service)) => Live {
                         service,
                         child: Some(child),
+                        malformed: Some(malformed),
                     },
                     Ok(Err(err)) => {
                         // Give the child a moment to finish its last words on
@@ -80,11 +84,10 @@ impl McpConnector {
                         tokio::time::sleep(grace).await;
                         let stderr = child.stderr_tail();
                         child.reap(self.settings.teardown_grace).await;
-                        let detail = if stderr.is_empty() {
-                            err.to_string()
-                        } else {
-                            format!("{err}; its stderr ends with: {stderr}")
-                        };
+                        let mut detail = malformed.reason().unwrap_or_else(|| err.to_string());
+                        if !stderr.is_empty() {
+                            detail = format!("{detail}; its stderr ends with: {stderr}");
+                        }
                         return Err(McpError::failed(Stage::Connect, detail));
                     }
                     Err(_) => {
@@ -101,6 +104,7 @@ impl McpConnector {
                 Live {
                     service: self.within(timeout, client_info().serve(transport)).await?,
                     child: None,
+                    malformed: None,
                 }
             }
             TransportSpec::Sse { url, headers } => {
@@ -115,6 +119,7 @@ impl McpConnector {
                 Live {
                     service: self.within(timeout, client_info().serve(transport)).await?,
                     child: None,
+                    malformed: None,
                 }
             }
         };

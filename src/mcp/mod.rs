@@ -8,6 +8,7 @@ mod live;
 pub mod outbound;
 mod session;
 pub mod sse;
+mod stdio;
 
 use std::{collections::BTreeMap, time::Duration};
 

@@ -7,10 +7,12 @@ use rmcp::{RoleClient, model::Tool, service::Peer};
 use super::{
     McpError, Stage,
     live::{Live, LiveSessions, ServerKey, Slot},
+    stdio::Malformed,
 };
 
 pub struct Session {
     peer: Peer<RoleClient>,
+    malformed: Option<Malformed>,
     slot: Slot,
     key: ServerKey,
     registration: u64,
@@ -28,10 +30,12 @@ impl Session {
         grace: Duration,
     ) -> Session {
         let peer = live.service.peer().clone();
+        let malformed = live.malformed.clone();
         let slot: Slot = Slot::new(std::sync::Mutex::new(Some(live)));
         let registration = registry.register(key.clone(), slot.clone());
         Session {
             peer,
+            malformed,
             slot,
             key,
             registration,
@@ -45,7 +49,14 @@ impl Session {
     pub async fn list_tools(&self) -> Result<Vec<Tool>, McpError> {
         match tokio::time::timeout(self.list_timeout, self.peer.list_all_tools()).await {
             Ok(Ok(tools)) => Ok(tools),
-            Ok(Err(err)) => Err(McpError::failed(Stage::ListTools, err)),
+            Ok(Err(err)) => {
+                // A garbled stream shows up here as a closed transport; say why.
+                let why = self.malformed.as_ref().and_then(Malformed::reason);
+                Err(McpError::failed(
+                    Stage::ListTools,
+                    why.unwrap_or_else(|| err.to_string()),
+                ))
+            }
             Err(_) => Err(McpError::Timeout {
                 stage: Stage::ListTools,
                 after: self.list_timeout,
@@ -81,7 +92,9 @@ impl Drop for Session {
 /// with it the child's stdin), then reap the child. Failures are logged at
 /// debug and go no further.
 pub(super) async fn teardown(live: Live, grace: Duration) {
-    let Live { mut service, child } = live;
+    let Live {
+        mut service, child, ..
+    } = live;
     match service.close_with_timeout(grace).await {
         Ok(Some(reason)) => tracing::debug!(?reason, "MCP session closed"),
         Ok(None) => tracing::debug!(?grace, "MCP session did not close in time; dropped"),

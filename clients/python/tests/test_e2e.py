@@ -1,6 +1,9 @@
 """End-to-end tests: the real mcpd binary, driven by the generated Python stubs
 (through mcpd_client) and by grpcurl over server reflection.
 
+Every test gets a fresh organization and an API key for it, made with
+`mcpd keys create` against the daemon's database while the daemon runs.
+
 Binaries (build them with `cargo build` and `cargo build -p mcp-test-server`):
   MCPD_BIN             default <repo>/target/debug/mcpd
   MCP_TEST_SERVER_BIN  default <repo>/target/debug/mcp-test-server
@@ -12,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -27,7 +31,7 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from mcpd_client import ORGANIZATION_HEADER, McpdClient, mcpd_pb2, mcpd_pb2_grpc
+from mcpd_client import AUTHORIZATION_HEADER, McpdClient, bearer, mcpd_pb2, mcpd_pb2_grpc
 
 CLIENT_DIR = Path(__file__).resolve().parent.parent
 REPO_ROOT = CLIENT_DIR.parent.parent
@@ -38,6 +42,9 @@ TEST_SERVER_BIN = Path(
 STDIO_ARGS = ["--transport", "stdio", "--tools", "3"]
 TOOL_NAMES = ["tool_0000", "tool_0001", "tool_0002"]
 SERVICE = "mcpd.v1.McpServerService"
+ADMIN_SERVICE = "mcpd.v1.AdminService"
+# Well-formed (mcpd_ + 64 hex digits) but never issued.
+UNKNOWN_KEY = "mcpd_" + "0" * 64
 SERVING = health_pb2.HealthCheckResponse.SERVING
 
 
@@ -48,10 +55,60 @@ SERVING = health_pb2.HealthCheckResponse.SERVING
 class Daemon:
     address: str
     process: subprocess.Popen
+    workdir: Path
     log_path: Path
+
+    @property
+    def database_url(self) -> str:
+        return f"sqlite://{self.workdir / 'mcpd.db'}"
+
+    @property
+    def secret_key_file(self) -> Path:
+        return self.workdir / "mcpd.key"
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
+
+
+@dataclass
+class ApiKey:
+    id: str
+    key: str
+    organization_id: str
+
+
+def mcpd_keys(daemon: Daemon, *args: str) -> subprocess.CompletedProcess:
+    """`mcpd keys ARGS` against the running daemon's database."""
+    result = subprocess.run(
+        [MCPD_BIN, "keys", *args, "--database-url", daemon.database_url],
+        cwd=daemon.workdir,
+        env={**os.environ, "NO_COLOR": "1"},
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, f"mcpd keys {args} failed:\n{result.stderr}"
+    return result
+
+
+def create_key(daemon: Daemon, org: str, name: str = "") -> ApiKey:
+    """A new API key for `org`. The key alone is on stdout; stderr says
+    "created API key ID for organization "ORG"; ..."."""
+    result = mcpd_keys(daemon, "create", "--org", org, "--name", name)
+    key = result.stdout.strip()
+    assert re.fullmatch(r"mcpd_[0-9a-f]{64}", key), result.stdout
+    found = re.search(r"created API key (\S+) for organization", result.stderr)
+    assert found, result.stderr
+    return ApiKey(found.group(1), key, org)
+
+
+def list_keys(daemon: Daemon, org: str) -> dict[str, str]:
+    """`mcpd keys list --org ORG` as {key id: state}."""
+    lines = mcpd_keys(daemon, "list", "--org", org).stdout.splitlines()
+    assert lines[0].split()[:4] == ["id", "organization", "name", "state"], lines
+    # Columns: id, organization, name (may be empty), state, created.
+    return {line.split()[0]: line.split()[-2] for line in lines[1:]}
 
 
 def _free_port() -> int:
@@ -82,8 +139,13 @@ def _wait_until_serving(daemon: Daemon, timeout: float = 30.0) -> None:
 
 @pytest.fixture(scope="module")
 def daemon(tmp_path_factory) -> Iterator[Daemon]:
-    """A real mcpd on a free loopback port with a fresh SQLite file; stopped
-    with SIGTERM at teardown, which must end it with exit code 0."""
+    """A real mcpd on a free loopback port with a fresh SQLite file and secret
+    key file in a temporary directory (also its working directory, so nothing
+    lands in the repository); stopped with SIGTERM at teardown, which must end
+    it with exit code 0.
+
+    Its policy allows exactly what the tests need: the test server as a stdio
+    program, and loopback for the remote (HTTP) servers."""
     for binary in (MCPD_BIN, TEST_SERVER_BIN):
         if not os.access(binary, os.X_OK):
             pytest.fail(f"{binary} is missing: build it with cargo (see README.md)")
@@ -99,13 +161,20 @@ def daemon(tmp_path_factory) -> Iterator[Daemon]:
                 address,
                 "--database-url",
                 f"sqlite://{workdir / 'mcpd.db'}",
+                "--secret-key-file",
+                workdir / "mcpd.key",
+                "--stdio-allow",
+                TEST_SERVER_BIN,
+                "--outbound-allow",
+                "127.0.0.0/8,::1/128",
             ],
+            cwd=workdir,
             stdin=subprocess.DEVNULL,
             stdout=log,
             stderr=subprocess.STDOUT,
             env={**os.environ, "NO_COLOR": "1"},
         )
-    daemon = Daemon(address, process, log_path)
+    daemon = Daemon(address, process, workdir, log_path)
     try:
         _wait_until_serving(daemon)
     except BaseException:
@@ -125,16 +194,52 @@ def daemon(tmp_path_factory) -> Iterator[Daemon]:
     assert code == 0, f"mcpd exited with {code}:\n{daemon.log()}"
 
 
-@pytest.fixture
-def org() -> str:
-    """A fresh organization per test, so tests never see each other's servers."""
+def fresh_org() -> str:
     return f"org-{uuid.uuid4().hex[:12]}"
 
 
 @pytest.fixture
-def client(daemon: Daemon, org: str) -> Iterator[McpdClient]:
-    with McpdClient(daemon.address, org) as client:
+def org() -> str:
+    """A fresh organization per test, so tests never see each other's servers."""
+    return fresh_org()
+
+
+@pytest.fixture
+def api_key(daemon: Daemon, org: str) -> ApiKey:
+    """A key for the test's organization."""
+    return create_key(daemon, org, name="pytest")
+
+
+@pytest.fixture
+def client(daemon: Daemon, api_key: ApiKey) -> Iterator[McpdClient]:
+    with McpdClient(daemon.address, api_key.key) as client:
         yield client
+
+
+def _start_http_test_server(tools: int = 3) -> tuple[subprocess.Popen, str]:
+    """mcp-test-server over streamable HTTP on a free loopback port, and its URL."""
+    test_server = subprocess.Popen(
+        [TEST_SERVER_BIN, "--transport", "http", "--listen", "127.0.0.1:0", "--tools", str(tools)],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    # Its one line on stdout: "LISTENING http://127.0.0.1:PORT/mcp".
+    banner = test_server.stdout.readline().split()
+    if banner[:1] != ["LISTENING"]:
+        test_server.kill()
+        test_server.wait()
+        pytest.fail(f"mcp-test-server did not start: {banner}")
+    return test_server, banner[1]
+
+
+def _stop(process: subprocess.Popen) -> None:
+    process.terminate()
+    try:
+        process.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
 
 
 # --- the Python stubs ---------------------------------------------------------
@@ -191,47 +296,195 @@ def test_list_servers_pages(client: McpdClient):
 
 
 def test_streamable_http_server(client: McpdClient):
-    test_server = subprocess.Popen(
-        [TEST_SERVER_BIN, "--transport", "http", "--listen", "127.0.0.1:0", "--tools", "3"],
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
+    # 127.0.0.1 is reachable only because the daemon runs with --outbound-allow.
+    test_server, url = _start_http_test_server()
     try:
-        # Its one line on stdout: "LISTENING http://127.0.0.1:PORT/mcp".
-        banner = test_server.stdout.readline().split()
-        assert banner[:1] == ["LISTENING"], banner
-        url = banner[1]
-
         created = client.create_http_server("http-demo", url)
         assert created.server.transport == mcpd_pb2.TRANSPORT_KIND_STREAMABLE_HTTP
         assert created.server.endpoint == url
         assert [tool.name for tool in created.tools] == TOOL_NAMES
         assert client.close_server(created.server.id).removed_tools == 3
     finally:
-        test_server.terminate()
-        test_server.wait(timeout=10)
+        _stop(test_server)
 
 
-def test_missing_organization_is_unauthenticated(daemon: Daemon):
+def test_stats_need_a_key(daemon: Daemon, client: McpdClient):
+    stats = client.stats()
+    assert stats.pool_max_size > 0
+    assert stats.pool_checkouts > 0  # at least this call's key lookup
+    with grpc.insecure_channel(daemon.address) as channel:
+        admin = mcpd_pb2_grpc.AdminServiceStub(channel)
+        with pytest.raises(grpc.RpcError) as err:
+            admin.GetStats(mcpd_pb2.GetStatsRequest(), timeout=10)
+        assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
+
+
+# --- API keys -----------------------------------------------------------------
+
+
+def _list_servers(daemon: Daemon, metadata) -> mcpd_pb2.ListMcpServersResponse:
     with grpc.insecure_channel(daemon.address) as channel:
         stub = mcpd_pb2_grpc.McpServerServiceStub(channel)
-        for metadata in (None, ((ORGANIZATION_HEADER, ""),)):
+        return stub.ListMcpServers(mcpd_pb2.ListMcpServersRequest(), metadata=metadata, timeout=10)
+
+
+@pytest.mark.parametrize(
+    "metadata",
+    [
+        pytest.param(None, id="no-metadata"),
+        pytest.param(((AUTHORIZATION_HEADER, ""),), id="empty"),
+        pytest.param(((AUTHORIZATION_HEADER, "Bearer "),), id="bearer-without-key"),
+        pytest.param(((AUTHORIZATION_HEADER, UNKNOWN_KEY),), id="key-without-scheme"),
+        pytest.param(((AUTHORIZATION_HEADER, f"Basic {UNKNOWN_KEY}"),), id="basic-scheme"),
+        # The organization header of the old model names nobody any more.
+        pytest.param((("x-organization-id", "acme"),), id="x-organization-id"),
+    ],
+)
+def test_missing_key_is_unauthenticated(daemon: Daemon, metadata):
+    with pytest.raises(grpc.RpcError) as err:
+        _list_servers(daemon, metadata)
+    assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    # The message tells the caller what to send and where keys come from.
+    assert "authorization: Bearer" in err.value.details()
+    assert "mcpd keys create" in err.value.details()
+
+
+@pytest.mark.parametrize(
+    "key",
+    [
+        pytest.param(UNKNOWN_KEY, id="unknown"),
+        pytest.param("not-a-key", id="malformed"),
+        pytest.param(UNKNOWN_KEY[:-1], id="too-short"),
+    ],
+)
+def test_unknown_key_is_unauthenticated(daemon: Daemon, key: str):
+    with pytest.raises(grpc.RpcError) as err:
+        _list_servers(daemon, bearer(key))
+    assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    assert "not valid" in err.value.details()
+
+
+def test_revoked_key_is_unauthenticated(daemon: Daemon, org: str):
+    revoked, kept = create_key(daemon, org, "to-revoke"), create_key(daemon, org, "kept")
+    assert list_keys(daemon, org) == {revoked.id: "active", kept.id: "active"}
+
+    with McpdClient(daemon.address, revoked.key) as client:
+        server = client.create_stdio_server("keyed", str(TEST_SERVER_BIN), STDIO_ARGS).server
+        assert [s.id for s in client.list_servers()] == [server.id]
+
+        mcpd_keys(daemon, "revoke", revoked.id)
+        assert list_keys(daemon, org) == {revoked.id: "revoked", kept.id: "active"}
+
+        # Keys are looked up on every call: the revocation holds at once,
+        # on the channel that used to work.
+        for call in (lambda: list(client.list_servers()), lambda: client.get_server(server.id)):
             with pytest.raises(grpc.RpcError) as err:
-                stub.ListMcpServers(mcpd_pb2.ListMcpServersRequest(), metadata=metadata, timeout=10)
+                call()
             assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
-            assert ORGANIZATION_HEADER in err.value.details()
+
+    # Servers belong to the organization, not to the key.
+    with McpdClient(daemon.address, kept.key) as client:
+        assert client.get_server(server.id) == server
+        assert client.close_server(server.id).removed_tools == 3
 
 
-def test_example_cli(daemon: Daemon, org: str):
+def test_organizations_are_isolated(daemon: Daemon):
+    key_a, key_b = create_key(daemon, fresh_org()), create_key(daemon, fresh_org())
+    with McpdClient(daemon.address, key_a.key) as a, McpdClient(daemon.address, key_b.key) as b:
+        server = a.create_stdio_server("shared-name", str(TEST_SERVER_BIN), STDIO_ARGS).server
+
+        assert list(b.list_servers()) == []
+        for call in (b.get_server, b.close_server, lambda id: list(b.list_tools(id))):
+            with pytest.raises(grpc.RpcError) as err:
+                call(server.id)
+            assert err.value.code() == grpc.StatusCode.NOT_FOUND, err.value.details()
+
+        # Names and tool names are unique per organization only.
+        other = b.create_stdio_server("shared-name", str(TEST_SERVER_BIN), STDIO_ARGS).server
+        assert [s.id for s in b.list_servers()] == [other.id]
+        assert [s.id for s in a.list_servers()] == [server.id]
+        assert a.get_server(server.id) == server  # B's close did not touch it
+
+        # x-organization-id no longer picks the organization: the key does.
+        metadata = (*bearer(key_b.key), ("x-organization-id", key_a.organization_id))
+        assert [s.id for s in _list_servers(daemon, metadata).servers] == [other.id]
+
+        assert a.close_server(server.id).removed_tools == 3
+        assert b.close_server(other.id).removed_tools == 3
+
+
+# --- the daemon's policy --------------------------------------------------------
+
+
+@pytest.mark.parametrize("command", ["/bin/echo", "echo", "mcp-test-server"])
+def test_stdio_command_not_allowlisted_is_permission_denied(client: McpdClient, command: str):
+    # Only the exact path of the test server is allowlisted, not its bare name.
+    with pytest.raises(grpc.RpcError) as err:
+        client.create_stdio_server("not-allowed", command, ["hello"])
+    assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    assert "--stdio-allow" in err.value.details()
+    assert list(client.list_servers()) == []
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://10.1.2.3:8080/mcp",  # private, not in --outbound-allow
+        "http://169.254.169.254/mcp",  # cloud metadata: never, whatever is allowed
+    ],
+)
+def test_private_remote_server_is_permission_denied(client: McpdClient, url: str):
+    with pytest.raises(grpc.RpcError) as err:
+        client.create_http_server("private", url)
+    assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    assert "--outbound-allow" in err.value.details() or "never" in err.value.details()
+    assert list(client.list_servers()) == []
+
+
+def test_secrets_are_sealed_at_rest(daemon: Daemon, client: McpdClient):
+    key_file = daemon.secret_key_file
+    assert key_file.is_file()
+    assert key_file.stat().st_mode & 0o777 == 0o600
+
+    header_secret, env_secret = f"hdr-{uuid.uuid4().hex}", f"env-{uuid.uuid4().hex}"
+    test_server, url = _start_http_test_server()
+    try:
+        remote = client.create_http_server(
+            "sealed-http", url, {"authorization": f"Bearer {header_secret}"}
+        ).server
+    finally:
+        _stop(test_server)
+    local = client.create_stdio_server(
+        "sealed-stdio",
+        str(TEST_SERVER_BIN),
+        [*STDIO_ARGS, "--tool-prefix", "sealed_"],
+        env={"MCP_DEMO_TOKEN": env_secret},
+    ).server
+
+    # The database and its write-ahead log hold neither value in the clear.
+    stored = b"".join(path.read_bytes() for path in daemon.workdir.glob("mcpd.db*"))
+    assert b"sealed-stdio" in stored  # the check does look at the registry
+    assert header_secret.encode() not in stored
+    assert env_secret.encode() not in stored
+
+    for server in (remote, local):
+        client.close_server(server.id)
+
+
+def _run_cli(daemon: Daemon, *args: str, env: dict[str, str]) -> subprocess.CompletedProcess:
+    environment = {k: v for k, v in os.environ.items() if k != "MCPD_API_KEY"}
+    return subprocess.run(
+        [sys.executable, CLIENT_DIR / "mcpd_client.py", "--address", daemon.address, *args],
+        env={**environment, **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_example_cli(daemon: Daemon, api_key: ApiKey):
     def cli(*args: str) -> dict:
-        result = subprocess.run(
-            [sys.executable, CLIENT_DIR / "mcpd_client.py", "--address", daemon.address, *args],
-            env={**os.environ, "MCPD_ORGANIZATION_ID": org},
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
+        result = _run_cli(daemon, *args, env={"MCPD_API_KEY": api_key.key})
         assert result.returncode == 0, result.stderr
         return json.loads(result.stdout)
 
@@ -240,7 +493,23 @@ def test_example_cli(daemon: Daemon, org: str):
     assert [tool["name"] for tool in created["tools"]] == TOOL_NAMES
     assert [s["id"] for s in cli("list", "--page-size", "1")["servers"]] == [server_id]
     assert [tool["name"] for tool in cli("tools", server_id)["tools"]] == TOOL_NAMES
+    assert cli("get", server_id)["server_name"] == "cli-demo"
+    assert cli("stats")["pool_max_size"] > 0
     assert cli("close", server_id)["removed_tools"] == 3
+
+
+def test_example_cli_key_errors(daemon: Daemon, api_key: ApiKey):
+    missing = _run_cli(daemon, "list", env={})
+    assert missing.returncode != 0
+    assert "--api-key" in missing.stderr
+
+    unknown = _run_cli(daemon, "--api-key", UNKNOWN_KEY, "list", env={})
+    assert unknown.returncode == 1
+    assert unknown.stderr.startswith("error: UNAUTHENTICATED: ")
+
+    # --api-key wins over the environment.
+    flag = _run_cli(daemon, "--api-key", api_key.key, "list", env={"MCPD_API_KEY": UNKNOWN_KEY})
+    assert flag.returncode == 0, flag.stderr
 
 
 # --- grpcurl, with no proto file: everything comes from server reflection -----
@@ -259,16 +528,22 @@ def _grpcurl_path() -> str:
     return found
 
 
-def grpcurl(daemon: Daemon, *args: str, org: str | None = None, data: dict | None = None) -> str:
+def run_grpcurl(
+    daemon: Daemon, *args: str, key: str | None = None, data: dict | None = None
+) -> subprocess.CompletedProcess:
     command = [_grpcurl_path(), "-plaintext"]
-    if org is not None:
-        command += ["-H", f"{ORGANIZATION_HEADER}: {org}"]
+    if key is not None:
+        command += ["-H", f"{AUTHORIZATION_HEADER}: Bearer {key}"]
     if data is not None:
         command += ["-emit-defaults", "-d", json.dumps(data)]
-    result = subprocess.run(
+    return subprocess.run(
         [*command, daemon.address, *args], capture_output=True, text=True, timeout=60
     )
-    assert result.returncode == 0, f"{command} failed:\n{result.stderr}"
+
+
+def grpcurl(daemon: Daemon, *args: str, key: str | None = None, data: dict | None = None) -> str:
+    result = run_grpcurl(daemon, *args, key=key, data=data)
+    assert result.returncode == 0, f"grpcurl {args} failed:\n{result.stderr}"
     return result.stdout
 
 
@@ -286,12 +561,13 @@ def test_grpcurl_describes_service(daemon: Daemon):
         assert f"rpc {rpc} (" in description
 
 
-def test_grpcurl_creates_and_closes_stdio_server(daemon: Daemon, org: str):
+def test_grpcurl_creates_and_closes_stdio_server(daemon: Daemon, api_key: ApiKey):
+    key = api_key.key
     request = {
         "server_name": "grpcurl-demo",
         "stdio": {"command": str(TEST_SERVER_BIN), "args": STDIO_ARGS},
     }
-    created = json.loads(grpcurl(daemon, f"{SERVICE}/CreateMcpServer", org=org, data=request))
+    created = json.loads(grpcurl(daemon, f"{SERVICE}/CreateMcpServer", key=key, data=request))
     # grpcurl prints the proto3 JSON mapping: lowerCamelCase names, enum names.
     server = created["server"]
     assert server["serverName"] == "grpcurl-demo"
@@ -300,13 +576,44 @@ def test_grpcurl_creates_and_closes_stdio_server(daemon: Daemon, org: str):
     assert [tool["name"] for tool in created["tools"]] == TOOL_NAMES
     assert created["failedTools"] == []
 
+    listed = json.loads(grpcurl(daemon, f"{SERVICE}/ListMcpServers", key=key, data={}))
+    assert [s["id"] for s in listed["servers"]] == [server["id"]]
+
     closed = json.loads(
-        grpcurl(daemon, f"{SERVICE}/CloseMcpServer", org=org, data={"server_id": server["id"]})
+        grpcurl(daemon, f"{SERVICE}/CloseMcpServer", key=key, data={"server_id": server["id"]})
     )
     assert closed["removedTools"] == 3
 
 
+@pytest.mark.parametrize("method", [f"{SERVICE}/ListMcpServers", f"{ADMIN_SERVICE}/GetStats"])
+def test_grpcurl_without_key_is_unauthenticated(daemon: Daemon, method: str):
+    result = run_grpcurl(daemon, method, data={})
+    assert result.returncode != 0
+    assert "Code: Unauthenticated" in result.stderr, result.stderr
+    assert "authorization: Bearer" in result.stderr
+
+
+def test_grpcurl_with_unknown_key_is_unauthenticated(daemon: Daemon):
+    result = run_grpcurl(daemon, f"{SERVICE}/ListMcpServers", key=UNKNOWN_KEY, data={})
+    assert result.returncode != 0
+    assert "Code: Unauthenticated" in result.stderr, result.stderr
+
+
+def test_grpcurl_stdio_not_allowlisted(daemon: Daemon, api_key: ApiKey):
+    request = {"server_name": "echo", "stdio": {"command": "/bin/echo", "args": ["hi"]}}
+    result = run_grpcurl(daemon, f"{SERVICE}/CreateMcpServer", key=api_key.key, data=request)
+    assert result.returncode != 0
+    assert "Code: PermissionDenied" in result.stderr, result.stderr
+    assert "--stdio-allow" in result.stderr
+
+
+def test_grpcurl_stats(daemon: Daemon, api_key: ApiKey):
+    stats = json.loads(grpcurl(daemon, f"{ADMIN_SERVICE}/GetStats", key=api_key.key, data={}))
+    assert stats["poolMaxSize"] > 0
+
+
 def test_grpcurl_health_check(daemon: Daemon):
+    # Health (like reflection above) needs no key.
     for request in ({}, {"service": SERVICE}):
         reply = json.loads(grpcurl(daemon, "grpc.health.v1.Health/Check", data=request))
         assert reply == {"status": "SERVING"}

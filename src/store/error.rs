@@ -25,10 +25,26 @@ pub enum StoreError {
     Query(#[source] DieselError),
 }
 
+/// Server-side messages that mean "this connection or server is going away",
+/// not "this query is wrong" (PostgreSQL 57P01..57P03, SQLite busy).
+const GOING_AWAY: &[&str] = &[
+    "terminating connection",
+    "the database system is shutting down",
+    "the database system is starting up",
+    "the database system is in recovery mode",
+    "database is locked",
+];
+
 impl From<DieselError> for StoreError {
     fn from(err: DieselError) -> Self {
         match err {
-            DieselError::DatabaseError(DatabaseErrorKind::ClosedConnection, info) => {
+            DieselError::DatabaseError(
+                DatabaseErrorKind::ClosedConnection | DatabaseErrorKind::UnableToSendCommand,
+                info,
+            ) => StoreError::Unavailable(info.message().to_owned()),
+            DieselError::DatabaseError(DatabaseErrorKind::Unknown, info)
+                if GOING_AWAY.iter().any(|m| info.message().contains(m)) =>
+            {
                 StoreError::Unavailable(info.message().to_owned())
             }
             DieselError::BrokenTransactionManager => {

@@ -173,7 +173,7 @@ pub const LOOPBACK: [&str; 2] = ["127.0.0.0/8", "::1/128"];
 
 /// An in-process daemon serving on a free loopback port.
 pub struct Daemon {
-    pub db: TestDb,
+    pub db: std::sync::Arc<TestDb>,
     pub keys: Keys,
     pub store: Store,
     pub manager: Manager,
@@ -188,8 +188,13 @@ impl Daemon {
     }
 
     pub async fn start_with(backend: Backend, options: DaemonOptions) -> Daemon {
+        let db = std::sync::Arc::new(TestDb::new(backend).await);
+        Self::start_on(db, options).await
+    }
+
+    /// A daemon on an existing database: several daemons can share one.
+    pub async fn start_on(db: std::sync::Arc<TestDb>, options: DaemonOptions) -> Daemon {
         mcpd::telemetry::init();
-        let db = TestDb::new(backend).await;
         store::run_migrations(&db.url).await.expect("migrations");
         let store = Store::open(StoreSettings {
             url: db.url.clone(),

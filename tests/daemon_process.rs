@@ -285,3 +285,310 @@ async fn secrets_never_reach_the_log_even_at_trace() {
         "a header value leaked into the log"
     );
 }
+
+/// Fault 3: servers that ignore shutdown, exit non-zero, or garble the
+/// stream while closing. Close answers OK, the log says what happened at
+/// debug, and no process is left.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn teardown_faults_are_logged_at_debug_and_never_fail_a_call() {
+    let db = TestDb::new(Backend::Sqlite).await;
+    let key = create_key(&db, "acme").await;
+    let (daemon, mut client) = serve(&db, &["--teardown-grace", "300ms"], "info,mcpd=debug").await;
+    let mut pids = Vec::new();
+    for (i, flag) in ["--ignore-shutdown", "--crash-on-shutdown"]
+        .into_iter()
+        .enumerate()
+    {
+        let pidfile = db.dir().join(format!("pids{i}"));
+        let prefix = format!("t{i}_");
+        let created = client
+            .create_mcp_server(with_key(
+                &key,
+                create_request(
+                    &format!("faulty-{i}"),
+                    stdio(&[
+                        "--tools",
+                        "2",
+                        "--tool-prefix",
+                        &prefix,
+                        flag,
+                        "--spawn-grandchild",
+                        pidfile.to_str().unwrap(),
+                    ]),
+                ),
+            ))
+            .await
+            .expect("teardown faults never fail a create")
+            .into_inner();
+        let closed = client
+            .close_mcp_server(with_key(
+                &key,
+                proto::CloseMcpServerRequest {
+                    server_id: created.server.unwrap().id,
+                },
+            ))
+            .await
+            .expect("teardown faults never fail a close")
+            .into_inner();
+        assert_eq!(closed.removed_tools, 2);
+        pids.extend(read_pids(&pidfile));
+    }
+    assert_eq!(pids.len(), 4);
+    assert_eq!(
+        wait_gone(&pids, Duration::from_secs(5)).await,
+        Vec::<u32>::new(),
+        "no orphans"
+    );
+    let (status, log) = stop(daemon).await;
+    assert!(status.success());
+    assert!(
+        log.contains("did not exit after its session closed; killing it"),
+        "the ignored shutdown is logged:\n{log}"
+    );
+    assert!(
+        log.contains("exit status: 3"),
+        "the non-zero exit is logged:\n{log}"
+    );
+    for line in log
+        .lines()
+        .filter(|l| l.contains("killing it") || l.contains("exit status: 3"))
+    {
+        assert!(
+            line.contains("DEBUG"),
+            "teardown faults are logged at debug: {line}"
+        );
+    }
+}
+
+/// Stdio children get only what the request sets plus a small pass-through
+/// list, never the daemon's own environment.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn stdio_children_get_a_clean_environment() {
+    let db = TestDb::new(Backend::Sqlite).await;
+    let key = create_key(&db, "acme").await;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut daemon = mcpd()
+        .env("MCPD_DATABASE_URL", db.cli_url())
+        .env("MCPD_STDIO_ALLOW", test_server_bin())
+        .env("AWS_SECRET_ACCESS_KEY", "daemon-secret-e9d1")
+        .args([
+            "serve",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--mcp-list-timeout",
+            "30s",
+            "--shutdown-timeout",
+            "1s",
+        ])
+        .arg("--secret-key-file")
+        .arg(db.dir().join("mcpd.key"))
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let endpoint = format!("http://127.0.0.1:{port}");
+    let mut client = None;
+    for _ in 0..200 {
+        if let Ok(c) = McpServerServiceClient::connect(endpoint.clone()).await {
+            client = Some(c);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut client = client.expect("daemon serves");
+    let pidfile = db.dir().join("pids");
+    let pending = tokio::spawn({
+        let key = key.clone();
+        let transport = Transport::Stdio(proto::StdioTransport {
+            command: test_server_bin(),
+            args: [
+                "--hang",
+                "list",
+                "--spawn-grandchild",
+                pidfile.to_str().unwrap(),
+            ]
+            .map(String::from)
+            .to_vec(),
+            env: [("GIVEN".to_owned(), "by-request".to_owned())].into(),
+        });
+        async move {
+            client
+                .create_mcp_server(with_key(&key, create_request("env", transport)))
+                .await
+        }
+    });
+    while read_pids(&pidfile).len() < 2 {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let server_pid = read_pids(&pidfile)[1];
+    let environ = std::fs::read(format!("/proc/{server_pid}/environ")).unwrap();
+    let vars: Vec<String> = environ
+        .split(|b| *b == 0)
+        .filter(|v| !v.is_empty())
+        .map(|v| String::from_utf8_lossy(v).into_owned())
+        .collect();
+    assert!(vars.iter().any(|v| v == "GIVEN=by-request"), "{vars:?}");
+    assert!(vars.iter().any(|v| v.starts_with("PATH=")), "{vars:?}");
+    assert!(!vars.iter().any(|v| v.starts_with("MCPD_")), "{vars:?}");
+    assert!(
+        !vars.iter().any(|v| v.contains("daemon-secret")),
+        "{vars:?}"
+    );
+    let pid = daemon.id().unwrap() as i32;
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(pid, libc::SIGTERM) };
+    let status = tokio::time::timeout(Duration::from_secs(40), daemon.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(status.success());
+    let _ = pending.await;
+    assert_eq!(
+        wait_gone(&read_pids(&pidfile), Duration::from_secs(5)).await,
+        Vec::<u32>::new()
+    );
+}
+
+/// Fault 6: the daemon is SIGKILLed during 5,000-tool creates, at several
+/// points of their progress. Afterwards each server is whole or absent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sigkill_during_a_big_create_leaves_all_or_nothing() {
+    const TOOLS: u32 = 5000;
+    let db = TestDb::new(Backend::Postgres).await;
+    let key = create_key(&db, "acme").await;
+    let http = HttpTestServer::start(&[
+        "--tools",
+        &TOOLS.to_string(),
+        "--page-size",
+        "1000",
+        "--unique-per-session",
+    ])
+    .await;
+    let mut outcomes = Vec::new();
+    for (i, delay_ms) in [20u64, 60, 120, 200, 350, 600].into_iter().enumerate() {
+        let (daemon, mut client) = serve(&db, &[], "warn").await;
+        let request = with_key(
+            &key,
+            create_request(
+                &format!("big-{i}"),
+                Transport::StreamableHttp(proto::StreamableHttpTransport {
+                    url: http.url.clone(),
+                    headers: Default::default(),
+                }),
+            ),
+        );
+        let call = tokio::spawn(async move { client.create_mcp_server(request).await });
+        tokio::time::sleep(Duration::from_millis(delay_ms)).await;
+        let mut child = daemon.child;
+        child.start_kill().unwrap();
+        child.wait().await.unwrap();
+        outcomes.push(call.await.unwrap().is_ok());
+    }
+    // Whatever was cut off, the registry holds whole servers only.
+    let store = mcpd::store::Store::open(mcpd::store::StoreSettings {
+        url: db.url.clone(),
+        pool_size: 1,
+        acquire_timeout: Duration::from_secs(5),
+        sealer: None,
+    })
+    .await
+    .unwrap();
+    let servers = store.list_servers("acme", None, 100).await.unwrap();
+    for server in &servers {
+        assert_eq!(server.tool_count as u32, TOOLS, "{}", server.name);
+        let tools = store
+            .list_server_tools("acme", &server.id, None, 10_000)
+            .await
+            .unwrap();
+        assert_eq!(tools.len() as u32, TOOLS, "{}", server.name);
+    }
+    // A call answered OK was committed.
+    for (i, ok) in outcomes.iter().enumerate() {
+        if *ok {
+            assert!(
+                servers.iter().any(|s| s.name == format!("big-{i}")),
+                "big-{i} answered OK but is missing"
+            );
+        }
+    }
+}
+
+/// Fault 8: SIGTERM while twenty creates are in flight: each call finishes
+/// or fails cleanly, the daemon exits 0, and no child survives.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sigterm_under_load_leaves_no_orphans() {
+    let db = TestDb::new(Backend::Postgres).await;
+    let key = create_key(&db, "acme").await;
+    let (daemon, client) = serve(
+        &db,
+        &["--shutdown-timeout", "10s", "--teardown-grace", "300ms"],
+        "info",
+    )
+    .await;
+    let mut pidfiles = Vec::new();
+    let mut calls = Vec::new();
+    for i in 0..20 {
+        let pidfile = db.dir().join(format!("load{i}"));
+        let args = [
+            "--tools",
+            "50",
+            "--tool-prefix",
+            &format!("l{i}_"),
+            "--spawn-grandchild",
+            pidfile.to_str().unwrap(),
+        ]
+        .map(String::from);
+        pidfiles.push(pidfile);
+        let mut client = client.clone();
+        let request = with_key(
+            &key,
+            create_request(
+                &format!("load-{i}"),
+                stdio(&args.iter().map(String::as_str).collect::<Vec<_>>()),
+            ),
+        );
+        calls.push(tokio::spawn(async move {
+            client.create_mcp_server(request).await
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    let (status, _log) = stop(daemon).await;
+    assert!(status.success(), "{status:?}");
+    let mut answered_ok = Vec::new();
+    for (i, call) in calls.into_iter().enumerate() {
+        let result = tokio::time::timeout(Duration::from_secs(10), call)
+            .await
+            .expect("every call returns")
+            .unwrap();
+        if result.is_ok() {
+            answered_ok.push(format!("load-{i}"));
+        }
+    }
+    let pids: Vec<u32> = pidfiles.iter().flat_map(|p| read_pids(p)).collect();
+    assert_eq!(
+        wait_gone(&pids, Duration::from_secs(5)).await,
+        Vec::<u32>::new(),
+        "no orphans"
+    );
+    let store = mcpd::store::Store::open(mcpd::store::StoreSettings {
+        url: db.url.clone(),
+        pool_size: 1,
+        acquire_timeout: Duration::from_secs(5),
+        sealer: None,
+    })
+    .await
+    .unwrap();
+    let servers = store.list_servers("acme", None, 100).await.unwrap();
+    for server in &servers {
+        assert_eq!(server.tool_count, 50, "{}", server.name);
+    }
+    for name in answered_ok {
+        assert!(
+            servers.iter().any(|s| s.name == name),
+            "{name} answered OK but is missing"
+        );
+    }
+}

@@ -2,6 +2,8 @@
 //! one pooled connection at a time and never holds one across MCP traffic.
 
 mod error;
+#[cfg(test)]
+mod fuzz;
 mod keys;
 mod paging;
 mod tools;

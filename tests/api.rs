@@ -14,6 +14,7 @@ backend_tests!(
     organizations_are_isolated,
     invalid_arguments_are_rejected_with_reasons,
     calls_need_a_valid_api_key,
+    oversized_requests_are_resource_exhausted,
     invalid_tools_are_reported_not_fatal,
     tool_names_are_unique_per_organization,
     streamable_http_server,
@@ -308,6 +309,51 @@ async fn organizations_are_isolated(backend: Backend) {
         .unwrap()
         .into_inner();
     assert!(b.failed_tools.is_empty(), "{:?}", b.failed_tools);
+
+    // For every RPC that names a server, B learns nothing about A's: the
+    // answer is exactly what a server that never existed gets.
+    let missing = uuid::Uuid::now_v7().to_string();
+    for id in [a.id.clone(), missing.clone()] {
+        let answers = [
+            client
+                .get_mcp_server(keys.req(
+                    "org-b",
+                    proto::GetMcpServerRequest {
+                        server_id: id.clone(),
+                    },
+                ))
+                .await
+                .map(|_| ()),
+            client
+                .list_mcp_server_tools(keys.req(
+                    "org-b",
+                    proto::ListMcpServerToolsRequest {
+                        server_id: id.clone(),
+                        ..Default::default()
+                    },
+                ))
+                .await
+                .map(|_| ()),
+            client
+                .close_mcp_server(keys.req(
+                    "org-b",
+                    proto::CloseMcpServerRequest {
+                        server_id: id.clone(),
+                    },
+                ))
+                .await
+                .map(|_| ()),
+        ];
+        for answer in answers {
+            let status = answer.unwrap_err();
+            assert_eq!(status.code(), Code::NotFound);
+            assert_eq!(
+                status.message().replace(&id, "ID"),
+                format!("MCP server \"ID\" not found"),
+                "same words for someone else's server and a missing one"
+            );
+        }
+    }
 
     let status = client
         .get_mcp_server(keys.req(
@@ -675,5 +721,41 @@ async fn streamable_http_server(backend: Backend) {
     let s = created.server.unwrap();
     assert_eq!(s.transport(), proto::TransportKind::StreamableHttp);
     assert_eq!(s.endpoint, server.url);
+    // Header names are shown, values never.
+    assert_eq!(s.secret_names, ["authorization"]);
+    assert!(!format!("{s:?}").contains("t0ken"));
+    // At rest the transport config is sealed.
+    let row = daemon.store.get_server("acme", &s.id).await.unwrap();
+    assert!(
+        row.transport_config.starts_with("sealed:v1:"),
+        "{}",
+        row.transport_config
+    );
+    assert!(!row.transport_config.contains("t0ken"));
+    daemon.stop().await;
+}
+
+async fn oversized_requests_are_resource_exhausted(backend: Backend) {
+    let daemon = Daemon::start(backend).await;
+    let keys = daemon.keys.clone();
+    let mut client = daemon.client().await;
+    let huge = Transport::Stdio(proto::StdioTransport {
+        command: test_server_bin(),
+        args: vec!["x".repeat(1024 * 1024); 3],
+        env: Default::default(),
+    });
+    let status = client
+        .create_mcp_server(keys.req("acme", create_request("huge", huge)))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+    assert!(status.message().contains("2 MiB"), "{}", status.message());
+    // The daemon is fine afterwards, and nothing was written.
+    let listed = client
+        .list_mcp_servers(keys.req("acme", proto::ListMcpServersRequest::default()))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(listed.servers.is_empty());
     daemon.stop().await;
 }

@@ -592,3 +592,81 @@ async fn sigterm_under_load_leaves_no_orphans() {
         );
     }
 }
+
+/// Stored secrets need the key that sealed them: a missing or different key
+/// stops the daemon at start-up with a message that says so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sealed_secrets_need_their_key_at_start_up() {
+    let db = TestDb::new(Backend::Sqlite).await;
+    let key = create_key(&db, "acme").await;
+    let (daemon, mut client) = serve(&db, &[], "info").await;
+    let transport = Transport::Stdio(proto::StdioTransport {
+        command: test_server_bin(),
+        args: vec!["--tools".into(), "1".into()],
+        env: [("TOKEN".to_owned(), "sealed-value-5c2a".to_owned())].into(),
+    });
+    client
+        .create_mcp_server(with_key(&key, create_request("sealed", transport)))
+        .await
+        .unwrap();
+    let (status, _) = stop(daemon).await;
+    assert!(status.success());
+    let raw = std::fs::read(db.dir().join("mcpd.db")).unwrap();
+    assert!(
+        !String::from_utf8_lossy(&raw).contains("sealed-value-5c2a"),
+        "secret in the clear on disk"
+    );
+
+    let start = |key_file: std::path::PathBuf| {
+        let db_url = db.cli_url();
+        async move {
+            let mut child = mcpd()
+                .args([
+                    "serve",
+                    "--listen",
+                    "127.0.0.1:0",
+                    "--database-url",
+                    &db_url,
+                ])
+                .arg("--secret-key-file")
+                .arg(key_file)
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap();
+            let status = tokio::time::timeout(Duration::from_secs(20), child.wait())
+                .await
+                .expect("refuses to start promptly")
+                .unwrap();
+            let mut log = String::new();
+            use tokio::io::AsyncReadExt;
+            child
+                .stderr
+                .take()
+                .unwrap()
+                .read_to_string(&mut log)
+                .await
+                .unwrap();
+            (status, log)
+        }
+    };
+    let (status, log) = start(db.dir().join("missing.key")).await;
+    assert!(!status.success());
+    assert!(log.contains("is missing; restore it"), "{log}");
+    assert!(
+        !db.dir().join("missing.key").exists(),
+        "no new key is made over sealed secrets"
+    );
+
+    let other = db.dir().join("other.key");
+    std::fs::write(&other, format!("{}\n", "ab".repeat(32))).unwrap();
+    std::os::unix::fs::PermissionsExt::set_mode(
+        &mut std::fs::metadata(&other).unwrap().permissions(),
+        0o600,
+    );
+    let mut perms = std::fs::metadata(&other).unwrap().permissions();
+    std::os::unix::fs::PermissionsExt::set_mode(&mut perms, 0o600);
+    std::fs::set_permissions(&other, perms).unwrap();
+    let (status, log) = start(other).await;
+    assert!(!status.success());
+    assert!(log.contains("does not open the stored secrets"), "{log}");
+}

@@ -44,6 +44,7 @@ pub fn server(server: Server) -> proto::McpServer {
         }),
         tool_count: server.tool_count,
         endpoint: server.endpoint,
+        secret_names: server.secret_names,
     }
 }
 

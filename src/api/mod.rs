@@ -4,6 +4,7 @@
 mod admin;
 mod auth;
 mod convert;
+mod limits;
 mod service;
 mod status;
 
@@ -65,17 +66,24 @@ pub async fn serve(
         }
     };
     let server = Server::builder()
+        .layer(tower::util::MapResponseLayer::new(
+            limits::oversized_is_resource_exhausted,
+        ))
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
         .add_service(
             proto::mcp_server_service_server::McpServerServiceServer::new(McpServerApi::new(
                 manager.clone(),
-            )),
+            ))
+            .max_decoding_message_size(limits::MAX_REQUEST_BYTES),
         )
-        .add_service(proto::admin_service_server::AdminServiceServer::new(
-            admin::AdminApi::new(manager.clone()),
-        ))
+        .add_service(
+            proto::admin_service_server::AdminServiceServer::new(admin::AdminApi::new(
+                manager.clone(),
+            ))
+            .max_decoding_message_size(limits::MAX_REQUEST_BYTES),
+        )
         .serve_with_incoming_shutdown(TcpIncoming::from(listener).with_nodelay(Some(true)), signal);
     if let Some(addr) = local {
         tracing::info!(%addr, "mcpd listening");

@@ -62,6 +62,8 @@ pub struct Server {
     pub endpoint: String,
     pub created_at_ms: i64,
     pub tool_count: u32,
+    /// Header or env names; never their values.
+    pub secret_names: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -371,6 +373,7 @@ fn server_from_row(row: ServerRow) -> Server {
         endpoint: row.endpoint,
         created_at_ms: row.created_at,
         tool_count: u32::try_from(row.tool_count).unwrap_or_default(),
+        secret_names: serde_json::from_str(&row.secret_names).unwrap_or_default(),
     }
 }
 

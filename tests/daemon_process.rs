@@ -114,15 +114,20 @@ async fn create_key(db: &TestDb, org: &str) -> String {
     key
 }
 
-async fn server_names(db: &TestDb, org: &str) -> Vec<String> {
-    let store = mcpd::store::Store::open(mcpd::store::StoreSettings {
+/// The registry as the tests read it behind the daemon's back.
+async fn inspect(db: &TestDb) -> mcpd::store::Store {
+    mcpd::store::Store::open(mcpd::store::StoreSettings {
         url: db.url.clone(),
         pool_size: 1,
         acquire_timeout: Duration::from_secs(5),
         sealer: None,
     })
     .await
-    .unwrap();
+    .unwrap()
+}
+
+async fn server_names(db: &TestDb, org: &str) -> Vec<String> {
+    let store = inspect(db).await;
     store
         .list_servers(org, None, 100)
         .await
@@ -488,14 +493,7 @@ async fn sigkill_during_a_big_create_leaves_all_or_nothing() {
         outcomes.push(call.await.unwrap().is_ok());
     }
     // Whatever was cut off, the registry holds whole servers only.
-    let store = mcpd::store::Store::open(mcpd::store::StoreSettings {
-        url: db.url.clone(),
-        pool_size: 1,
-        acquire_timeout: Duration::from_secs(5),
-        sealer: None,
-    })
-    .await
-    .unwrap();
+    let store = inspect(&db).await;
     let servers = store.list_servers("acme", None, 100).await.unwrap();
     for server in &servers {
         assert_eq!(server.tool_count as u32, TOOLS, "{}", server.name);
@@ -573,14 +571,7 @@ async fn sigterm_under_load_leaves_no_orphans() {
         Vec::<u32>::new(),
         "no orphans"
     );
-    let store = mcpd::store::Store::open(mcpd::store::StoreSettings {
-        url: db.url.clone(),
-        pool_size: 1,
-        acquire_timeout: Duration::from_secs(5),
-        sealer: None,
-    })
-    .await
-    .unwrap();
+    let store = inspect(&db).await;
     let servers = store.list_servers("acme", None, 100).await.unwrap();
     for server in &servers {
         assert_eq!(server.tool_count, 50, "{}", server.name);

@@ -200,7 +200,12 @@ impl Daemon {
                 "60s",
                 "--mcp-list-timeout",
                 "60s",
+                // The synthetic servers listen on loopback.
+                "--outbound-allow",
+                "127.0.0.0/8",
             ])
+            .arg("--secret-key-file")
+            .arg(db.dir.join("mcpd.key"))
             .stdout(Stdio::null())
             .kill_on_drop(true)
             .spawn()

@@ -15,6 +15,7 @@ backend_tests!(
     invalid_arguments_are_rejected_with_reasons,
     calls_need_a_valid_api_key,
     oversized_requests_are_resource_exhausted,
+    operator_policy_refuses_commands_and_addresses,
     invalid_tools_are_reported_not_fatal,
     tool_names_are_unique_per_organization,
     streamable_http_server,
@@ -751,6 +752,63 @@ async fn oversized_requests_are_resource_exhausted(backend: Backend) {
     assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
     assert!(status.message().contains("2 MiB"), "{}", status.message());
     // The daemon is fine afterwards, and nothing was written.
+    let listed = client
+        .list_mcp_servers(keys.req("acme", proto::ListMcpServersRequest::default()))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(listed.servers.is_empty());
+    daemon.stop().await;
+}
+
+async fn operator_policy_refuses_commands_and_addresses(backend: Backend) {
+    let daemon = Daemon::start(backend).await;
+    let keys = daemon.keys.clone();
+    let mut client = daemon.client().await;
+    let stdio_cmd = |command: &str| {
+        Transport::Stdio(proto::StdioTransport {
+            command: command.into(),
+            ..Default::default()
+        })
+    };
+    let http = |url: &str| {
+        Transport::StreamableHttp(proto::StreamableHttpTransport {
+            url: url.into(),
+            headers: Default::default(),
+        })
+    };
+    let cases = [
+        // Not on the allowlist, by path or by name; a bare name does not
+        // allow a path that ends in it.
+        (stdio_cmd("/bin/sh"), "--stdio-allow /bin/sh"),
+        (stdio_cmd("sh"), "--stdio-allow sh"),
+        (stdio_cmd("/tmp/node"), "--stdio-allow /tmp/node"),
+        (
+            http("http://169.254.169.254/latest/meta-data/"),
+            "cloud metadata",
+        ),
+        (http("http://metadata.google.internal/mcp"), "metadata"),
+        (http("http://10.0.0.7:8080/mcp"), "--outbound-allow"),
+        (
+            Transport::Sse(proto::SseTransport {
+                url: "http://[fd00:ec2::254]/sse".into(),
+                headers: Default::default(),
+            }),
+            "metadata",
+        ),
+    ];
+    for (transport, expected) in cases {
+        let status = client
+            .create_mcp_server(keys.req("acme", create_request("refused", transport)))
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
+        assert!(
+            status.message().contains(expected),
+            "{:?} should mention {expected:?}",
+            status.message()
+        );
+    }
     let listed = client
         .list_mcp_servers(keys.req("acme", proto::ListMcpServersRequest::default()))
         .await

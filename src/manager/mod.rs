@@ -349,7 +349,7 @@ pub(crate) fn now_ms() -> i64 {
 }
 
 /// The transport as stored, so a later sync can reconnect. It holds header
-/// and env values: encrypting them at rest is tracked separately.
+/// and env values; the store seals it before it reaches the database.
 fn transport_config_json(spec: &TransportSpec) -> String {
     let value = match spec {
         TransportSpec::Stdio { command, args, env } => {

@@ -400,13 +400,21 @@ async fn busy_pool_is_resource_exhausted_then_recovers(backend: Backend) {
                 .await
         }
     });
+    // The create's key lookup and name check take the connection briefly;
+    // wait until it is held for good, by the persisting transaction.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while daemon.store.pool_stats().checked_out == 0 {
+    let mut held_for = 0;
+    while held_for < 10 {
         assert!(
             tokio::time::Instant::now() < deadline,
             "the create never reached the database"
         );
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        held_for = if daemon.store.pool_stats().checked_out == 1 {
+            held_for + 1
+        } else {
+            0
+        };
+        tokio::time::sleep(Duration::from_millis(30)).await;
     }
     let status = client
         .clone()

@@ -411,12 +411,7 @@ async fn invalid_arguments_are_rejected_with_reasons(backend: Backend) {
     let daemon = Daemon::start(backend).await;
     let keys = daemon.keys.clone();
     let mut client = daemon.client().await;
-    let http = |url: &str| {
-        Transport::StreamableHttp(proto::StreamableHttpTransport {
-            url: url.into(),
-            headers: Default::default(),
-        })
-    };
+    let http = streamable_http;
     let stdio_cmd = |command: &str| {
         Transport::Stdio(proto::StdioTransport {
             command: command.into(),
@@ -771,12 +766,7 @@ async fn operator_policy_refuses_commands_and_addresses(backend: Backend) {
             ..Default::default()
         })
     };
-    let http = |url: &str| {
-        Transport::StreamableHttp(proto::StreamableHttpTransport {
-            url: url.into(),
-            headers: Default::default(),
-        })
-    };
+    let http = streamable_http;
     let cases = [
         // Not on the allowlist, by path or by name; a bare name does not
         // allow a path that ends in it.

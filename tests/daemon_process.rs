@@ -477,13 +477,7 @@ async fn sigkill_during_a_big_create_leaves_all_or_nothing() {
         let (daemon, mut client) = serve(&db, &[], "warn").await;
         let request = with_key(
             &key,
-            create_request(
-                &format!("big-{i}"),
-                Transport::StreamableHttp(proto::StreamableHttpTransport {
-                    url: http.url.clone(),
-                    headers: Default::default(),
-                }),
-            ),
+            create_request(&format!("big-{i}"), streamable_http(&http.url)),
         );
         let call = tokio::spawn(async move { client.create_mcp_server(request).await });
         tokio::time::sleep(Duration::from_millis(delay_ms)).await;

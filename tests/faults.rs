@@ -187,13 +187,7 @@ async fn failing_list_is_unavailable(backend: Backend, flag: &str, expected: &st
     let status = client
         .create_mcp_server(keys.req(
             "acme",
-            create_request(
-                "broken-http",
-                Transport::StreamableHttp(proto::StreamableHttpTransport {
-                    url: http.url.clone(),
-                    headers: Default::default(),
-                }),
-            ),
+            create_request("broken-http", streamable_http(&http.url)),
         ))
         .await
         .unwrap_err();
@@ -326,16 +320,7 @@ async fn postgres_connections_killed_during_load() {
     // The pool recovers by itself.
     let after = client
         .clone()
-        .create_mcp_server(keys.req(
-            "acme",
-            create_request(
-                "after",
-                Transport::StreamableHttp(proto::StreamableHttpTransport {
-                    url: http.url.clone(),
-                    headers: Default::default(),
-                }),
-            ),
-        ))
+        .create_mcp_server(keys.req("acme", create_request("after", streamable_http(&http.url))))
         .await
         .expect("the daemon serves again once connections come back");
     assert_eq!(after.into_inner().tools.len(), 200);
@@ -361,13 +346,7 @@ async fn two_daemons_race_for_one_name() {
         let mut client = daemon.client().await;
         let request = daemon.keys.req(
             "acme",
-            create_request(
-                "contested",
-                Transport::StreamableHttp(proto::StreamableHttpTransport {
-                    url: http.url.clone(),
-                    headers: Default::default(),
-                }),
-            ),
+            create_request("contested", streamable_http(&http.url)),
         );
         calls.push(async move { client.create_mcp_server(request).await });
     }

@@ -259,10 +259,7 @@ async fn unreachable_servers_are_unavailable(backend: Backend) {
         .unwrap()
         .port();
     let cases = [
-        Transport::StreamableHttp(proto::StreamableHttpTransport {
-            url: format!("http://127.0.0.1:{port}/mcp"),
-            headers: Default::default(),
-        }),
+        streamable_http(&format!("http://127.0.0.1:{port}/mcp")),
         Transport::Sse(proto::SseTransport {
             url: format!("http://127.0.0.1:{port}/sse"),
             headers: Default::default(),
@@ -309,13 +306,7 @@ async fn crash_on_shutdown_does_not_change_the_answer(backend: Backend) {
     let created = client
         .create_mcp_server(keys.req(
             "acme",
-            create_request(
-                "crashy-http",
-                Transport::StreamableHttp(proto::StreamableHttpTransport {
-                    url: http.url.clone(),
-                    headers: Default::default(),
-                }),
-            ),
+            create_request("crashy-http", streamable_http(&http.url)),
         ))
         .await
         .expect("teardown failures never reach the caller")

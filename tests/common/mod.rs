@@ -356,6 +356,14 @@ pub fn stdio(args: &[&str]) -> proto::create_mcp_server_request::Transport {
     })
 }
 
+/// A streamable HTTP transport with no extra headers.
+pub fn streamable_http(url: &str) -> proto::create_mcp_server_request::Transport {
+    proto::create_mcp_server_request::Transport::StreamableHttp(proto::StreamableHttpTransport {
+        url: url.to_owned(),
+        headers: Default::default(),
+    })
+}
+
 pub fn create_request(
     name: &str,
     transport: proto::create_mcp_server_request::Transport,

@@ -296,7 +296,7 @@ async fn secrets_never_reach_the_log_even_at_trace() {
 /// debug, and no process is left.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn teardown_faults_are_logged_at_debug_and_never_fail_a_call() {
-    let db = TestDb::new(Backend::Sqlite).await;
+    let db = TestDb::new(Backend::Postgres).await;
     let key = create_key(&db, "acme").await;
     let (daemon, mut client) = serve(&db, &["--teardown-grace", "300ms"], "info,mcpd=debug").await;
     let mut pids = Vec::new();

@@ -203,15 +203,7 @@ async fn sigterm_drains_tears_down_and_exits_zero(backend: Backend) {
                 .await
         }
     });
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    while read_pids(&pidfile).len() < 2 {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "stuck server never started"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let pids = read_pids(&pidfile);
+    let pids = wait_for_pids(&pidfile).await;
 
     let (status, log) = stop(daemon).await;
     assert!(status.success(), "exit status {status:?}");
@@ -425,10 +417,7 @@ async fn stdio_children_get_a_clean_environment() {
                 .await
         }
     });
-    while read_pids(&pidfile).len() < 2 {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    let server_pid = read_pids(&pidfile)[1];
+    let server_pid = wait_for_pids(&pidfile).await[1];
     let environ = std::fs::read(format!("/proc/{server_pid}/environ")).unwrap();
     let vars: Vec<String> = environ
         .split(|b| *b == 0)

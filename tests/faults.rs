@@ -37,18 +37,7 @@ fn fast(pool_size: u32) -> DaemonOptions {
 /// none exists half-written.
 async fn assert_consistent(daemon: &Daemon, org: &str, tools_each: u32) -> usize {
     let mut client = daemon.client().await;
-    let servers = client
-        .list_mcp_servers(daemon.keys.req(
-            org,
-            proto::ListMcpServersRequest {
-                page_size: 1000,
-                ..Default::default()
-            },
-        ))
-        .await
-        .unwrap()
-        .into_inner()
-        .servers;
+    let servers = daemon.servers(org).await;
     for server in &servers {
         assert_eq!(server.tool_count, tools_each, "{server:?}");
         let tools = client
@@ -100,9 +89,7 @@ async fn hanging_server_holds_no_connection_while_others_work(backend: Backend) 
                     .await
             }
         });
-        while read_pids(&pidfile).len() < 2 {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        wait_for_pids(&pidfile).await;
         tokio::time::sleep(Duration::from_millis(200)).await;
         assert_eq!(
             daemon.store.pool_stats().checked_out,

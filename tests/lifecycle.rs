@@ -157,17 +157,8 @@ fn quick_timeouts() -> DaemonOptions {
 }
 
 async fn assert_nothing_written(daemon: &Daemon, org: &str) {
-    let mut client = daemon.client().await;
-    let listed = client
-        .list_mcp_servers(
-            daemon
-                .keys
-                .req(org, proto::ListMcpServersRequest::default()),
-        )
-        .await
-        .unwrap()
-        .into_inner();
-    assert!(listed.servers.is_empty(), "{:?}", listed.servers);
+    let servers = daemon.servers(org).await;
+    assert!(servers.is_empty(), "{servers:?}");
 }
 
 async fn hanging_initialize_is_deadline_exceeded_and_writes_nothing(backend: Backend) {

@@ -154,6 +154,7 @@ impl Daemon {
         bin: &str,
         db: &Db,
         pool_size: u32,
+        pool_timeout: Duration,
         orgs: &[String],
     ) -> anyhow::Result<Daemon> {
         let mut keys = HashMap::new();
@@ -195,7 +196,7 @@ impl Daemon {
             ])
             .args([
                 "--pool-timeout",
-                "5s",
+                &humantime::format_duration(pool_timeout).to_string(),
                 "--mcp-connect-timeout",
                 "60s",
                 "--mcp-list-timeout",

@@ -45,6 +45,9 @@ struct Cli {
     /// Pool size of the daemon and of the fan-out baseline.
     #[arg(long, default_value_t = 10)]
     pool_size: u32,
+    /// Acquire timeout of the daemon's pool and of the fan-out baseline.
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    pool_timeout: Duration,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -133,7 +136,7 @@ async fn run_backend(cli: &Cli, plan: &Plan, db: &Db) -> anyhow::Result<(Vec<Val
         .map(|(n, _)| format!("single-{n}"))
         .chain(["load".to_owned(), "memory".to_owned()])
         .collect();
-    let daemon = Daemon::start(&cli.daemon, db, cli.pool_size, &orgs).await?;
+    let daemon = Daemon::start(&cli.daemon, db, cli.pool_size, cli.pool_timeout, &orgs).await?;
     // Idle: started, migrated, nothing registered yet.
     tokio::time::sleep(Duration::from_millis(300)).await;
     let idle_rss = scenarios::daemon_peak(&daemon, false).await?.rss_bytes;
@@ -161,7 +164,7 @@ async fn run_backend(cli: &Cli, plan: &Plan, db: &Db) -> anyhow::Result<(Vec<Val
     }
 
     // 3: the fan-out baseline, same pool size and acquire timeout.
-    let pool = FanoutPool::new(backend, &db.url, cli.pool_size, Duration::from_secs(5));
+    let pool = FanoutPool::new(backend, &db.url, cli.pool_size, cli.pool_timeout);
     for &(n, runs) in plan.sizes.iter().filter(|(n, _)| matches!(n, 50 | 500)) {
         let mut times = Vec::new();
         let mut outcome = fanout::Outcome::default();

@@ -261,6 +261,23 @@ impl Daemon {
         panic!("daemon at {endpoint} did not accept connections");
     }
 
+    /// The servers `org` sees (first 1000).
+    pub async fn servers(&self, org: &str) -> Vec<proto::McpServer> {
+        self.client()
+            .await
+            .list_mcp_servers(self.keys.req(
+                org,
+                proto::ListMcpServersRequest {
+                    page_size: 1000,
+                    ..Default::default()
+                },
+            ))
+            .await
+            .expect("list servers")
+            .into_inner()
+            .servers
+    }
+
     pub async fn stop(mut self) {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
@@ -397,6 +414,24 @@ pub async fn wait_gone(pids: &[u32], within: Duration) -> Vec<u32> {
             return alive;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Waits (at most 20 s) until a `--spawn-grandchild` test server has
+/// written its pids, then returns them.
+pub async fn wait_for_pids(path: &std::path::Path) -> Vec<u32> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let pids = read_pids(path);
+        if pids.len() >= 2 {
+            return pids;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the test server never wrote {}",
+            path.display()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 

@@ -45,10 +45,6 @@ impl McpConnector {
         })
     }
 
-    pub fn settings(&self) -> &McpSettings {
-        &self.settings
-    }
-
     /// Connects and completes the MCP initialize handshake within the
     /// connect timeout. The session is registered under (org, server id)
     /// until it is closed or dropped.

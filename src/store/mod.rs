@@ -198,10 +198,6 @@ impl Store {
         })
     }
 
-    pub fn settings(&self) -> &StoreSettings {
-        &self.inner.settings
-    }
-
     pub fn pool_stats(&self) -> PoolStats {
         let state = match &self.inner.backend {
             Backend::Postgres(pool) => pool.state(),

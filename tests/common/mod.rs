@@ -326,10 +326,6 @@ impl Keys {
         Keys(std::sync::Arc::new(keys))
     }
 
-    pub fn from_map(keys: std::collections::HashMap<String, String>) -> Keys {
-        Keys(std::sync::Arc::new(keys))
-    }
-
     pub fn key(&self, org: &str) -> &str {
         self.0
             .get(org)
@@ -473,10 +469,6 @@ impl HttpTestServer {
             .trim()
             .to_owned();
         HttpTestServer { url, child }
-    }
-
-    pub fn pid(&self) -> Option<u32> {
-        self.child.id()
     }
 }
 

@@ -19,6 +19,11 @@ use super::{
 /// enough to stay far below SQLite's and PostgreSQL's bind-parameter limits.
 const BATCH_ROWS: usize = 500;
 
+/// SQL LIKE pattern of a sealed value, whatever its format version.
+fn sealed_pattern() -> String {
+    format!("{}%", super::sealer::FAMILY_PREFIX)
+}
+
 /// What [`Store::create_server`] wrote.
 #[derive(Debug, Clone)]
 pub struct CreatedServer {
@@ -135,7 +140,7 @@ impl Store {
     pub async fn has_sealed_configs(&self) -> Result<bool, StoreError> {
         with_conn!(self, Access::Read, |conn| {
             Ok(diesel::select(exists(
-                mcp_servers::table.filter(mcp_servers::transport_config.like("sealed:%")),
+                mcp_servers::table.filter(mcp_servers::transport_config.like(sealed_pattern())),
             ))
             .get_result::<bool>(conn)
             .await?)
@@ -147,7 +152,7 @@ impl Store {
     pub async fn verify_sealer(&self, sealer: &Sealer) -> Result<(), StoreError> {
         let sample: Option<(String, String)> = with_conn!(self, Access::Read, |conn| {
             mcp_servers::table
-                .filter(mcp_servers::transport_config.like("sealed:%"))
+                .filter(mcp_servers::transport_config.like(sealed_pattern()))
                 .select((mcp_servers::id, mcp_servers::transport_config))
                 .first(conn)
                 .await

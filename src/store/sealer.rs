@@ -29,7 +29,7 @@ use sha2::{Digest, Sha256};
 /// Prefix of every value produced by [`Sealer::seal`].
 const PREFIX: &str = "sealed:v1:";
 /// Common prefix of all (present and future) sealed formats.
-const FAMILY_PREFIX: &str = "sealed:";
+pub(super) const FAMILY_PREFIX: &str = "sealed:";
 const KEY_LEN: usize = 32;
 const KEY_HEX_LEN: usize = KEY_LEN * 2;
 const NONCE_LEN: usize = 24;

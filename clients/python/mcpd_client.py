@@ -3,9 +3,11 @@
 mcpd.v1.AdminService).
 
 Every call is authenticated by an API key, which also names the organization
-the call is made for. An operator creates keys with the daemon's CLI:
+the call is made for. An operator creates keys with the daemon's CLI, against
+the daemon's database (here from the repository root, where `cargo run --
+serve` keeps it in mcpd.db; elsewhere pass an absolute --database-url):
 
-    KEY=$(mcpd keys create --org acme --database-url sqlite://mcpd.db)
+    KEY=$(cargo run -q --release -- keys create --org example)
 
 Use it as a module:
 
@@ -22,7 +24,7 @@ or as a command line tool (every command prints JSON; the key comes from
 
     export MCPD_API_KEY=$KEY
     python mcpd_client.py create demo -- /path/to/server --flag
-    python mcpd_client.py create web --url http://127.0.0.1:8080/mcp
+    python mcpd_client.py create web --url http://HOST:PORT/mcp
     python mcpd_client.py list
     python mcpd_client.py tools SERVER_ID
     python mcpd_client.py get SERVER_ID

@@ -11,11 +11,15 @@ use crate::{
         outbound::{OutboundPolicy, PolicyError},
     },
     store::{DatabaseUrl, StoreError, StoreSettings},
+    telemetry::LogFormat,
 };
 
 #[derive(Debug, Parser)]
 #[command(name = "mcpd", version, about = "gRPC registry of MCP servers")]
 pub struct Cli {
+    /// Log lines as `text` (key=value) or `json` (one object per line).
+    #[arg(long, global = true, env = "MCPD_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
     #[command(subcommand)]
     pub command: Command,
 }

@@ -11,8 +11,9 @@ use mcpd::{
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    telemetry::init();
-    match Cli::parse().command {
+    let cli = Cli::parse();
+    telemetry::init_with(cli.log_format);
+    match cli.command {
         Command::Keys { command } => keys(command).await?,
         Command::Migrate(db) => {
             let settings = db.store_settings()?;
@@ -80,11 +81,8 @@ async fn open_sealer(settings: &StoreSettings, path: &std::path::Path) -> anyhow
             }
         })?
     } else {
-        let (sealer, created) = Sealer::load_or_create(path)?;
-        if created {
-            tracing::info!(path = %path.display(), fingerprint = %sealer.fingerprint(), "created a new secret key; back it up");
-        }
-        sealer
+        // Logs the creation itself, once.
+        Sealer::load_or_create(path)?.0
     };
     probe.verify_sealer(&sealer).await?;
     tracing::info!(fingerprint = %sealer.fingerprint(), "secrets at rest are sealed");
@@ -115,18 +113,22 @@ async fn keys(command: KeysCommand) -> anyhow::Result<()> {
         }
         KeysCommand::List { org, .. } => {
             println!(
-                "{:<36}  {:<24}  {:<24}  {:<8}  created (unix ms)",
+                "{:<36}  {:<24}  {:<24}  {:<8}  created",
                 "id", "organization", "name", "state"
             );
             for key in manager.list_api_keys(org.as_deref()).await? {
-                let state = if key.revoked_at_ms.is_some() {
+                let state = if key.revoked_at.is_some() {
                     "revoked"
                 } else {
                     "active"
                 };
                 println!(
                     "{:<36}  {:<24}  {:<24}  {:<8}  {}",
-                    key.id, key.organization_id, key.name, state, key.created_at_ms
+                    key.id,
+                    key.organization_id,
+                    key.name,
+                    state,
+                    humantime::format_rfc3339_seconds(key.created_at)
                 );
             }
         }

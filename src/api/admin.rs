@@ -31,10 +31,10 @@ impl AdminService for AdminApi {
             &self.manager,
             request,
             |_org, body| async move {
-                let store = self.manager.store();
-                let pool = store.pool_stats();
+                let stats = self.manager.stats();
+                let pool = stats.pool;
                 if body.reset_peaks {
-                    store.reset_peak();
+                    self.manager.reset_peaks();
                 }
                 let clamp = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
                 Ok(Response::new(proto::GetStatsResponse {
@@ -45,7 +45,7 @@ impl AdminService for AdminApi {
                     pool_peak_checked_out: clamp(pool.peak_checked_out),
                     pool_checkouts: pool.checkouts,
                     pool_timeouts: pool.timeouts,
-                    open_mcp_sessions: clamp(self.manager.mcp().open_sessions()),
+                    open_mcp_sessions: clamp(stats.open_mcp_sessions),
                     rss_bytes: rss_bytes().unwrap_or(0),
                 }))
             },

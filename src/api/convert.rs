@@ -37,11 +37,7 @@ pub fn server(server: Server) -> proto::McpServer {
         id: server.id,
         server_name: server.name,
         transport: transport.into(),
-        created_at: Some(prost_types::Timestamp {
-            seconds: server.created_at_ms.div_euclid(1000),
-            nanos: i32::try_from(server.created_at_ms.rem_euclid(1000) * 1_000_000)
-                .unwrap_or_default(),
-        }),
+        created_at: Some(prost_types::Timestamp::from(server.created_at)),
         tool_count: server.tool_count,
         endpoint: server.endpoint,
         secret_names: server.secret_names,

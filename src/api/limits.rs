@@ -18,10 +18,15 @@ pub fn oversized_is_resource_exhausted<B>(mut response: http::Response<B>) -> ht
             .is_some_and(|m| m.contains("too%20large") || m.contains("too large"));
     if oversized {
         headers.insert("grpc-status", HeaderValue::from_static("8"));
-        headers.insert(
-            "grpc-message",
-            HeaderValue::from_static("request%20message%20larger%20than%202%20MiB"),
-        );
+        // grpc-message is percent-encoded; this text has only spaces to encode.
+        let message = format!(
+            "request message larger than {} MiB",
+            MAX_REQUEST_BYTES / (1024 * 1024)
+        )
+        .replace(' ', "%20");
+        if let Ok(value) = HeaderValue::try_from(message) {
+            headers.insert("grpc-message", value);
+        }
     }
     response
 }

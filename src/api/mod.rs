@@ -97,7 +97,7 @@ pub async fn serve(
             Ok(())
         }
     };
-    manager.mcp().close_all().await;
+    manager.shutdown().await;
     tracing::info!("mcpd stopped");
     result
 }

@@ -3,7 +3,7 @@
 
 use std::{future::Future, time::Instant};
 
-use tonic::{Request, Response, Status, metadata::MetadataValue};
+use tonic::{Code, Request, Response, Status, metadata::MetadataValue};
 
 use super::{auth, convert, status::to_status};
 use crate::{
@@ -50,13 +50,19 @@ where
         }
         Err(status) => ("-".to_owned(), Err(status)),
     };
-    let org = org.as_str();
-    let ms = started.elapsed().as_secs_f64() * 1000.0;
+    // Identifiers of ours are bare; values from outside (the organization,
+    // an error message) are quoted and escaped, so no caller can forge a line.
+    let duration_ms = micros(started.elapsed()) as f64 / 1000.0;
     match &result {
-        Ok(_) => tracing::info!(rpc, org, code = "OK", ms, "rpc"),
-        Err(status) => {
-            tracing::info!(rpc, org, code = ?status.code(), message = status.message(), ms, "rpc")
-        }
+        Ok(_) => tracing::info!(rpc = %rpc, org = ?org, code = %"OK", duration_ms, "rpc"),
+        Err(status) => tracing::info!(
+            rpc = %rpc,
+            org = ?org,
+            code = %code_name(status.code()),
+            duration_ms,
+            error = ?status.message(),
+            "rpc"
+        ),
     }
     result
 }
@@ -76,8 +82,34 @@ async fn detached<T: Send + 'static>(
     }
 }
 
+fn micros(d: std::time::Duration) -> u64 {
+    u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
+}
+
+/// The canonical name of a gRPC code, as grpcurl and the spec spell it.
+fn code_name(code: Code) -> &'static str {
+    match code {
+        Code::Ok => "OK",
+        Code::Cancelled => "CANCELLED",
+        Code::Unknown => "UNKNOWN",
+        Code::InvalidArgument => "INVALID_ARGUMENT",
+        Code::DeadlineExceeded => "DEADLINE_EXCEEDED",
+        Code::NotFound => "NOT_FOUND",
+        Code::AlreadyExists => "ALREADY_EXISTS",
+        Code::PermissionDenied => "PERMISSION_DENIED",
+        Code::ResourceExhausted => "RESOURCE_EXHAUSTED",
+        Code::FailedPrecondition => "FAILED_PRECONDITION",
+        Code::Aborted => "ABORTED",
+        Code::OutOfRange => "OUT_OF_RANGE",
+        Code::Unimplemented => "UNIMPLEMENTED",
+        Code::Internal => "INTERNAL",
+        Code::Unavailable => "UNAVAILABLE",
+        Code::DataLoss => "DATA_LOSS",
+        Code::Unauthenticated => "UNAUTHENTICATED",
+    }
+}
+
 fn with_stats<T>(message: T, stats: CallStats) -> Response<T> {
-    let micros = |d: std::time::Duration| u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
     let mut response = Response::new(message);
     let metadata = response.metadata_mut();
     metadata.insert(

@@ -2,12 +2,12 @@
 //! tool-schema handling take arbitrary input without panicking, and what
 //! they accept always satisfies the documented rules.
 
-use std::{collections::HashMap, sync::Arc};
+use std::collections::HashMap;
 
 use proptest::prelude::*;
 
 use super::{tools, validate};
-use crate::mcp::{Tool, TransportSpec};
+use crate::{mcp::ListedTool, model::Transport};
 
 fn json_value() -> impl Strategy<Value = serde_json::Value> {
     let leaf = prop_oneof![
@@ -61,7 +61,7 @@ proptest! {
             url: url.clone(),
             headers: headers.clone(),
         }));
-        if let Ok(TransportSpec::StreamableHttp { url, headers }) = http {
+        if let Ok(Transport::StreamableHttp { url, headers }) = http {
             prop_assert!(matches!(url.scheme(), "http" | "https"));
             prop_assert!(url.username().is_empty() && url.password().is_none());
             prop_assert!(headers.len() <= validate::MAX_HEADERS);
@@ -74,7 +74,7 @@ proptest! {
             args,
             env: env.clone(),
         }));
-        if let Ok(TransportSpec::Stdio { command, env, .. }) = stdio {
+        if let Ok(Transport::Stdio { command, env, .. }) = stdio {
             prop_assert!(!command.trim().is_empty() && !command.contains('\0'));
             for name in env.keys() {
                 prop_assert!(name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'));
@@ -94,9 +94,13 @@ proptest! {
         raw in prop::collection::vec((".{0,140}", ".{0,40}", schema()), 0..20)
     ) {
         let count = raw.len();
-        let listed: Vec<Tool> = raw
+        let listed: Vec<ListedTool> = raw
             .into_iter()
-            .map(|(name, description, schema)| Tool::new(name, description, Arc::new(schema)))
+            .map(|(name, description, input_schema)| ListedTool {
+                name,
+                description: Some(description),
+                input_schema,
+            })
             .collect();
         let (ok, failed) = tools::check(listed);
         prop_assert_eq!(ok.len() + failed.len(), count);
@@ -104,7 +108,7 @@ proptest! {
         for tool in &ok {
             prop_assert!(!tool.name.is_empty() && tool.name.len() <= tools::MAX_TOOL_NAME);
             prop_assert!(names.insert(tool.name.clone()), "duplicate accepted");
-            let schema: serde_json::Value = serde_json::from_str(&tool.input_schema).unwrap();
+            let schema: serde_json::Value = serde_json::from_str(&tool.input_schema_json).unwrap();
             prop_assert_eq!(&schema["type"], "object");
         }
         for f in &failed {

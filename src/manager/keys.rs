@@ -7,20 +7,10 @@
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
-use super::{Manager, ManagerError, now_ms, validate};
-use crate::store::ApiKeyRow;
+use super::{ApiKey, Manager, ManagerError, validate};
 
 const PREFIX: &str = "mcpd_";
 const MAX_KEY_NAME: usize = 128;
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ApiKey {
-    pub id: String,
-    pub organization_id: String,
-    pub name: String,
-    pub created_at_ms: i64,
-    pub revoked_at_ms: Option<i64>,
-}
 
 /// A key as created: the secret is in `key`, and nowhere else ever again.
 pub struct NewApiKey {
@@ -32,18 +22,6 @@ fn hash(key: &str) -> String {
     hex::encode(Sha256::digest(key.as_bytes()))
 }
 
-impl From<ApiKeyRow> for ApiKey {
-    fn from(row: ApiKeyRow) -> Self {
-        ApiKey {
-            id: row.id,
-            organization_id: row.organization_id,
-            name: row.name,
-            created_at_ms: row.created_at,
-            revoked_at_ms: row.revoked_at,
-        }
-    }
-}
-
 impl Manager {
     pub async fn create_api_key(&self, org: &str, name: &str) -> Result<NewApiKey, ManagerError> {
         validate::organization_id(org)?;
@@ -53,33 +31,16 @@ impl Manager {
             )));
         }
         let key = format!("{PREFIX}{}", hex::encode(rand::random::<[u8; 32]>()));
-        let row = ApiKeyRow {
-            id: uuid::Uuid::now_v7().to_string(),
-            organization_id: org.to_owned(),
-            name: name.to_owned(),
-            key_hash: hash(&key),
-            created_at: now_ms(),
-            revoked_at: None,
-        };
-        self.store.insert_api_key(&row).await?;
-        Ok(NewApiKey {
-            info: row.into(),
-            key,
-        })
+        let info = self.store.insert_api_key(org, name, &hash(&key)).await?;
+        Ok(NewApiKey { info, key })
     }
 
     pub async fn list_api_keys(&self, org: Option<&str>) -> Result<Vec<ApiKey>, ManagerError> {
-        Ok(self
-            .store
-            .list_api_keys(org)
-            .await?
-            .into_iter()
-            .map(ApiKey::from)
-            .collect())
+        Ok(self.store.list_api_keys(org).await?)
     }
 
     pub async fn revoke_api_key(&self, id: &str) -> Result<(), ManagerError> {
-        if self.store.revoke_api_key(id, now_ms()).await? {
+        if self.store.revoke_api_key(id).await? {
             Ok(())
         } else {
             Err(ManagerError::NotFound(format!("API key {id:?} not found")))
@@ -101,15 +62,15 @@ impl Manager {
             return Err(refused());
         }
         let presented_hash = hash(presented);
-        let row = self
+        let found = self
             .store
             .find_active_api_key(&presented_hash)
             .await?
             .ok_or_else(refused)?;
         // The lookup matched on the hash; compare again in constant time so
         // no code path depends on how much of a hash matched.
-        if bool::from(row.key_hash.as_bytes().ct_eq(presented_hash.as_bytes())) {
-            Ok(row.organization_id)
+        if bool::from(found.key_hash.as_bytes().ct_eq(presented_hash.as_bytes())) {
+            Ok(found.organization_id)
         } else {
             Err(refused())
         }

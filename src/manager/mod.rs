@@ -9,70 +9,18 @@ mod paging;
 mod tools;
 mod validate;
 
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 pub use error::ManagerError;
-pub use keys::{ApiKey, NewApiKey};
+pub use keys::NewApiKey;
 pub use validate::TransportRequest;
 
+pub use crate::model::{ApiKey, Server, Tool, TransportKind};
 use crate::{
-    mcp::{McpConnector, TransportSpec},
-    store::{ServerRow, Store, ToolRow, track_connections},
+    mcp::McpConnector,
+    model::NewServer,
+    store::{PoolStats, Store, track_connections},
 };
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum TransportKind {
-    Stdio,
-    StreamableHttp,
-    Sse,
-}
-
-impl TransportKind {
-    fn as_str(self) -> &'static str {
-        match self {
-            TransportKind::Stdio => "stdio",
-            TransportKind::StreamableHttp => "streamable_http",
-            TransportKind::Sse => "sse",
-        }
-    }
-
-    fn parse(s: &str) -> Option<Self> {
-        match s {
-            "stdio" => Some(TransportKind::Stdio),
-            "streamable_http" => Some(TransportKind::StreamableHttp),
-            "sse" => Some(TransportKind::Sse),
-            _ => None,
-        }
-    }
-
-    fn of(spec: &TransportSpec) -> Self {
-        match spec {
-            TransportSpec::Stdio { .. } => TransportKind::Stdio,
-            TransportSpec::StreamableHttp { .. } => TransportKind::StreamableHttp,
-            TransportSpec::Sse { .. } => TransportKind::Sse,
-        }
-    }
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Server {
-    pub id: String,
-    pub name: String,
-    pub transport: Option<TransportKind>,
-    pub endpoint: String,
-    pub created_at_ms: i64,
-    pub tool_count: u32,
-    /// Header or env names; never their values.
-    pub secret_names: Vec<String>,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Tool {
-    pub id: String,
-    pub name: String,
-    pub description: String,
-    pub input_schema_json: String,
-}
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FailedTool {
@@ -129,6 +77,12 @@ impl Default for Limits {
     }
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DaemonStats {
+    pub pool: PoolStats,
+    pub open_mcp_sessions: usize,
+}
+
 #[derive(Clone)]
 pub struct Manager {
     store: Store,
@@ -141,12 +95,23 @@ impl Manager {
         Manager { store, mcp, limits }
     }
 
-    pub fn store(&self) -> &Store {
-        &self.store
+    /// The daemon's own figures: the pool and the MCP sessions it holds.
+    pub fn stats(&self) -> DaemonStats {
+        DaemonStats {
+            pool: self.store.pool_stats(),
+            open_mcp_sessions: self.mcp.open_sessions(),
+        }
     }
 
-    pub fn mcp(&self) -> &McpConnector {
-        &self.mcp
+    /// Restarts the daemon-wide peak of checked-out connections.
+    pub fn reset_peaks(&self) {
+        self.store.reset_peak();
+    }
+
+    /// Tears down every MCP session and child process still held
+    /// (best-effort; the daemon is stopping).
+    pub async fn shutdown(&self) {
+        self.mcp.close_all().await;
     }
 
     /// Validate, connect and list (no database connection held), then
@@ -204,32 +169,14 @@ impl Manager {
         }
 
         let (checked, mut failed_tools) = tools::check(listed);
-        let now = now_ms();
-        let server_row = ServerRow {
+        let server = NewServer {
             id: server_id,
             organization_id: org.to_owned(),
             name: request.name,
-            transport: TransportKind::of(&spec).as_str().to_owned(),
-            endpoint: spec.endpoint(),
-            transport_config: transport_config_json(&spec),
-            tool_count: 0,
-            created_at: now,
-            secret_names: serde_json::to_string(&spec.secret_names())
-                .unwrap_or_else(|_| "[]".into()),
+            transport: spec,
         };
-        let tool_rows = checked
-            .into_iter()
-            .map(|tool| ToolRow {
-                id: uuid::Uuid::now_v7().to_string(),
-                organization_id: org.to_owned(),
-                name: tool.name,
-                description: tool.description,
-                input_schema: tool.input_schema,
-                created_at: now,
-            })
-            .collect();
         let persist_started = Instant::now();
-        let persisted = self.store.create_server(server_row, tool_rows).await;
+        let persisted = self.store.create_server(server, checked).await;
         stats.persist = persist_started.elapsed();
         if let Err(err) = teardown.await {
             tracing::debug!(error = %err, "MCP session teardown task failed");
@@ -242,8 +189,8 @@ impl Manager {
             name,
         }));
         Ok(Created {
-            server: server_from_row(created.server),
-            tools: created.tools.into_iter().map(tool_from_row).collect(),
+            server: created.server,
+            tools: created.tools,
             failed_tools,
         })
     }
@@ -276,9 +223,7 @@ impl Manager {
     pub async fn get_server(&self, org: &str, server_id: &str) -> Result<Server, ManagerError> {
         validate::organization_id(org)?;
         validate::server_id(server_id)?;
-        Ok(server_from_row(
-            self.store.get_server(org, server_id).await?,
-        ))
+        Ok(self.store.get_server(org, server_id).await?)
     }
 
     pub async fn list_servers(
@@ -292,15 +237,15 @@ impl Manager {
         let scope = format!("servers/{org}");
         let after = paging::decode_token(&scope, page_token)?;
         // One more than asked tells whether another page exists.
-        let mut rows = self
+        let mut items = self
             .store
             .list_servers(org, after.as_deref(), limit + 1)
             .await?;
-        let next_page_token = next_token(&mut rows, limit, |row| {
-            paging::encode_token(&scope, &row.id)
+        let next_page_token = next_token(&mut items, limit, |server| {
+            paging::encode_token(&scope, &server.id)
         });
         Ok(Page {
-            items: rows.into_iter().map(server_from_row).collect(),
+            items,
             next_page_token,
         })
     }
@@ -317,15 +262,15 @@ impl Manager {
         let limit = paging::page_size(page_size)?;
         let scope = format!("tools/{org}/{server_id}");
         let after = paging::decode_token(&scope, page_token)?;
-        let mut rows = self
+        let mut items = self
             .store
             .list_server_tools(org, server_id, after.as_deref(), limit + 1)
             .await?;
-        let next_page_token = next_token(&mut rows, limit, |row| {
-            paging::encode_token(&scope, &row.name)
+        let next_page_token = next_token(&mut items, limit, |tool| {
+            paging::encode_token(&scope, &tool.name)
         });
         Ok(Page {
-            items: rows.into_iter().map(tool_from_row).collect(),
+            items,
             next_page_token,
         })
     }
@@ -338,50 +283,5 @@ fn next_token<T>(rows: &mut Vec<T>, limit: i64, token: impl Fn(&T) -> String) ->
         rows.last().map(token).unwrap_or_default()
     } else {
         String::new()
-    }
-}
-
-pub(crate) fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-        .unwrap_or_default()
-}
-
-/// The transport as stored, so a later sync can reconnect. It holds header
-/// and env values; the store seals it before it reaches the database.
-fn transport_config_json(spec: &TransportSpec) -> String {
-    let value = match spec {
-        TransportSpec::Stdio { command, args, env } => {
-            serde_json::json!({ "stdio": { "command": command, "args": args, "env": env } })
-        }
-        TransportSpec::StreamableHttp { url, headers } => {
-            serde_json::json!({ "streamable_http": { "url": url.as_str(), "headers": headers } })
-        }
-        TransportSpec::Sse { url, headers } => {
-            serde_json::json!({ "sse": { "url": url.as_str(), "headers": headers } })
-        }
-    };
-    value.to_string()
-}
-
-fn server_from_row(row: ServerRow) -> Server {
-    Server {
-        transport: TransportKind::parse(&row.transport),
-        id: row.id,
-        name: row.name,
-        endpoint: row.endpoint,
-        created_at_ms: row.created_at,
-        tool_count: u32::try_from(row.tool_count).unwrap_or_default(),
-        secret_names: serde_json::from_str(&row.secret_names).unwrap_or_default(),
-    }
-}
-
-fn tool_from_row(row: ToolRow) -> Tool {
-    Tool {
-        id: row.id,
-        name: row.name,
-        description: row.description,
-        input_schema_json: row.input_schema,
     }
 }

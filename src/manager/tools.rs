@@ -4,26 +4,18 @@
 use std::collections::HashSet;
 
 use super::FailedTool;
-use crate::mcp::Tool;
+use crate::{mcp::ListedTool, model::NewTool};
 
 pub const MAX_TOOL_NAME: usize = 128;
 pub const MAX_TOOL_DESCRIPTION: usize = 16 * 1024;
 pub const MAX_TOOL_SCHEMA: usize = 64 * 1024;
 
-/// A tool that passed validation, ready to store.
-#[derive(Debug, Clone)]
-pub struct CheckedTool {
-    pub name: String,
-    pub description: String,
-    pub input_schema: String,
-}
-
-pub fn check(tools: Vec<Tool>) -> (Vec<CheckedTool>, Vec<FailedTool>) {
+pub fn check(tools: Vec<ListedTool>) -> (Vec<NewTool>, Vec<FailedTool>) {
     let mut seen = HashSet::with_capacity(tools.len());
     let mut ok = Vec::with_capacity(tools.len());
     let mut failed = Vec::new();
     for tool in tools {
-        let name = tool.name.to_string();
+        let name = tool.name.clone();
         match check_one(&tool) {
             Err(reason) => failed.push(FailedTool { name, reason }),
             Ok(checked) if !seen.insert(checked.name.clone()) => failed.push(FailedTool {
@@ -36,8 +28,8 @@ pub fn check(tools: Vec<Tool>) -> (Vec<CheckedTool>, Vec<FailedTool>) {
     (ok, failed)
 }
 
-fn check_one(tool: &Tool) -> Result<CheckedTool, String> {
-    let name = tool.name.as_ref();
+fn check_one(tool: &ListedTool) -> Result<NewTool, String> {
+    let name = tool.name.as_str();
     if name.is_empty() {
         return Err("tool name is empty".into());
     }
@@ -70,7 +62,7 @@ fn check_one(tool: &Tool) -> Result<CheckedTool, String> {
         }
         None => return Err("input schema has no \"type\"; it must be \"object\"".into()),
     }
-    let input_schema = serde_json::to_string(tool.input_schema.as_ref())
+    let input_schema = serde_json::to_string(&tool.input_schema)
         .map_err(|e| format!("input schema cannot be serialized: {e}"))?;
     if input_schema.len() > MAX_TOOL_SCHEMA {
         return Err(format!(
@@ -78,24 +70,26 @@ fn check_one(tool: &Tool) -> Result<CheckedTool, String> {
             input_schema.len()
         ));
     }
-    Ok(CheckedTool {
+    Ok(NewTool {
         name: name.to_owned(),
         description: description.to_owned(),
-        input_schema,
+        input_schema_json: input_schema,
     })
 }
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
-
     use super::*;
 
-    fn tool(name: &str, schema: serde_json::Value) -> Tool {
-        let serde_json::Value::Object(schema) = schema else {
+    fn tool(name: &str, schema: serde_json::Value) -> ListedTool {
+        let serde_json::Value::Object(input_schema) = schema else {
             panic!("schema must be an object")
         };
-        Tool::new(name.to_owned(), "d", Arc::new(schema))
+        ListedTool {
+            name: name.to_owned(),
+            description: Some("d".to_owned()),
+            input_schema,
+        }
     }
 
     #[test]

@@ -3,7 +3,7 @@
 use std::collections::{BTreeMap, HashMap};
 
 use super::ManagerError;
-use crate::mcp::TransportSpec;
+use crate::model::Transport;
 
 pub const MAX_SERVER_NAME: usize = 64;
 pub const MAX_ORGANIZATION_ID: usize = 128;
@@ -95,7 +95,7 @@ pub fn server_id(id: &str) -> Result<(), ManagerError> {
     Ok(())
 }
 
-pub fn transport(request: Option<TransportRequest>) -> Result<TransportSpec, ManagerError> {
+pub fn transport(request: Option<TransportRequest>) -> Result<Transport, ManagerError> {
     match request {
         None => Err(invalid(
             "transport is required: set one of stdio, streamable_http or sse",
@@ -139,19 +139,17 @@ pub fn transport(request: Option<TransportRequest>) -> Result<TransportSpec, Man
                     )));
                 }
             }
-            Ok(TransportSpec::Stdio {
+            Ok(Transport::Stdio {
                 command,
                 args,
                 env: env.into_iter().collect(),
             })
         }
-        Some(TransportRequest::StreamableHttp { url, headers }) => {
-            Ok(TransportSpec::StreamableHttp {
-                url: http_url("streamable_http.url", &url)?,
-                headers: http_headers("streamable_http.headers", headers)?,
-            })
-        }
-        Some(TransportRequest::Sse { url, headers }) => Ok(TransportSpec::Sse {
+        Some(TransportRequest::StreamableHttp { url, headers }) => Ok(Transport::StreamableHttp {
+            url: http_url("streamable_http.url", &url)?,
+            headers: http_headers("streamable_http.headers", headers)?,
+        }),
+        Some(TransportRequest::Sse { url, headers }) => Ok(Transport::Sse {
             url: http_url("sse.url", &url)?,
             headers: http_headers("sse.headers", headers)?,
         }),

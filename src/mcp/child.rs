@@ -91,13 +91,16 @@ impl ChildProcess {
         self.pgid.and_then(|p| u32::try_from(p).ok())
     }
 
-    /// The last lines the child wrote to stderr, for error messages.
+    /// The last lines the child wrote to stderr, for error messages, with
+    /// newlines and other control characters escaped.
     pub(super) fn stderr_tail(&self) -> String {
         let tail = match self.stderr_tail.lock() {
             Ok(tail) => tail.iter().copied().collect::<Vec<u8>>(),
             Err(_) => return String::new(),
         };
-        String::from_utf8_lossy(&tail).trim().to_owned()
+        // Whatever the child wrote: escaped, so it cannot forge lines of a
+        // log or of a status message.
+        crate::telemetry::escape_control(String::from_utf8_lossy(&tail).trim())
     }
 
     /// Waits `grace` for the child to exit by itself (its stdin is closed by

@@ -3,17 +3,21 @@
 use std::{collections::HashMap, future::Future, time::Duration};
 
 use http::{HeaderMap, HeaderName, HeaderValue};
+
+use crate::model::Transport;
 use rmcp::{
     ServiceExt,
     model::{ClientCapabilities, Implementation, InitializeRequestParams},
+    service::ClientInitializeError,
     transport::{
         StreamableHttpClientTransport, streamable_http_client::StreamableHttpClientTransportConfig,
     },
 };
 
 use super::{
-    McpError, McpSettings, Session, Stage, TransportSpec,
+    McpError, McpSettings, Session, Stage,
     child::ChildProcess,
+    describe,
     live::{Live, LiveSessions},
     session::teardown,
     sse::SseClientTransport,
@@ -52,7 +56,7 @@ impl McpConnector {
         &self,
         organization_id: &str,
         server_id: &str,
-        spec: &TransportSpec,
+        spec: &Transport,
     ) -> Result<Session, McpError> {
         let timeout = self.settings.connect_timeout;
         let timed_out = || McpError::Timeout {
@@ -61,7 +65,7 @@ impl McpConnector {
         };
         self.check_policy(spec).await?;
         let live = match spec {
-            TransportSpec::Stdio { command, args, env } => {
+            Transport::Stdio { command, args, env } => {
                 let (child, stdout, stdin) =
                     ChildProcess::spawn(command, args, env, &self.settings.stdio_env_passthrough)?;
                 tracing::debug!(program = %command, pid = ?child.pid(), "spawned stdio MCP server");
@@ -80,7 +84,9 @@ impl McpConnector {
                         tokio::time::sleep(grace).await;
                         let stderr = child.stderr_tail();
                         child.reap(self.settings.teardown_grace).await;
-                        let mut detail = malformed.reason().unwrap_or_else(|| err.to_string());
+                        let mut detail = malformed
+                            .reason()
+                            .unwrap_or_else(|| describe::initialize_failure(&err, command));
                         if !stderr.is_empty() {
                             detail = format!("{detail}; its stderr ends with: {stderr}");
                         }
@@ -92,18 +98,20 @@ impl McpConnector {
                     }
                 }
             }
-            TransportSpec::StreamableHttp { url, headers } => {
+            Transport::StreamableHttp { url, headers } => {
                 let config = StreamableHttpClientTransportConfig::with_uri(url.as_str())
                     .custom_headers(header_map(headers)?.into_iter().collect());
                 let transport =
                     StreamableHttpClientTransport::with_client(self.http.clone(), config);
                 Live {
-                    service: self.within(timeout, client_info().serve(transport)).await?,
+                    service: self
+                        .initialize(timeout, url, client_info().serve(transport))
+                        .await?,
                     child: None,
                     malformed: None,
                 }
             }
-            TransportSpec::Sse { url, headers } => {
+            Transport::Sse { url, headers } => {
                 let headers: HeaderMap = header_map(headers)?.into_iter().collect();
                 let transport = tokio::time::timeout(
                     timeout,
@@ -111,16 +119,30 @@ impl McpConnector {
                 )
                 .await
                 .map_err(|_| timed_out())?
-                .map_err(|e| McpError::failed(Stage::Connect, e))?;
+                .map_err(|e| {
+                    McpError::failed(
+                        Stage::Connect,
+                        describe::transport(&e, &describe::target_of(url)),
+                    )
+                })?;
                 Live {
-                    service: self.within(timeout, client_info().serve(transport)).await?,
+                    service: self
+                        .initialize(timeout, url, client_info().serve(transport))
+                        .await?,
                     child: None,
                     malformed: None,
                 }
             }
         };
+        let target = match spec {
+            Transport::Stdio { command, .. } => command.clone(),
+            Transport::StreamableHttp { url, .. } | Transport::Sse { url, .. } => {
+                describe::target_of(url)
+            }
+        };
         Ok(Session::new(
             live,
+            target,
             (organization_id.to_owned(), server_id.to_owned()),
             self.live.clone(),
             self.settings.list_timeout,
@@ -130,9 +152,9 @@ impl McpConnector {
 
     /// Stdio commands must be allowlisted; remote hosts must pass the
     /// outbound policy for every address they resolve to.
-    async fn check_policy(&self, spec: &TransportSpec) -> Result<(), McpError> {
+    async fn check_policy(&self, spec: &Transport) -> Result<(), McpError> {
         match spec {
-            TransportSpec::Stdio { command, .. } => {
+            Transport::Stdio { command, .. } => {
                 let allowed = self
                     .settings
                     .stdio_allow
@@ -146,12 +168,15 @@ impl McpConnector {
                     )))
                 }
             }
-            TransportSpec::StreamableHttp { url, .. } | TransportSpec::Sse { url, .. } => {
+            Transport::StreamableHttp { url, .. } | Transport::Sse { url, .. } => {
                 let timeout = self.settings.connect_timeout;
                 match tokio::time::timeout(timeout, self.settings.outbound.check_url(url)).await {
                     Ok(Ok(())) => Ok(()),
-                    Ok(Err(refusal)) => Err(McpError::Refused(format!(
+                    Ok(Err(refusal)) if refusal.overridable() => Err(McpError::Refused(format!(
                         "{refusal}; the operator sets --outbound-allow / --outbound-deny"
+                    ))),
+                    Ok(Err(refusal)) => Err(McpError::Refused(format!(
+                        "{refusal}; no setting overrides this rule"
                     ))),
                     Err(_) => Err(McpError::Timeout {
                         stage: Stage::Connect,
@@ -162,14 +187,19 @@ impl McpConnector {
         }
     }
 
-    async fn within<T, E: std::fmt::Display>(
+    /// The initialize handshake with a remote server, bounded by `timeout`.
+    async fn initialize<T>(
         &self,
         timeout: Duration,
-        fut: impl Future<Output = Result<T, E>>,
+        url: &url::Url,
+        fut: impl Future<Output = Result<T, ClientInitializeError>>,
     ) -> Result<T, McpError> {
         match tokio::time::timeout(timeout, fut).await {
             Ok(Ok(value)) => Ok(value),
-            Ok(Err(err)) => Err(McpError::failed(Stage::Connect, err)),
+            Ok(Err(err)) => Err(McpError::failed(
+                Stage::Connect,
+                describe::initialize_failure(&err, &describe::target_of(url)),
+            )),
             Err(_) => Err(McpError::Timeout {
                 stage: Stage::Connect,
                 after: timeout,

@@ -3,6 +3,7 @@
 
 mod child;
 mod connector;
+mod describe;
 mod error;
 mod live;
 pub mod outbound;
@@ -10,75 +11,27 @@ mod session;
 pub mod sse;
 mod stdio;
 
-use std::{collections::BTreeMap, time::Duration};
+use std::time::Duration;
 
 pub use connector::McpConnector;
 pub use error::{McpError, Stage};
-pub use rmcp::model::Tool;
 pub use session::Session;
 
-/// How to reach an MCP server. Header and env values are secrets: this type's
-/// `Debug` never prints them.
-#[derive(Clone, PartialEq, Eq)]
-pub enum TransportSpec {
-    Stdio {
-        command: String,
-        args: Vec<String>,
-        env: BTreeMap<String, String>,
-    },
-    StreamableHttp {
-        url: url::Url,
-        headers: BTreeMap<String, String>,
-    },
-    Sse {
-        url: url::Url,
-        headers: BTreeMap<String, String>,
-    },
+/// A tool as the server listed it, before any validation.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ListedTool {
+    pub name: String,
+    pub description: Option<String>,
+    /// The input schema object exactly as the server sent it.
+    pub input_schema: serde_json::Map<String, serde_json::Value>,
 }
 
-impl TransportSpec {
-    /// The command or URL: what an operator needs to recognise the server.
-    pub fn endpoint(&self) -> String {
-        match self {
-            TransportSpec::Stdio { command, .. } => command.clone(),
-            TransportSpec::StreamableHttp { url, .. } | TransportSpec::Sse { url, .. } => {
-                url.to_string()
-            }
-        }
-    }
-}
-
-impl TransportSpec {
-    /// Names of the values that are secrets (env or header names), sorted.
-    pub fn secret_names(&self) -> Vec<String> {
-        match self {
-            TransportSpec::Stdio { env, .. } => env.keys().cloned().collect(),
-            TransportSpec::StreamableHttp { headers, .. } | TransportSpec::Sse { headers, .. } => {
-                headers.keys().cloned().collect()
-            }
-        }
-    }
-}
-
-impl std::fmt::Debug for TransportSpec {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            TransportSpec::Stdio { command, args, env } => f
-                .debug_struct("Stdio")
-                .field("command", command)
-                .field("args", args)
-                .field("env", &env.keys().collect::<Vec<_>>())
-                .finish(),
-            TransportSpec::StreamableHttp { url, headers } => f
-                .debug_struct("StreamableHttp")
-                .field("url", &url.as_str())
-                .field("headers", &headers.keys().collect::<Vec<_>>())
-                .finish(),
-            TransportSpec::Sse { url, headers } => f
-                .debug_struct("Sse")
-                .field("url", &url.as_str())
-                .field("headers", &headers.keys().collect::<Vec<_>>())
-                .finish(),
+impl From<rmcp::model::Tool> for ListedTool {
+    fn from(tool: rmcp::model::Tool) -> Self {
+        ListedTool {
+            name: tool.name.into_owned(),
+            description: tool.description.map(|d| d.into_owned()),
+            input_schema: std::sync::Arc::unwrap_or_clone(tool.input_schema),
         }
     }
 }

@@ -153,6 +153,15 @@ pub struct Refusal {
     pub rule: String,
 }
 
+impl Refusal {
+    /// Whether an operator could change this decision with a flag: cloud
+    /// metadata, link-local, unspecified, multicast and broadcast addresses
+    /// are refused whatever the flags say.
+    pub fn overridable(&self) -> bool {
+        self.rule != METADATA && !ALWAYS_REFUSED.iter().any(|(_, rule)| *rule == self.rule)
+    }
+}
+
 fn describe_rule(rule: &str) -> String {
     if rule.starts_with("--outbound-") {
         rule.to_owned()
@@ -236,7 +245,7 @@ impl OutboundPolicy {
             result = self.resolve_checked(name, port).await.map(drop);
         }
         if let Err(refusal) = &result {
-            tracing::warn!(url = %url, %refusal, "outbound URL refused");
+            tracing::warn!(url = %url, refusal = %refusal, "outbound URL refused");
         }
         result
     }

@@ -2,16 +2,18 @@
 
 use std::time::Duration;
 
-use rmcp::{RoleClient, model::Tool, service::Peer};
+use rmcp::{RoleClient, service::Peer};
 
 use super::{
-    McpError, Stage,
+    ListedTool, McpError, Stage, describe,
     live::{Live, LiveSessions, ServerKey, Slot},
     stdio::Malformed,
 };
 
 pub struct Session {
     peer: Peer<RoleClient>,
+    /// The program or host:port, for error messages.
+    target: String,
     malformed: Option<Malformed>,
     slot: Slot,
     key: ServerKey,
@@ -24,6 +26,7 @@ pub struct Session {
 impl Session {
     pub(super) fn new(
         live: Live,
+        target: String,
         key: ServerKey,
         registry: LiveSessions,
         list_timeout: Duration,
@@ -35,6 +38,7 @@ impl Session {
         let registration = registry.register(key.clone(), slot.clone());
         Session {
             peer,
+            target,
             malformed,
             slot,
             key,
@@ -46,15 +50,15 @@ impl Session {
     }
 
     /// Every tool the server offers, following pagination cursors.
-    pub async fn list_tools(&self) -> Result<Vec<Tool>, McpError> {
+    pub async fn list_tools(&self) -> Result<Vec<ListedTool>, McpError> {
         match tokio::time::timeout(self.list_timeout, self.peer.list_all_tools()).await {
-            Ok(Ok(tools)) => Ok(tools),
+            Ok(Ok(tools)) => Ok(tools.into_iter().map(ListedTool::from).collect()),
             Ok(Err(err)) => {
                 // A garbled stream shows up here as a closed transport; say why.
                 let why = self.malformed.as_ref().and_then(Malformed::reason);
                 Err(McpError::failed(
                     Stage::ListTools,
-                    why.unwrap_or_else(|| err.to_string()),
+                    why.unwrap_or_else(|| describe::service_failure(&err, &self.target)),
                 ))
             }
             Err(_) => Err(McpError::Timeout {

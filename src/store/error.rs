@@ -25,15 +25,12 @@ pub enum StoreError {
     Query(#[source] DieselError),
 }
 
-/// Server-side messages that mean "this connection or server is going away",
-/// not "this query is wrong" (PostgreSQL 57P01..57P03, SQLite busy).
-const GOING_AWAY: &[&str] = &[
-    "terminating connection",
-    "the database system is shutting down",
-    "the database system is starting up",
-    "the database system is in recovery mode",
-    "database is locked",
-];
+/// SQLite's result text for SQLITE_BUSY. diesel reports SQLite errors by
+/// text alone (no result code), and this text is SQLite's own constant
+/// (`sqlite3_errstr`), never localized. The daemon serializes its own
+/// writers, so this only means another process held the lock past the busy
+/// timeout: transient, so UNAVAILABLE.
+const SQLITE_BUSY: &str = "database is locked";
 
 impl From<DieselError> for StoreError {
     fn from(err: DieselError) -> Self {
@@ -43,7 +40,7 @@ impl From<DieselError> for StoreError {
                 info,
             ) => StoreError::Unavailable(info.message().to_owned()),
             DieselError::DatabaseError(DatabaseErrorKind::Unknown, info)
-                if GOING_AWAY.iter().any(|m| info.message().contains(m)) =>
+                if info.message() == SQLITE_BUSY =>
             {
                 StoreError::Unavailable(info.message().to_owned())
             }
@@ -51,6 +48,29 @@ impl From<DieselError> for StoreError {
                 StoreError::Unavailable("the connection broke during a transaction".into())
             }
             other => StoreError::Query(other),
+        }
+    }
+}
+
+impl StoreError {
+    /// A database error of no known kind may be the server going away
+    /// (PostgreSQL's 57P0x "admin shutdown", "crash shutdown", "cannot
+    /// connect now" arrive as such). diesel does not expose the SQLSTATE, so
+    /// the connection itself is asked: when it no longer answers, the error
+    /// meant "going away", which is UNAVAILABLE, not a wrong query.
+    pub(super) fn unknown_database_error(&self) -> bool {
+        matches!(
+            self,
+            StoreError::Query(DieselError::DatabaseError(DatabaseErrorKind::Unknown, _))
+        )
+    }
+
+    pub(super) fn into_unavailable(self) -> StoreError {
+        match self {
+            StoreError::Query(DieselError::DatabaseError(_, info)) => {
+                StoreError::Unavailable(info.message().to_owned())
+            }
+            other => other,
         }
     }
 }

@@ -1,6 +1,9 @@
-//! Embedded migrations, one folder per backend (`migrations/postgres`,
-//! `migrations/sqlite`). They run on a dedicated connection on a blocking
-//! thread: diesel's migration harness is synchronous.
+//! Embedded migrations. One tree serves both backends: the schema keeps to
+//! SQL that PostgreSQL and SQLite read alike (text ids, text JSON, bigint
+//! timestamps). A change that needs backend-specific SQL would split the
+//! tree again, one folder per backend with the same version names. They run
+//! on a dedicated connection on a blocking thread: diesel's migration
+//! harness is synchronous.
 
 use diesel::{Connection, SqliteConnection, connection::SimpleConnection};
 use diesel_async::{AsyncPgConnection, async_connection_wrapper::AsyncConnectionWrapper};
@@ -8,8 +11,7 @@ use diesel_migrations::{EmbeddedMigrations, MigrationHarness, embed_migrations};
 
 use super::{DatabaseUrl, StoreError};
 
-const POSTGRES: EmbeddedMigrations = embed_migrations!("migrations/postgres");
-const SQLITE: EmbeddedMigrations = embed_migrations!("migrations/sqlite");
+const MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations");
 
 /// Applies pending migrations; returns the versions applied now.
 pub async fn run_migrations(url: &DatabaseUrl) -> Result<Vec<String>, StoreError> {
@@ -18,7 +20,7 @@ pub async fn run_migrations(url: &DatabaseUrl) -> Result<Vec<String>, StoreError
         DatabaseUrl::Postgres(url) => {
             let mut conn = AsyncConnectionWrapper::<AsyncPgConnection>::establish(url)
                 .map_err(|e| StoreError::Unavailable(e.to_string()))?;
-            apply(&mut conn, POSTGRES)
+            apply(&mut conn, MIGRATIONS)
         }
         DatabaseUrl::Sqlite(path) => {
             let mut conn = SqliteConnection::establish(path)
@@ -27,7 +29,7 @@ pub async fn run_migrations(url: &DatabaseUrl) -> Result<Vec<String>, StoreError
             // connections never have to switch it under a lock.
             conn.batch_execute("PRAGMA busy_timeout = 10000; PRAGMA journal_mode = WAL;")
                 .map_err(|e| StoreError::Migration(e.to_string()))?;
-            apply(&mut conn, SQLITE)
+            apply(&mut conn, MIGRATIONS)
         }
     })
     .await

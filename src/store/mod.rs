@@ -29,9 +29,9 @@ use futures::FutureExt;
 use tokio::sync::{Mutex, MutexGuard};
 
 pub use error::StoreError;
+pub use keys::KeyMatch;
 pub use metrics::{PoolStats, track_connections};
 pub use migrate::run_migrations;
-pub use models::{ApiKeyRow, ServerRow, ToolRow};
 pub use queries::{CreatedServer, DeletedServer};
 pub use sealer::{Sealer, SealerError};
 
@@ -157,19 +157,43 @@ macro_rules! with_conn {
         match &inner.backend {
             $crate::store::Backend::Postgres(pool) => {
                 let mut lease = $store.checkout(pool, None).await?;
-                let $conn = &mut *lease;
-                $body
+                let result: Result<_, $crate::store::StoreError> = {
+                    let $conn = &mut *lease;
+                    $body
+                };
+                $crate::store::confirm_going_away(result, &mut *lease).await
             }
             $crate::store::Backend::Sqlite { pool, writer } => {
                 let writer = ($access == $crate::store::Access::Write).then_some(writer);
                 let mut lease = $store.checkout(pool, writer).await?;
                 let $conn = &mut *lease;
-                $body
+                let result: Result<_, $crate::store::StoreError> = $body;
+                result
             }
         }
     }};
 }
 pub(crate) use with_conn;
+
+/// An unknown database error on a connection that no longer answers a
+/// trivial query is the server going away (see
+/// [`StoreError::unknown_database_error`]). Only the error path pays for
+/// the probe, on the connection the request already holds.
+pub(crate) async fn confirm_going_away<T>(
+    result: Result<T, StoreError>,
+    conn: &mut AsyncPgConnection,
+) -> Result<T, StoreError> {
+    match result {
+        Err(err) if err.unknown_database_error() => {
+            if conn.batch_execute("SELECT 1").await.is_err() {
+                Err(err.into_unavailable())
+            } else {
+                Err(err)
+            }
+        }
+        other => other,
+    }
+}
 
 impl Store {
     /// Opens the pool. Connections are made lazily, so a database that is

@@ -1,17 +1,23 @@
-//! Rows as they are read from and written to the database.
+//! Rows as they are read from and written to the database, and their
+//! translation from and to the domain types: nothing outside the store sees
+//! a row, a JSON column or a millisecond timestamp.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use diesel::prelude::*;
 
 use super::schema::{api_keys, mcp_servers, server_tools, tools};
+use crate::model::{ApiKey, Server, Tool, TransportKind};
 
 #[derive(Debug, Clone, PartialEq, Eq, Queryable, Selectable, Insertable)]
 #[diesel(table_name = mcp_servers)]
-pub struct ServerRow {
+pub(super) struct ServerRow {
     pub id: String,
     pub organization_id: String,
     pub name: String,
     pub transport: String,
     pub endpoint: String,
+    /// The sealed JSON of the [`crate::model::Transport`].
     pub transport_config: String,
     pub tool_count: i32,
     pub created_at: i64,
@@ -21,7 +27,7 @@ pub struct ServerRow {
 
 #[derive(Debug, Clone, PartialEq, Eq, Queryable, Selectable, Insertable)]
 #[diesel(table_name = tools)]
-pub struct ToolRow {
+pub(super) struct ToolRow {
     pub id: String,
     pub organization_id: String,
     pub name: String,
@@ -32,18 +38,83 @@ pub struct ToolRow {
 
 #[derive(Debug, Clone, Insertable)]
 #[diesel(table_name = server_tools)]
-pub struct MappingRow {
+pub(super) struct MappingRow {
     pub server_id: String,
     pub tool_id: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Queryable, Selectable, Insertable)]
 #[diesel(table_name = api_keys)]
-pub struct ApiKeyRow {
+pub(super) struct ApiKeyRow {
     pub id: String,
     pub organization_id: String,
     pub name: String,
     pub key_hash: String,
     pub created_at: i64,
     pub revoked_at: Option<i64>,
+}
+
+pub(super) fn transport_kind_column(kind: TransportKind) -> &'static str {
+    match kind {
+        TransportKind::Stdio => "stdio",
+        TransportKind::StreamableHttp => "streamable_http",
+        TransportKind::Sse => "sse",
+    }
+}
+
+fn transport_kind(column: &str) -> Option<TransportKind> {
+    match column {
+        "stdio" => Some(TransportKind::Stdio),
+        "streamable_http" => Some(TransportKind::StreamableHttp),
+        "sse" => Some(TransportKind::Sse),
+        _ => None,
+    }
+}
+
+/// Timestamps are stored as unix milliseconds: one portable column type.
+pub(super) fn to_ms(time: SystemTime) -> i64 {
+    time.duration_since(UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or_default()
+}
+
+fn from_ms(ms: i64) -> SystemTime {
+    UNIX_EPOCH + Duration::from_millis(u64::try_from(ms).unwrap_or_default())
+}
+
+impl From<ServerRow> for Server {
+    fn from(row: ServerRow) -> Self {
+        Server {
+            transport: transport_kind(&row.transport),
+            id: row.id,
+            name: row.name,
+            endpoint: row.endpoint,
+            created_at: from_ms(row.created_at),
+            tool_count: u32::try_from(row.tool_count).unwrap_or_default(),
+            secret_names: serde_json::from_str(&row.secret_names).unwrap_or_default(),
+        }
+    }
+}
+
+impl From<ToolRow> for Tool {
+    fn from(row: ToolRow) -> Self {
+        Tool {
+            id: row.id,
+            name: row.name,
+            description: row.description,
+            input_schema_json: row.input_schema,
+        }
+    }
+}
+
+impl From<ApiKeyRow> for ApiKey {
+    fn from(row: ApiKeyRow) -> Self {
+        ApiKey {
+            id: row.id,
+            organization_id: row.organization_id,
+            name: row.name,
+            created_at: from_ms(row.created_at),
+            revoked_at: row.revoked_at.map(from_ms),
+        }
+    }
 }

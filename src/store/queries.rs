@@ -10,10 +10,11 @@ use super::{
     Access, Sealer, Store, StoreError,
     batch::{InsertMappings, InsertToolsReturningStored},
     error::is_unique_violation,
-    models::{MappingRow, ServerRow, ToolRow},
+    models::{MappingRow, ServerRow, ToolRow, to_ms, transport_kind_column},
     schema::{mcp_servers, server_tools, tools},
     with_conn,
 };
+use crate::model::{NewServer, NewTool, Server, Tool};
 
 /// Rows per multi-row INSERT: big enough to make round trips rare, small
 /// enough to stay far below SQLite's and PostgreSQL's bind-parameter limits.
@@ -27,8 +28,8 @@ fn sealed_pattern() -> String {
 /// What [`Store::create_server`] wrote.
 #[derive(Debug, Clone)]
 pub struct CreatedServer {
-    pub server: ServerRow,
-    pub tools: Vec<ToolRow>,
+    pub server: Server,
+    pub tools: Vec<Tool>,
     /// Tools not stored because the organization already has a tool of that name.
     pub name_conflicts: Vec<String>,
 }
@@ -60,16 +61,40 @@ impl Store {
     /// and reported, so one bad tool never fails the others.
     pub async fn create_server(
         &self,
-        mut server: ServerRow,
-        mut new_tools: Vec<ToolRow>,
+        server: NewServer,
+        new_tools: Vec<NewTool>,
     ) -> Result<CreatedServer, StoreError> {
         let sealer = self.inner.settings.sealer.as_ref().ok_or_else(|| {
             StoreError::Sealing("no secret key is configured (--secret-key-file)".into())
         })?;
-        // Bound to the row: a sealed config copied to another server does
-        // not open.
-        server.transport_config =
-            sealer.seal(server.transport_config.as_bytes(), server.id.as_bytes());
+        let config = serde_json::to_string(&server.transport)
+            .map_err(|e| StoreError::Sealing(format!("encoding the transport: {e}")))?;
+        let now = to_ms(std::time::SystemTime::now());
+        let server = ServerRow {
+            transport: transport_kind_column(server.transport.kind()).to_owned(),
+            endpoint: server.transport.endpoint(),
+            secret_names: serde_json::to_string(&server.transport.secret_names())
+                .unwrap_or_else(|_| "[]".into()),
+            // Bound to the row: a sealed config copied to another server
+            // does not open.
+            transport_config: sealer.seal(config.as_bytes(), server.id.as_bytes()),
+            tool_count: 0,
+            created_at: now,
+            id: server.id,
+            organization_id: server.organization_id,
+            name: server.name,
+        };
+        let mut new_tools: Vec<ToolRow> = new_tools
+            .into_iter()
+            .map(|tool| ToolRow {
+                id: uuid::Uuid::now_v7().to_string(),
+                organization_id: server.organization_id.clone(),
+                name: tool.name,
+                description: tool.description,
+                input_schema: tool.input_schema_json,
+                created_at: now,
+            })
+            .collect();
         // A stable order makes concurrent creates that share tool names take
         // their row locks in the same order: they wait, never deadlock.
         new_tools.sort_by(|a, b| a.name.cmp(&b.name));
@@ -110,7 +135,7 @@ impl Store {
                     }
                     for tool in batch {
                         if inserted.contains(&tool.id) {
-                            stored.push(tool.clone());
+                            stored.push(Tool::from(tool.clone()));
                         } else {
                             name_conflicts.push(tool.name.clone());
                         }
@@ -123,10 +148,10 @@ impl Store {
                     .execute(conn)
                     .await?;
                 Ok(CreatedServer {
-                    server: ServerRow {
+                    server: Server::from(ServerRow {
                         tool_count,
                         ..server.clone()
-                    },
+                    }),
                     tools: stored,
                     name_conflicts,
                 })
@@ -151,12 +176,12 @@ impl Store {
     /// start-up, not on some later call.
     pub async fn verify_sealer(&self, sealer: &Sealer) -> Result<(), StoreError> {
         let sample: Option<(String, String)> = with_conn!(self, Access::Read, |conn| {
-            mcp_servers::table
+            Ok(mcp_servers::table
                 .filter(mcp_servers::transport_config.like(sealed_pattern()))
                 .select((mcp_servers::id, mcp_servers::transport_config))
                 .first(conn)
                 .await
-                .optional()
+                .optional()?)
         })?;
         if let Some((id, sealed)) = sample {
             sealer.open(&sealed, id.as_bytes()).map_err(|e| {
@@ -169,7 +194,7 @@ impl Store {
         Ok(())
     }
 
-    pub async fn get_server(&self, org: &str, id: &str) -> Result<ServerRow, StoreError> {
+    pub async fn get_server(&self, org: &str, id: &str) -> Result<Server, StoreError> {
         with_conn!(self, Access::Read, |conn| {
             mcp_servers::table
                 .filter(mcp_servers::organization_id.eq(org))
@@ -178,6 +203,7 @@ impl Store {
                 .first(conn)
                 .await
                 .optional()?
+                .map(Server::from)
                 .ok_or_else(|| StoreError::ServerNotFound(id.to_owned()))
         })
     }
@@ -188,8 +214,8 @@ impl Store {
         org: &str,
         after_id: Option<&str>,
         limit: i64,
-    ) -> Result<Vec<ServerRow>, StoreError> {
-        with_conn!(self, Access::Read, |conn| {
+    ) -> Result<Vec<Server>, StoreError> {
+        let rows: Vec<ServerRow> = with_conn!(self, Access::Read, |conn| {
             let mut query = mcp_servers::table
                 .filter(mcp_servers::organization_id.eq(org))
                 .select(ServerRow::as_select())
@@ -200,7 +226,8 @@ impl Store {
                 query = query.filter(mcp_servers::id.gt(after));
             }
             Ok(query.load(conn).await?)
-        })
+        })?;
+        Ok(rows.into_iter().map(Server::from).collect())
     }
 
     /// Tools of one server by name, after `after_name`.
@@ -210,8 +237,8 @@ impl Store {
         server_id: &str,
         after_name: Option<&str>,
         limit: i64,
-    ) -> Result<Vec<ToolRow>, StoreError> {
-        with_conn!(self, Access::Read, |conn| {
+    ) -> Result<Vec<Tool>, StoreError> {
+        let rows: Vec<ToolRow> = with_conn!(self, Access::Read, |conn| {
             let found = diesel::select(exists(
                 mcp_servers::table
                     .filter(mcp_servers::organization_id.eq(org))
@@ -233,7 +260,8 @@ impl Store {
                 query = query.filter(tools::name.gt(after));
             }
             Ok(query.load(conn).await?)
-        })
+        })?;
+        Ok(rows.into_iter().map(Tool::from).collect())
     }
 
     /// Removes the server, its mappings and the tools no other server

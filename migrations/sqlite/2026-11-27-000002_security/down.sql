@@ -1,2 +1,0 @@
-ALTER TABLE mcp_servers DROP COLUMN secret_names;
-DROP TABLE api_keys;

@@ -1,0 +1,133 @@
+//! The registry's domain types: what a server, a tool, a transport and an API
+//! key are. The manager, the MCP client and the store all speak these; none
+//! of them is a protobuf message, an rmcp type or a database row.
+
+use std::{collections::BTreeMap, time::SystemTime};
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TransportKind {
+    Stdio,
+    StreamableHttp,
+    Sse,
+}
+
+/// How to reach an MCP server. Header and env values are secrets: `Debug`
+/// never prints them, and the store seals this whole value at rest.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Transport {
+    Stdio {
+        command: String,
+        args: Vec<String>,
+        env: BTreeMap<String, String>,
+    },
+    StreamableHttp {
+        url: url::Url,
+        headers: BTreeMap<String, String>,
+    },
+    Sse {
+        url: url::Url,
+        headers: BTreeMap<String, String>,
+    },
+}
+
+impl Transport {
+    pub fn kind(&self) -> TransportKind {
+        match self {
+            Transport::Stdio { .. } => TransportKind::Stdio,
+            Transport::StreamableHttp { .. } => TransportKind::StreamableHttp,
+            Transport::Sse { .. } => TransportKind::Sse,
+        }
+    }
+
+    /// The command or URL: what an operator needs to recognise the server.
+    pub fn endpoint(&self) -> String {
+        match self {
+            Transport::Stdio { command, .. } => command.clone(),
+            Transport::StreamableHttp { url, .. } | Transport::Sse { url, .. } => url.to_string(),
+        }
+    }
+
+    /// Names of the values that are secrets (env or header names), sorted.
+    pub fn secret_names(&self) -> Vec<String> {
+        match self {
+            Transport::Stdio { env, .. } => env.keys().cloned().collect(),
+            Transport::StreamableHttp { headers, .. } | Transport::Sse { headers, .. } => {
+                headers.keys().cloned().collect()
+            }
+        }
+    }
+}
+
+impl std::fmt::Debug for Transport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Transport::Stdio { command, args, env } => f
+                .debug_struct("Stdio")
+                .field("command", command)
+                .field("args", args)
+                .field("env", &env.keys().collect::<Vec<_>>())
+                .finish(),
+            Transport::StreamableHttp { url, headers } => f
+                .debug_struct("StreamableHttp")
+                .field("url", &url.as_str())
+                .field("headers", &headers.keys().collect::<Vec<_>>())
+                .finish(),
+            Transport::Sse { url, headers } => f
+                .debug_struct("Sse")
+                .field("url", &url.as_str())
+                .field("headers", &headers.keys().collect::<Vec<_>>())
+                .finish(),
+        }
+    }
+}
+
+/// A server about to be stored. The id is chosen before the MCP server is
+/// contacted, so the session can be tracked under it.
+#[derive(Debug, Clone)]
+pub struct NewServer {
+    pub id: String,
+    pub organization_id: String,
+    pub name: String,
+    pub transport: Transport,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Server {
+    pub id: String,
+    pub name: String,
+    /// `None` for a kind this build does not know (a newer daemon wrote it).
+    pub transport: Option<TransportKind>,
+    pub endpoint: String,
+    pub created_at: SystemTime,
+    pub tool_count: u32,
+    /// Header or env names; never their values.
+    pub secret_names: Vec<String>,
+}
+
+/// A tool that passed validation, about to be stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewTool {
+    pub name: String,
+    pub description: String,
+    pub input_schema_json: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tool {
+    pub id: String,
+    pub name: String,
+    pub description: String,
+    pub input_schema_json: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiKey {
+    pub id: String,
+    pub organization_id: String,
+    pub name: String,
+    pub created_at: SystemTime,
+    pub revoked_at: Option<SystemTime>,
+}

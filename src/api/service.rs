@@ -50,17 +50,18 @@ where
         }
         Err(status) => ("-".to_owned(), Err(status)),
     };
-    // Identifiers of ours are bare; values from outside (the organization,
-    // an error message) are quoted and escaped, so no caller can forge a line.
+    // Identifiers of ours are recorded for display (bare in text); values
+    // from outside (the organization, an error message) as strings, which
+    // the text format quotes and escapes, so no caller can forge a line.
     let duration_ms = micros(started.elapsed()) as f64 / 1000.0;
     match &result {
-        Ok(_) => tracing::info!(rpc = %rpc, org = ?org, code = %"OK", duration_ms, "rpc"),
+        Ok(_) => tracing::info!(rpc = %rpc, org = org.as_str(), code = %"OK", duration_ms, "rpc"),
         Err(status) => tracing::info!(
             rpc = %rpc,
-            org = ?org,
+            org = org.as_str(),
             code = %code_name(status.code()),
             duration_ms,
-            error = ?status.message(),
+            error = status.message(),
             "rpc"
         ),
     }

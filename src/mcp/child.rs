@@ -103,6 +103,11 @@ impl ChildProcess {
         crate::telemetry::escape_control(String::from_utf8_lossy(&tail).trim())
     }
 
+    /// How the child exited, if it has.
+    pub(super) fn exit_status(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.try_wait().ok().flatten()
+    }
+
     /// Waits `grace` for the child to exit by itself (its stdin is closed by
     /// now), then kills its process group and reaps it. Never fails: what goes
     /// wrong is logged at debug.

@@ -66,7 +66,7 @@ impl McpConnector {
         self.check_policy(spec).await?;
         let live = match spec {
             Transport::Stdio { command, args, env } => {
-                let (child, stdout, stdin) =
+                let (mut child, stdout, stdin) =
                     ChildProcess::spawn(command, args, env, &self.settings.stdio_env_passthrough)?;
                 tracing::debug!(program = %command, pid = ?child.pid(), "spawned stdio MCP server");
                 let malformed = Malformed::default();
@@ -83,10 +83,15 @@ impl McpConnector {
                         let grace = self.settings.teardown_grace.min(Duration::from_millis(200));
                         tokio::time::sleep(grace).await;
                         let stderr = child.stderr_tail();
+                        let exited = child.exit_status();
                         child.reap(self.settings.teardown_grace).await;
-                        let mut detail = malformed
-                            .reason()
-                            .unwrap_or_else(|| describe::initialize_failure(&err, command));
+                        let mut detail = malformed.reason().unwrap_or_else(|| match exited {
+                            // The pipe error rmcp saw says less than the exit.
+                            Some(status) => format!(
+                                "{command} exited ({status}) before completing the MCP initialize handshake"
+                            ),
+                            None => describe::initialize_failure(&err, command),
+                        });
                         if !stderr.is_empty() {
                             detail = format!("{detail}; its stderr ends with: {stderr}");
                         }

@@ -51,9 +51,9 @@ impl ChildProcess {
             .process_group(0)
             // A safety net only: teardown kills the whole group and reaps.
             .kill_on_drop(true);
-        let mut child = command.spawn().map_err(|source| McpError::Spawn {
+        let mut child = command.spawn().map_err(|error| McpError::Spawn {
             program: program.to_owned(),
-            source,
+            error,
         })?;
         let (Some(stdout), Some(stdin)) = (child.stdout.take(), child.stdin.take()) else {
             return Err(McpError::Settings("child stdio was not piped".into()));

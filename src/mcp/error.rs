@@ -18,11 +18,12 @@ impl std::fmt::Display for Stage {
 
 #[derive(Debug, thiserror::Error)]
 pub enum McpError {
-    #[error("could not start {program:?}: {source}")]
+    /// Messages spell their cause out; none is also a `#[source]`, so no
+    /// report prints a cause twice.
+    #[error("could not start {program:?}: {error}")]
     Spawn {
         program: String,
-        #[source]
-        source: std::io::Error,
+        error: std::io::Error,
     },
     #[error("the MCP server did not answer within {after:?} while {stage}")]
     Timeout { stage: Stage, after: Duration },

@@ -21,8 +21,10 @@ pub enum StoreError {
     Migration(String),
     #[error("secrets at rest: {0}")]
     Sealing(String),
+    /// The cause is in the message, not also a `#[source]`: a report that
+    /// walks the chain would print it twice.
     #[error("database query failed: {0}")]
-    Query(#[source] DieselError),
+    Query(DieselError),
 }
 
 /// SQLite's result text for SQLITE_BUSY. diesel reports SQLite errors by

@@ -45,24 +45,18 @@ const CONCURRENT_CREATE_WAIT: Duration = Duration::from_millis(50);
 
 /// Errors from loading keys and sealing/opening values.
 ///
-/// Messages never contain key material or plaintext.
+/// Messages never contain key material or plaintext. Each message spells its
+/// cause out and marks no `#[source]`, so a report that walks the chain
+/// (anyhow in `main`) does not print the cause twice.
 #[derive(Debug, thiserror::Error)]
 pub enum SealerError {
     /// The key file could not be opened or read.
-    #[error("cannot read secrets key file {}: {source}", path.display())]
-    ReadKey {
-        path: PathBuf,
-        #[source]
-        source: io::Error,
-    },
+    #[error("cannot read secrets key file {}: {error}", path.display())]
+    ReadKey { path: PathBuf, error: io::Error },
 
     /// The key file could not be created or written.
-    #[error("cannot create secrets key file {}: {source}", path.display())]
-    CreateKey {
-        path: PathBuf,
-        #[source]
-        source: io::Error,
-    },
+    #[error("cannot create secrets key file {}: {error}", path.display())]
+    CreateKey { path: PathBuf, error: io::Error },
 
     /// The key file is readable or writable by group or others.
     #[error(
@@ -152,8 +146,8 @@ impl Sealer {
                 Ok(contents) => {
                     return Sealer::from_key_file_contents(path, &contents).map(|s| (s, false));
                 }
-                Err(SealerError::ReadKey { source, .. })
-                    if source.kind() == io::ErrorKind::NotFound => {}
+                Err(SealerError::ReadKey { error, .. })
+                    if error.kind() == io::ErrorKind::NotFound => {}
                 Err(e) => return Err(e),
             }
 
@@ -176,10 +170,10 @@ impl Sealer {
                         "secrets key file was created concurrently; loading it"
                     );
                 }
-                Err(source) => {
+                Err(error) => {
                     return Err(SealerError::CreateKey {
                         path: path.to_path_buf(),
-                        source,
+                        error,
                     });
                 }
             }
@@ -318,9 +312,9 @@ fn parse_key_hex(contents: &str) -> Result<[u8; KEY_LEN], String> {
 
 /// Opens the key file, checks its permissions and reads its (small) contents.
 fn read_key_file(path: &Path) -> Result<String, SealerError> {
-    let read_err = |source| SealerError::ReadKey {
+    let read_err = |error| SealerError::ReadKey {
         path: path.to_path_buf(),
-        source,
+        error,
     };
     let mut file = File::open(path).map_err(read_err)?;
     // Check the permissions of the file we actually opened (no race between
@@ -710,8 +704,8 @@ mod tests {
         let path = dir.path().join("missing.key");
         let err = Sealer::load(&path).unwrap_err();
         match &err {
-            SealerError::ReadKey { source, .. } => {
-                assert_eq!(source.kind(), io::ErrorKind::NotFound)
+            SealerError::ReadKey { error, .. } => {
+                assert_eq!(error.kind(), io::ErrorKind::NotFound)
             }
             other => panic!("unexpected {other:?}"),
         }

@@ -7,7 +7,7 @@ use clap::{Args, Parser, Subcommand};
 use crate::{
     manager::Limits,
     mcp::{
-        McpSettings,
+        McpSettings, PoolLimits,
         outbound::{OutboundPolicy, PolicyError},
     },
     store::{DatabaseUrl, StoreError, StoreSettings},
@@ -116,6 +116,19 @@ pub struct ServeArgs {
     /// Most tools one MCP server may offer.
     #[arg(long, env = "MCPD_MAX_TOOLS_PER_SERVER", default_value_t = 10_000)]
     pub max_tools_per_server: usize,
+    /// Longest a tool call may take when its caller sets no gRPC deadline
+    /// (a deadline beyond it is cut to it).
+    #[arg(long, env = "MCPD_MCP_CALL_TIMEOUT", default_value = "10m", value_parser = humantime::parse_duration)]
+    pub mcp_call_timeout: Duration,
+    /// A live MCP session no call used for this long is closed.
+    #[arg(long, env = "MCPD_SESSION_IDLE_TIMEOUT", default_value = "5m", value_parser = humantime::parse_duration)]
+    pub session_idle_timeout: Duration,
+    /// Most live MCP sessions; the least recently used idle one makes room.
+    #[arg(long, env = "MCPD_MAX_LIVE_SESSIONS", default_value_t = 256)]
+    pub max_live_sessions: usize,
+    /// Most calls in flight on one MCP server; more are RESOURCE_EXHAUSTED.
+    #[arg(long, env = "MCPD_MAX_CALLS_PER_SERVER", default_value_t = 32)]
+    pub max_calls_per_server: usize,
 }
 
 impl DatabaseArgs {
@@ -142,6 +155,12 @@ impl ServeArgs {
                 .cloned()
                 .collect(),
             outbound: OutboundPolicy::new(&self.outbound_allow, &self.outbound_deny)?,
+            call_timeout: self.mcp_call_timeout,
+            pool: PoolLimits {
+                idle_timeout: self.session_idle_timeout,
+                max_sessions: self.max_live_sessions,
+                max_calls_per_server: self.max_calls_per_server,
+            },
             ..McpSettings::default()
         })
     }

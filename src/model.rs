@@ -111,16 +111,98 @@ pub struct Server {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NewTool {
     pub name: String,
+    /// Empty when the server gives none.
+    pub title: String,
     pub description: String,
+    /// The input schema as the server sent it (key order kept).
     pub input_schema_json: String,
+    pub annotations: Option<ToolAnnotations>,
+    pub output_schema_json: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Tool {
     pub id: String,
     pub name: String,
+    pub title: String,
     pub description: String,
     pub input_schema_json: String,
+    pub annotations: Option<ToolAnnotations>,
+    pub output_schema_json: Option<String>,
+}
+
+/// MCP tool annotations: hints about behaviour, as the server gave them.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ToolAnnotations {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub title: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub read_only_hint: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub destructive_hint: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idempotent_hint: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub open_world_hint: Option<bool>,
+}
+
+/// What the store hands out for a tool call: how to reach the server and
+/// what the arguments must satisfy.
+#[derive(Debug, Clone)]
+pub struct CallTarget {
+    pub transport: Transport,
+    pub input_schema_json: String,
+}
+
+/// The result of `tools/call`, with everything MCP gives it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ToolCallResult {
+    pub content: Vec<Content>,
+    pub structured_content: Option<serde_json::Value>,
+    /// The tool ran and reports failure.
+    pub is_error: bool,
+    pub meta: Option<serde_json::Value>,
+}
+
+/// One item of a tool result.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Content {
+    pub kind: ContentKind,
+    pub annotations: Option<serde_json::Value>,
+    pub meta: Option<serde_json::Value>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum ContentKind {
+    Text(String),
+    Image {
+        data: Vec<u8>,
+        mime_type: String,
+    },
+    Audio {
+        data: Vec<u8>,
+        mime_type: String,
+    },
+    ResourceLink {
+        uri: String,
+        name: String,
+        title: String,
+        description: String,
+        mime_type: String,
+        size: Option<u64>,
+    },
+    Resource {
+        uri: String,
+        mime_type: String,
+        contents: ResourceContents,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum ResourceContents {
+    Text(String),
+    Blob(Vec<u8>),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

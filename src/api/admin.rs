@@ -47,6 +47,10 @@ impl AdminService for AdminApi {
                     pool_timeouts: pool.timeouts,
                     open_mcp_sessions: clamp(stats.open_mcp_sessions),
                     rss_bytes: rss_bytes().unwrap_or(0),
+                    live_sessions: clamp(stats.live.live_sessions),
+                    calls_in_flight: clamp(stats.live.calls_in_flight),
+                    session_opens: stats.live.session_opens,
+                    session_reuses: stats.live.session_reuses,
                 }))
             },
         )

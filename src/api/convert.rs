@@ -1,7 +1,10 @@
 //! Between protobuf messages and the manager's types.
 
 use crate::{
-    manager::{FailedTool, Server, Tool, TransportKind, TransportRequest},
+    manager::{
+        CallTool, Content, ContentKind, FailedTool, ResourceContents, Server, Tool, ToolCallResult,
+        TransportKind, TransportRequest,
+    },
     proto,
 };
 
@@ -50,6 +53,15 @@ pub fn tool(tool: Tool) -> proto::Tool {
         name: tool.name,
         description: tool.description,
         input_schema_json: tool.input_schema_json,
+        title: tool.title,
+        annotations: tool.annotations.map(|a| proto::ToolAnnotations {
+            title: a.title.unwrap_or_default(),
+            read_only_hint: a.read_only_hint,
+            destructive_hint: a.destructive_hint,
+            idempotent_hint: a.idempotent_hint,
+            open_world_hint: a.open_world_hint,
+        }),
+        output_schema_json: tool.output_schema_json.unwrap_or_default(),
     }
 }
 
@@ -57,5 +69,71 @@ pub fn failed_tool(failed: FailedTool) -> proto::FailedTool {
     proto::FailedTool {
         name: failed.name,
         reason: failed.reason,
+    }
+}
+
+pub fn call_tool(request: proto::CallMcpToolRequest) -> CallTool {
+    CallTool {
+        server_id: request.server_id,
+        tool_name: request.tool_name,
+        arguments_json: request.arguments_json,
+    }
+}
+
+fn json_or_empty(value: Option<serde_json::Value>) -> String {
+    value.map(|v| v.to_string()).unwrap_or_default()
+}
+
+pub fn tool_call_result(result: ToolCallResult) -> proto::CallMcpToolResponse {
+    proto::CallMcpToolResponse {
+        content: result.content.into_iter().map(content).collect(),
+        structured_content_json: json_or_empty(result.structured_content),
+        is_error: result.is_error,
+        meta_json: json_or_empty(result.meta),
+    }
+}
+
+fn content(item: Content) -> proto::Content {
+    use proto::content::Kind;
+    let kind = match item.kind {
+        ContentKind::Text(text) => Kind::Text(proto::TextContent { text }),
+        ContentKind::Image { data, mime_type } => {
+            Kind::Image(proto::ImageContent { data, mime_type })
+        }
+        ContentKind::Audio { data, mime_type } => {
+            Kind::Audio(proto::AudioContent { data, mime_type })
+        }
+        ContentKind::ResourceLink {
+            uri,
+            name,
+            title,
+            description,
+            mime_type,
+            size,
+        } => Kind::ResourceLink(proto::ResourceLink {
+            uri,
+            name,
+            title,
+            description,
+            mime_type,
+            size,
+        }),
+        ContentKind::Resource {
+            uri,
+            mime_type,
+            contents,
+        } => Kind::Resource(proto::EmbeddedResource {
+            uri,
+            mime_type,
+            contents: Some(match contents {
+                ResourceContents::Text(text) => proto::embedded_resource::Contents::Text(text),
+                ResourceContents::Blob(blob) => proto::embedded_resource::Contents::Blob(blob),
+            }),
+        }),
+    };
+    proto::Content {
+        kind: Some(kind),
+        annotations_json: json_or_empty(item.annotations),
+        meta_json: json_or_empty(item.meta),
     }
 }

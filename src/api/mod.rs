@@ -4,6 +4,7 @@
 mod admin;
 mod auth;
 mod convert;
+mod deadline;
 mod limits;
 mod service;
 mod status;

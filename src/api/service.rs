@@ -5,7 +5,7 @@ use std::{future::Future, time::Instant};
 
 use tonic::{Code, Request, Response, Status, metadata::MetadataValue};
 
-use super::{auth, convert, status::to_status};
+use super::{auth, convert, deadline, status::to_status};
 use crate::{
     manager::{CallStats, CreateServer, Manager, ManagerError},
     proto::{self, mcp_server_service_server::McpServerService},
@@ -127,6 +127,39 @@ fn with_stats<T>(message: T, stats: CallStats) -> Response<T> {
 
 #[tonic::async_trait]
 impl McpServerService for McpServerApi {
+    type StreamMcpToolCallStream =
+        futures::stream::BoxStream<'static, Result<proto::StreamMcpToolCallResponse, Status>>;
+
+    async fn call_mcp_tool(
+        &self,
+        request: Request<proto::CallMcpToolRequest>,
+    ) -> Result<Response<proto::CallMcpToolResponse>, Status> {
+        let deadline = deadline::of(&request);
+        observed(
+            "CallMcpTool",
+            &self.manager,
+            request,
+            |org, body| async move {
+                // Not detached: a caller that goes away cancels the call, and
+                // the MCP server is told so (notifications/cancelled).
+                let (result, stats) = self
+                    .manager
+                    .call_tool(&org, convert::call_tool(body), deadline)
+                    .await;
+                let result = result.map_err(to_status)?;
+                Ok(with_stats(convert::tool_call_result(result), stats))
+            },
+        )
+        .await
+    }
+
+    async fn stream_mcp_tool_call(
+        &self,
+        _request: Request<tonic::Streaming<proto::StreamMcpToolCallRequest>>,
+    ) -> Result<Response<Self::StreamMcpToolCallStream>, Status> {
+        Err(Status::unimplemented("in progress"))
+    }
+
     async fn create_mcp_server(
         &self,
         request: Request<proto::CreateMcpServerRequest>,

@@ -14,6 +14,8 @@ pub fn to_status(err: ManagerError) -> Status {
         ManagerError::ResourceExhausted(_) => Code::ResourceExhausted,
         ManagerError::Unavailable(_) => Code::Unavailable,
         ManagerError::DeadlineExceeded(_) => Code::DeadlineExceeded,
+        // gRPC's code for an error raised in another address space.
+        ManagerError::Upstream(_) => Code::Unknown,
         ManagerError::Internal(_) => Code::Internal,
     };
     if code == Code::Internal {

@@ -24,6 +24,10 @@ pub enum ManagerError {
     Unavailable(String),
     #[error("{0}")]
     DeadlineExceeded(String),
+    /// The MCP server answered with an error of its own; the caller sees
+    /// its code and message.
+    #[error("{0}")]
+    Upstream(String),
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -32,7 +36,9 @@ impl From<StoreError> for ManagerError {
     fn from(err: StoreError) -> Self {
         match err {
             StoreError::ServerNameTaken(_) => ManagerError::AlreadyExists(err.to_string()),
-            StoreError::ServerNotFound(_) => ManagerError::NotFound(err.to_string()),
+            StoreError::ServerNotFound(_) | StoreError::ToolNotFound { .. } => {
+                ManagerError::NotFound(err.to_string())
+            }
             StoreError::PoolExhausted(_) => ManagerError::ResourceExhausted(err.to_string()),
             StoreError::Unavailable(_) => ManagerError::Unavailable(err.to_string()),
             StoreError::InvalidUrl { .. }
@@ -49,9 +55,15 @@ impl From<McpError> for ManagerError {
             McpError::Timeout { .. } => ManagerError::DeadlineExceeded(err.to_string()),
             McpError::Settings(_) => ManagerError::InvalidArgument(err.to_string()),
             McpError::Refused(_) => ManagerError::PermissionDenied(err.to_string()),
+            McpError::Busy(_) => ManagerError::ResourceExhausted(err.to_string()),
+            // Invalid params: the arguments (or the tool name) were wrong.
+            McpError::Rejected { code: -32602, .. } => {
+                ManagerError::InvalidArgument(err.to_string())
+            }
+            McpError::Rejected { .. } => ManagerError::Upstream(err.to_string()),
             McpError::Spawn { .. }
             | McpError::Failed {
-                stage: Stage::Connect | Stage::ListTools,
+                stage: Stage::Connect | Stage::ListTools | Stage::CallTool,
                 ..
             } => ManagerError::Unavailable(err.to_string()),
         }

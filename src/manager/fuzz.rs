@@ -100,6 +100,7 @@ proptest! {
                 name,
                 description: Some(description),
                 input_schema,
+                ..ListedTool::default()
             })
             .collect();
         let (ok, failed) = tools::check(listed);

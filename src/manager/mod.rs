@@ -1,6 +1,7 @@
 //! The use cases: create, close, get and list MCP servers. Each takes at most
 //! one pooled connection at a time and never holds one across MCP traffic.
 
+mod call;
 mod error;
 #[cfg(test)]
 mod fuzz;
@@ -11,11 +12,16 @@ mod validate;
 
 use std::time::{Duration, Instant};
 
+pub use call::CallTool;
 pub use error::ManagerError;
 pub use keys::NewApiKey;
 pub use validate::TransportRequest;
 
-pub use crate::model::{ApiKey, Server, Tool, TransportKind};
+pub use crate::mcp::PoolStats as LiveStats;
+pub use crate::model::{
+    ApiKey, Content, ContentKind, ResourceContents, Server, Tool, ToolAnnotations, ToolCallResult,
+    TransportKind,
+};
 use crate::{
     mcp::McpConnector,
     model::NewServer,
@@ -81,6 +87,7 @@ impl Default for Limits {
 pub struct DaemonStats {
     pub pool: PoolStats,
     pub open_mcp_sessions: usize,
+    pub live: LiveStats,
 }
 
 #[derive(Clone)]
@@ -88,11 +95,17 @@ pub struct Manager {
     store: Store,
     mcp: McpConnector,
     limits: Limits,
+    schemas: std::sync::Arc<call::SchemaCache>,
 }
 
 impl Manager {
     pub fn new(store: Store, mcp: McpConnector, limits: Limits) -> Self {
-        Manager { store, mcp, limits }
+        Manager {
+            store,
+            mcp,
+            limits,
+            schemas: Default::default(),
+        }
     }
 
     /// The daemon's own figures: the pool and the MCP sessions it holds.
@@ -100,6 +113,7 @@ impl Manager {
         DaemonStats {
             pool: self.store.pool_stats(),
             open_mcp_sessions: self.mcp.open_sessions(),
+            live: self.mcp.pool_stats(),
         }
     }
 

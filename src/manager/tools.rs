@@ -9,6 +9,7 @@ use crate::{mcp::ListedTool, model::NewTool};
 pub const MAX_TOOL_NAME: usize = 128;
 pub const MAX_TOOL_DESCRIPTION: usize = 16 * 1024;
 pub const MAX_TOOL_SCHEMA: usize = 64 * 1024;
+pub const MAX_TOOL_TITLE: usize = 1024;
 
 pub fn check(tools: Vec<ListedTool>) -> (Vec<NewTool>, Vec<FailedTool>) {
     let mut seen = HashSet::with_capacity(tools.len());
@@ -70,10 +71,34 @@ fn check_one(tool: &ListedTool) -> Result<NewTool, String> {
             input_schema.len()
         ));
     }
+    let title = tool.title.as_deref().unwrap_or_default();
+    if title.len() > MAX_TOOL_TITLE {
+        return Err(format!(
+            "title is {} bytes long; at most {MAX_TOOL_TITLE} are allowed",
+            title.len()
+        ));
+    }
+    let output_schema_json = match &tool.output_schema {
+        None => None,
+        Some(schema) => {
+            let json = serde_json::to_string(schema)
+                .map_err(|e| format!("output schema cannot be serialized: {e}"))?;
+            if json.len() > MAX_TOOL_SCHEMA {
+                return Err(format!(
+                    "output schema is {} bytes long; at most {MAX_TOOL_SCHEMA} are allowed",
+                    json.len()
+                ));
+            }
+            Some(json)
+        }
+    };
     Ok(NewTool {
         name: name.to_owned(),
+        title: title.to_owned(),
         description: description.to_owned(),
         input_schema_json: input_schema,
+        annotations: tool.annotations.clone(),
+        output_schema_json,
     })
 }
 
@@ -89,6 +114,7 @@ mod tests {
             name: name.to_owned(),
             description: Some("d".to_owned()),
             input_schema,
+            ..ListedTool::default()
         }
     }
 

@@ -95,6 +95,19 @@ pub fn server_id(id: &str) -> Result<(), ManagerError> {
     Ok(())
 }
 
+pub fn tool_name(name: &str) -> Result<(), ManagerError> {
+    if name.is_empty() {
+        return Err(invalid("tool_name is required"));
+    }
+    if name.len() > super::tools::MAX_TOOL_NAME || name.chars().any(char::is_control) {
+        return Err(invalid(format!(
+            "tool_name must be 1 to {} printable characters",
+            super::tools::MAX_TOOL_NAME
+        )));
+    }
+    Ok(())
+}
+
 pub fn transport(request: Option<TransportRequest>) -> Result<Transport, ManagerError> {
     match request {
         None => Err(invalid(

@@ -4,7 +4,7 @@ use std::{collections::HashMap, future::Future, time::Duration};
 
 use http::{HeaderMap, HeaderName, HeaderValue};
 
-use crate::model::Transport;
+use crate::model::{ToolCallResult, Transport};
 use rmcp::{
     ServiceExt,
     model::{ClientCapabilities, Implementation, InitializeRequestParams},
@@ -19,6 +19,7 @@ use super::{
     child::ChildProcess,
     describe,
     live::{Live, LiveSessions},
+    pool::{PoolStats, SessionPool},
     session::teardown,
     sse::SseClientTransport,
     stdio::{self, Malformed},
@@ -30,6 +31,7 @@ pub struct McpConnector {
     http: reqwest::Client,
     settings: McpSettings,
     live: LiveSessions,
+    pool: SessionPool,
 }
 
 impl McpConnector {
@@ -44,6 +46,7 @@ impl McpConnector {
             .map_err(|e| McpError::Settings(format!("HTTP client: {e}")))?;
         Ok(McpConnector {
             http,
+            pool: SessionPool::new(settings.pool),
             settings,
             live: LiveSessions::default(),
         })
@@ -212,9 +215,45 @@ impl McpConnector {
         }
     }
 
+    pub(super) fn settings(&self) -> &McpSettings {
+        &self.settings
+    }
+
+    /// Calls a tool on the server's live session (opened if needed). The
+    /// caller's deadline bounds it, `--mcp-call-timeout` when it sets none.
+    pub async fn call_tool(
+        &self,
+        organization_id: &str,
+        server_id: &str,
+        transport: &Transport,
+        tool: &str,
+        arguments: serde_json::Map<String, serde_json::Value>,
+        deadline: Option<Duration>,
+    ) -> Result<ToolCallResult, McpError> {
+        let timeout = deadline.map_or(self.settings.call_timeout, |d| {
+            d.min(self.settings.call_timeout)
+        });
+        self.pool
+            .call(
+                self,
+                (organization_id.to_owned(), server_id.to_owned()),
+                transport,
+                tool,
+                arguments,
+                timeout,
+            )
+            .await
+    }
+
+    /// Live sessions and calls, for operators.
+    pub fn pool_stats(&self) -> PoolStats {
+        self.pool.stats()
+    }
+
     /// Tears down every session still open for one server. Best-effort.
     pub async fn close_server(&self, organization_id: &str, server_id: &str) {
         let key = (organization_id.to_owned(), server_id.to_owned());
+        self.pool.remove(&key);
         let grace = self.settings.teardown_grace;
         futures::future::join_all(
             self.live
@@ -227,6 +266,7 @@ impl McpConnector {
 
     /// Tears down every session the daemon holds (shutdown).
     pub async fn close_all(&self) {
+        self.pool.clear();
         let grace = self.settings.teardown_grace;
         futures::future::join_all(
             self.live

@@ -5,6 +5,7 @@ use std::time::Duration;
 pub enum Stage {
     Connect,
     ListTools,
+    CallTool,
 }
 
 impl std::fmt::Display for Stage {
@@ -12,6 +13,7 @@ impl std::fmt::Display for Stage {
         f.write_str(match self {
             Stage::Connect => "connecting and initializing",
             Stage::ListTools => "listing tools",
+            Stage::CallTool => "calling a tool",
         })
     }
 }
@@ -34,6 +36,12 @@ pub enum McpError {
     /// The operator's policy does not allow this connection or command.
     #[error("{0}")]
     Refused(String),
+    /// The server answered the request with a JSON-RPC error.
+    #[error("the MCP server refused the call: {message} (JSON-RPC error {code})")]
+    Rejected { code: i32, message: String },
+    /// A limit of the daemon (calls per server, live sessions) was reached.
+    #[error("{0}")]
+    Busy(String),
 }
 
 impl McpError {

@@ -21,6 +21,17 @@ pub(super) struct Live {
     pub(super) malformed: Option<Malformed>,
 }
 
+impl Live {
+    /// False once the session's task has ended or its stdio child exited.
+    pub(super) fn is_running(&mut self) -> bool {
+        !self.service.is_closed()
+            && self
+                .child
+                .as_mut()
+                .is_none_or(|child| child.exit_status().is_none())
+    }
+}
+
 /// Shared between a [`super::Session`] and the registry; whoever takes the
 /// `Live` out first tears it down.
 pub(super) type Slot = Arc<Mutex<Option<Live>>>;

@@ -7,6 +7,8 @@ mod describe;
 mod error;
 mod live;
 pub mod outbound;
+mod pool;
+mod result;
 mod session;
 pub mod sse;
 mod stdio;
@@ -15,23 +17,37 @@ use std::time::Duration;
 
 pub use connector::McpConnector;
 pub use error::{McpError, Stage};
+pub use pool::{PoolLimits, PoolStats};
 pub use session::Session;
 
+use crate::model::ToolAnnotations;
+
 /// A tool as the server listed it, before any validation.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct ListedTool {
     pub name: String,
+    pub title: Option<String>,
     pub description: Option<String>,
-    /// The input schema object exactly as the server sent it.
+    /// The input schema object exactly as the server sent it (key order is
+    /// kept: serde_json's `preserve_order`).
     pub input_schema: serde_json::Map<String, serde_json::Value>,
+    pub output_schema: Option<serde_json::Map<String, serde_json::Value>>,
+    pub annotations: Option<ToolAnnotations>,
 }
 
 impl From<rmcp::model::Tool> for ListedTool {
     fn from(tool: rmcp::model::Tool) -> Self {
         ListedTool {
             name: tool.name.into_owned(),
+            title: tool.title,
             description: tool.description.map(|d| d.into_owned()),
             input_schema: std::sync::Arc::unwrap_or_clone(tool.input_schema),
+            output_schema: tool.output_schema.map(std::sync::Arc::unwrap_or_clone),
+            // Through JSON, the form MCP defines, rather than rmcp's struct.
+            annotations: tool
+                .annotations
+                .and_then(|a| serde_json::to_value(a).ok())
+                .and_then(|v| serde_json::from_value(v).ok()),
         }
     }
 }
@@ -54,6 +70,10 @@ pub struct McpSettings {
     pub stdio_allow: Vec<String>,
     /// Where remote transports may connect.
     pub outbound: outbound::OutboundPolicy,
+    /// Live sessions kept for tool calls.
+    pub pool: PoolLimits,
+    /// Longest a tool call may take when its caller sets no deadline.
+    pub call_timeout: Duration,
 }
 
 impl Default for McpSettings {
@@ -67,6 +87,8 @@ impl Default for McpSettings {
                 .to_vec(),
             stdio_allow: Vec::new(),
             outbound: outbound::OutboundPolicy::default(),
+            pool: PoolLimits::default(),
+            call_timeout: Duration::from_secs(600),
         }
     }
 }

@@ -1,14 +1,32 @@
-//! One MCP client session: list tools, then close, best-effort.
+//! One MCP client session: list tools, call them, then close, best-effort.
 
 use std::time::Duration;
 
-use rmcp::{RoleClient, service::Peer};
+use rmcp::{
+    RoleClient,
+    model::{
+        CallToolRequest, CallToolRequestParams, CancelledNotification, CancelledNotificationParam,
+        ClientRequest, RequestId, ServerResult,
+    },
+    service::{Peer, PeerRequestOptions, ServiceError},
+};
 
 use super::{
     ListedTool, McpError, Stage, describe,
     live::{Live, LiveSessions, ServerKey, Slot},
+    result::tool_call_result,
     stdio::Malformed,
 };
+use crate::model::ToolCallResult;
+
+/// Why a call failed, and whether it may be retried elsewhere.
+pub(super) enum CallFailure {
+    /// The request never left: the session was already gone. Safe to retry
+    /// on a fresh session.
+    NotDelivered(McpError),
+    /// The request may have reached the server: never retried.
+    Failed(McpError),
+}
 
 pub struct Session {
     peer: Peer<RoleClient>,
@@ -68,8 +86,81 @@ impl Session {
         }
     }
 
+    /// Calls a tool; the deadline is the call's. When the deadline passes or
+    /// the caller goes away first, the server is sent
+    /// `notifications/cancelled` for the request.
+    pub(super) async fn call_tool(
+        &self,
+        name: &str,
+        arguments: serde_json::Map<String, serde_json::Value>,
+        timeout: Duration,
+    ) -> Result<ToolCallResult, CallFailure> {
+        let params = CallToolRequestParams::new(name.to_owned()).with_arguments(arguments);
+        let request = ClientRequest::CallToolRequest(CallToolRequest::new(params));
+        let handle = self
+            .peer
+            .send_request_with_option(request, PeerRequestOptions::no_options())
+            .await
+            .map_err(|err| CallFailure::NotDelivered(self.call_error(&err)))?;
+        let mut abandoned = CancelOnDrop {
+            peer: self.peer.clone(),
+            request: Some(handle.id.clone()),
+        };
+        let answer = tokio::time::timeout(timeout, handle.await_response()).await;
+        match answer {
+            Err(_) => Err(CallFailure::Failed(McpError::Timeout {
+                stage: Stage::CallTool,
+                after: timeout,
+            })),
+            Ok(answer) => {
+                abandoned.request = None;
+                match answer {
+                    Ok(ServerResult::CallToolResult(result)) => Ok(tool_call_result(&result)),
+                    Ok(_) => Err(CallFailure::Failed(McpError::failed(
+                        Stage::CallTool,
+                        format!(
+                            "{} answered tools/call with something else than a tool result",
+                            self.target
+                        ),
+                    ))),
+                    Err(ServiceError::McpError(data)) => {
+                        Err(CallFailure::Failed(McpError::Rejected {
+                            code: data.code.0,
+                            message: describe::quoted(&data.message),
+                        }))
+                    }
+                    Err(err) => Err(CallFailure::Failed(self.call_error(&err))),
+                }
+            }
+        }
+    }
+
+    fn call_error(&self, err: &ServiceError) -> McpError {
+        let why = self.malformed.as_ref().and_then(Malformed::reason);
+        McpError::failed(
+            Stage::CallTool,
+            why.unwrap_or_else(|| describe::service_failure(err, &self.target)),
+        )
+    }
+
+    /// Whether the session can still carry requests.
+    pub(super) fn is_open(&self) -> bool {
+        !self.peer.is_transport_closed()
+            && self
+                .slot
+                .lock()
+                .map(|mut live| live.as_mut().is_some_and(Live::is_running))
+                .unwrap_or(false)
+    }
+
     /// Closes the session and reaps its process. Never fails.
     pub async fn close(self) {
+        self.shut_down().await;
+    }
+
+    /// [`Self::close`] for a session shared by calls: whoever holds it gets
+    /// errors from then on.
+    pub(super) async fn shut_down(&self) {
         let live = self.slot.lock().ok().and_then(|mut live| live.take());
         if let Some(live) = live {
             teardown(live, self.grace).await;
@@ -88,6 +179,33 @@ impl Drop for Session {
             if let Ok(runtime) = tokio::runtime::Handle::try_current() {
                 runtime.spawn(teardown(live, grace));
             }
+        }
+    }
+}
+
+/// Sends `notifications/cancelled` for a request whose caller stopped
+/// waiting (deadline passed, or the call's future was dropped).
+struct CancelOnDrop {
+    peer: Peer<RoleClient>,
+    request: Option<RequestId>,
+}
+
+impl Drop for CancelOnDrop {
+    fn drop(&mut self) {
+        let Some(request_id) = self.request.take() else {
+            return;
+        };
+        let peer = self.peer.clone();
+        let notification = CancelledNotification::new(CancelledNotificationParam::new(
+            Some(request_id),
+            Some("the caller stopped waiting (deadline or cancellation)".into()),
+        ));
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move {
+                if let Err(err) = peer.send_notification(notification.into()).await {
+                    tracing::debug!(error = %err, "could not send notifications/cancelled");
+                }
+            });
         }
     }
 }

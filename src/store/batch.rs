@@ -7,7 +7,7 @@ use diesel::{
     backend::Backend,
     query_builder::{AstPass, Query, QueryFragment, QueryId},
     serialize::ToSql,
-    sql_types::{BigInt, Text},
+    sql_types::{BigInt, Nullable, Text},
 };
 
 use super::models::{MappingRow, ToolRow};
@@ -21,12 +21,14 @@ impl<DB> QueryFragment<DB> for InsertToolsReturningStored<'_>
 where
     DB: Backend,
     String: ToSql<Text, DB>,
+    Option<String>: ToSql<Nullable<Text>, DB>,
     i64: ToSql<BigInt, DB>,
 {
     fn walk_ast<'b>(&'b self, mut out: AstPass<'_, 'b, DB>) -> QueryResult<()> {
         out.unsafe_to_cache_prepared();
         out.push_sql(
-            "INSERT INTO tools (id, organization_id, name, description, input_schema, created_at) VALUES ",
+            "INSERT INTO tools (id, organization_id, name, description, input_schema, created_at, \
+             title, annotations, output_schema) VALUES ",
         );
         for (i, tool) in self.0.iter().enumerate() {
             out.push_sql(if i == 0 { "(" } else { ", (" });
@@ -41,6 +43,12 @@ where
             out.push_bind_param::<Text, _>(&tool.input_schema)?;
             out.push_sql(", ");
             out.push_bind_param::<BigInt, _>(&tool.created_at)?;
+            out.push_sql(", ");
+            out.push_bind_param::<Text, _>(&tool.title)?;
+            out.push_sql(", ");
+            out.push_bind_param::<Nullable<Text>, _>(&tool.annotations)?;
+            out.push_sql(", ");
+            out.push_bind_param::<Nullable<Text>, _>(&tool.output_schema)?;
             out.push_sql(")");
         }
         out.push_sql(" ON CONFLICT (organization_id, name) DO NOTHING RETURNING id");

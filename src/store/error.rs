@@ -15,6 +15,8 @@ pub enum StoreError {
     ServerNameTaken(String),
     #[error("MCP server {0:?} not found")]
     ServerNotFound(String),
+    #[error("MCP server {server_id:?} provides no tool named {tool:?}")]
+    ToolNotFound { server_id: String, tool: String },
     #[error("invalid database URL {url:?}: {reason}")]
     InvalidUrl { url: String, reason: &'static str },
     #[error("database migrations failed: {0}")]

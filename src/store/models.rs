@@ -7,7 +7,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use diesel::prelude::*;
 
 use super::schema::{api_keys, mcp_servers, server_tools, tools};
-use crate::model::{ApiKey, Server, Tool, TransportKind};
+use crate::model::{ApiKey, NewTool, Server, Tool, ToolAnnotations, TransportKind};
 
 #[derive(Debug, Clone, PartialEq, Eq, Queryable, Selectable, Insertable)]
 #[diesel(table_name = mcp_servers)]
@@ -34,6 +34,10 @@ pub(super) struct ToolRow {
     pub description: String,
     pub input_schema: String,
     pub created_at: i64,
+    pub title: String,
+    /// JSON object of [`ToolAnnotations`].
+    pub annotations: Option<String>,
+    pub output_schema: Option<String>,
 }
 
 #[derive(Debug, Clone, Insertable)]
@@ -96,13 +100,38 @@ impl From<ServerRow> for Server {
     }
 }
 
+impl ToolRow {
+    pub(super) fn new(organization_id: &str, tool: NewTool, created_at: i64) -> ToolRow {
+        ToolRow {
+            id: uuid::Uuid::now_v7().to_string(),
+            organization_id: organization_id.to_owned(),
+            name: tool.name,
+            description: tool.description,
+            input_schema: tool.input_schema_json,
+            created_at,
+            title: tool.title,
+            annotations: tool
+                .annotations
+                .and_then(|a| serde_json::to_string(&a).ok()),
+            output_schema: tool.output_schema_json,
+        }
+    }
+}
+
 impl From<ToolRow> for Tool {
     fn from(row: ToolRow) -> Self {
         Tool {
             id: row.id,
             name: row.name,
+            title: row.title,
             description: row.description,
             input_schema_json: row.input_schema,
+            // Written by this store from the same type; a row it cannot read
+            // (written by a newer daemon) shows no hints rather than failing.
+            annotations: row
+                .annotations
+                .and_then(|json| serde_json::from_str::<ToolAnnotations>(&json).ok()),
+            output_schema_json: row.output_schema,
         }
     }
 }

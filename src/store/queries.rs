@@ -14,7 +14,7 @@ use super::{
     schema::{mcp_servers, server_tools, tools},
     with_conn,
 };
-use crate::model::{NewServer, NewTool, Server, Tool};
+use crate::model::{CallTarget, NewServer, NewTool, Server, Tool, Transport};
 
 /// Rows per multi-row INSERT: big enough to make round trips rare, small
 /// enough to stay far below SQLite's and PostgreSQL's bind-parameter limits.
@@ -64,9 +64,7 @@ impl Store {
         server: NewServer,
         new_tools: Vec<NewTool>,
     ) -> Result<CreatedServer, StoreError> {
-        let sealer = self.inner.settings.sealer.as_ref().ok_or_else(|| {
-            StoreError::Sealing("no secret key is configured (--secret-key-file)".into())
-        })?;
+        let sealer = self.sealer()?;
         let config = serde_json::to_string(&server.transport)
             .map_err(|e| StoreError::Sealing(format!("encoding the transport: {e}")))?;
         let now = to_ms(std::time::SystemTime::now());
@@ -86,14 +84,7 @@ impl Store {
         };
         let mut new_tools: Vec<ToolRow> = new_tools
             .into_iter()
-            .map(|tool| ToolRow {
-                id: uuid::Uuid::now_v7().to_string(),
-                organization_id: server.organization_id.clone(),
-                name: tool.name,
-                description: tool.description,
-                input_schema: tool.input_schema_json,
-                created_at: now,
-            })
+            .map(|tool| ToolRow::new(&server.organization_id, tool, now))
             .collect();
         // A stable order makes concurrent creates that share tool names take
         // their row locks in the same order: they wait, never deadlock.
@@ -206,6 +197,64 @@ impl Store {
                 .map(Server::from)
                 .ok_or_else(|| StoreError::ServerNotFound(id.to_owned()))
         })
+    }
+
+    /// What a call of `tool` on the server needs, in one short checkout: the
+    /// server's transport, unsealed, and the tool's input schema.
+    pub async fn call_target(
+        &self,
+        org: &str,
+        server_id: &str,
+        tool: &str,
+    ) -> Result<CallTarget, StoreError> {
+        let found: Option<(String, String)> = with_conn!(self, Access::Read, |conn| {
+            let found = mcp_servers::table
+                .inner_join(server_tools::table.inner_join(tools::table))
+                .filter(mcp_servers::organization_id.eq(org))
+                .filter(mcp_servers::id.eq(server_id))
+                .filter(tools::name.eq(tool))
+                .select((mcp_servers::transport_config, tools::input_schema))
+                .first(conn)
+                .await
+                .optional()?;
+            if found.is_none() {
+                // Which of the two is missing decides the message.
+                let server_exists = diesel::select(exists(
+                    mcp_servers::table
+                        .filter(mcp_servers::organization_id.eq(org))
+                        .filter(mcp_servers::id.eq(server_id)),
+                ))
+                .get_result::<bool>(conn)
+                .await?;
+                if !server_exists {
+                    return Err(StoreError::ServerNotFound(server_id.to_owned()));
+                }
+            }
+            Ok(found)
+        })?;
+        let (sealed, input_schema_json) = found.ok_or_else(|| StoreError::ToolNotFound {
+            server_id: server_id.to_owned(),
+            tool: tool.to_owned(),
+        })?;
+        Ok(CallTarget {
+            transport: self.unseal_transport(server_id, &sealed)?,
+            input_schema_json,
+        })
+    }
+
+    fn sealer(&self) -> Result<&Sealer, StoreError> {
+        self.inner.settings.sealer.as_ref().ok_or_else(|| {
+            StoreError::Sealing("no secret key is configured (--secret-key-file)".into())
+        })
+    }
+
+    fn unseal_transport(&self, server_id: &str, sealed: &str) -> Result<Transport, StoreError> {
+        let sealer = self.sealer()?;
+        let plain = sealer.open(sealed, server_id.as_bytes()).map_err(|e| {
+            StoreError::Sealing(format!("opening the transport of {server_id}: {e}"))
+        })?;
+        serde_json::from_slice(&plain)
+            .map_err(|e| StoreError::Sealing(format!("decoding the transport of {server_id}: {e}")))
     }
 
     /// Servers of `org` in creation order (ids are UUIDv7), after `after_id`.

@@ -23,6 +23,9 @@ diesel::table! {
         description -> Text,
         input_schema -> Text,
         created_at -> BigInt,
+        title -> Text,
+        annotations -> Nullable<Text>,
+        output_schema -> Nullable<Text>,
     }
 }
 

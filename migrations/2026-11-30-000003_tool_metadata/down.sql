@@ -1,0 +1,3 @@
+ALTER TABLE tools DROP COLUMN output_schema;
+ALTER TABLE tools DROP COLUMN annotations;
+ALTER TABLE tools DROP COLUMN title;

@@ -65,8 +65,10 @@ trap cleanup EXIT
 
 # A throwaway daemon on a port the kernel picks; it says which one it got.
 DB=sqlite://$TMP/mcpd.db
-"$MCPD" serve --listen 127.0.0.1:0 --database-url "$DB" --secret-key-file "$TMP/k" \
-  --outbound-allow 127.0.0.0/8,::1/128 2>"$TMP/mcpd.log" &
+# Text logs at info whatever the caller's environment says: the address is
+# read from the "mcpd listening" line.
+RUST_LOG=info "$MCPD" --log-format text serve --listen 127.0.0.1:0 --database-url "$DB" \
+  --secret-key-file "$TMP/k" --outbound-allow 127.0.0.0/8,::1/128 2>"$TMP/mcpd.log" &
 DAEMON=$!
 ADDR=
 for _ in $(seq 1 300); do

@@ -4,7 +4,8 @@
 mod common;
 
 use common::*;
-use mcpd::proto::{self, create_mcp_server_request::Transport};
+use mcpd::proto;
+use sha2::Digest;
 use tonic::Code;
 
 backend_tests!(
@@ -23,14 +24,12 @@ backend_tests!(
 
 async fn create_get_list_tools_close(backend: Backend) {
     let daemon = Daemon::start(backend).await;
-    let keys = daemon.keys.clone();
-    let mut client = daemon.client().await;
+    let acme = daemon.org("acme").await;
 
-    let created = client
-        .create_mcp_server(keys.req("acme", create_request("weather", stdio(&["--tools", "3"]))))
+    let created = acme
+        .create("weather", stdio(["--tools", "3"]))
         .await
-        .expect("create")
-        .into_inner();
+        .expect("create");
     let server = created.server.expect("server");
     assert_eq!(server.server_name, "weather");
     assert_eq!(server.transport(), proto::TransportKind::Stdio);
@@ -50,55 +49,19 @@ async fn create_get_list_tools_close(backend: Backend) {
         assert!(!tool.id.is_empty());
     }
 
-    let got = client
-        .get_mcp_server(keys.req(
-            "acme",
-            proto::GetMcpServerRequest {
-                server_id: server.id.clone(),
-            },
-        ))
-        .await
-        .unwrap()
-        .into_inner()
-        .server
-        .unwrap();
-    assert_eq!(got, server);
-
-    let listed = client
-        .list_mcp_servers(keys.req("acme", proto::ListMcpServersRequest::default()))
-        .await
-        .unwrap()
-        .into_inner();
+    assert_eq!(acme.get(&server.id).await.unwrap(), server);
+    let listed = acme.servers_page(0, "").await.unwrap();
     assert_eq!(listed.servers, vec![server.clone()]);
     assert!(listed.next_page_token.is_empty());
 
-    let tools = client
-        .list_mcp_server_tools(keys.req(
-            "acme",
-            proto::ListMcpServerToolsRequest {
-                server_id: server.id.clone(),
-                page_size: 2,
-                ..Default::default()
-            },
-        ))
-        .await
-        .unwrap()
-        .into_inner();
+    let tools = acme.tools_page(&server.id, 2, "").await.unwrap();
     assert_eq!(tools.tools.len(), 2);
     assert_eq!(tools.tools[0].name, "tool_0000");
     assert!(!tools.next_page_token.is_empty());
-    let rest = client
-        .list_mcp_server_tools(keys.req(
-            "acme",
-            proto::ListMcpServerToolsRequest {
-                server_id: server.id.clone(),
-                page_size: 2,
-                page_token: tools.next_page_token,
-            },
-        ))
+    let rest = acme
+        .tools_page(&server.id, 2, &tools.next_page_token)
         .await
-        .unwrap()
-        .into_inner();
+        .unwrap();
     assert_eq!(
         rest.tools
             .iter()
@@ -107,95 +70,63 @@ async fn create_get_list_tools_close(backend: Backend) {
         ["tool_0002"]
     );
     assert!(rest.next_page_token.is_empty());
+    assert_eq!(acme.tools(&server.id).await.unwrap().len(), 3);
 
-    let closed = client
-        .close_mcp_server(keys.req(
-            "acme",
-            proto::CloseMcpServerRequest {
-                server_id: server.id.clone(),
-            },
-        ))
-        .await
-        .unwrap()
-        .into_inner();
+    let closed = acme.close(&server.id).await.unwrap();
     assert_eq!(closed.removed_tools, 3);
     assert_eq!(closed.removed_mappings, 3);
-
-    for status in [
-        client
-            .get_mcp_server(keys.req(
-                "acme",
-                proto::GetMcpServerRequest {
-                    server_id: server.id.clone(),
-                },
-            ))
-            .await
-            .unwrap_err(),
-        client
-            .close_mcp_server(keys.req(
-                "acme",
-                proto::CloseMcpServerRequest {
-                    server_id: server.id.clone(),
-                },
-            ))
-            .await
-            .unwrap_err(),
-        client
-            .list_mcp_server_tools(keys.req(
-                "acme",
-                proto::ListMcpServerToolsRequest {
-                    server_id: server.id.clone(),
-                    ..Default::default()
-                },
-            ))
-            .await
-            .unwrap_err(),
-    ] {
-        assert_eq!(status.code(), Code::NotFound, "{status:?}");
-        assert!(status.message().contains(&server.id));
-    }
+    not_found_answers(&acme, &server.id).await;
+    daemon.registry().assert_empty("acme").await;
     // The name is free again once the server is closed.
-    client
-        .create_mcp_server(keys.req("acme", create_request("weather", stdio(&["--tools", "1"]))))
+    acme.create("weather", stdio(["--tools", "1"]))
         .await
         .expect("re-create after close");
     daemon.stop().await;
 }
 
+/// Get, list tools and close of `server_id` all answer NOT_FOUND naming the
+/// id; returns the three messages with the id replaced by `ID`.
+async fn not_found_answers(org: &OrgClient, server_id: &str) -> Vec<String> {
+    let answers = [
+        ("get", org.get(server_id).await.map(|_| ())),
+        ("tools", org.tools_page(server_id, 0, "").await.map(|_| ())),
+        ("close", org.close(server_id).await.map(|_| ())),
+    ];
+    answers
+        .into_iter()
+        .map(|(rpc, answer)| {
+            let status = answer.expect_err(rpc);
+            assert_eq!(status.code(), Code::NotFound, "{rpc}: {status:?}");
+            assert!(
+                status.message().contains(server_id),
+                "{rpc}: {:?} names the id",
+                status.message()
+            );
+            status.message().replace(server_id, "ID")
+        })
+        .collect()
+}
+
 async fn list_servers_pages_through_everything(backend: Backend) {
     let daemon = Daemon::start(backend).await;
-    let keys = daemon.keys.clone();
-    let mut client = daemon.client().await;
+    let acme = daemon.org("acme").await;
     let mut ids = Vec::new();
     for i in 0..5 {
-        let created = client
-            .create_mcp_server(keys.req(
-                "acme",
-                create_request(
-                    &format!("s{i}"),
-                    stdio(&["--tools", "1", "--tool-prefix", &format!("s{i}_")]),
-                ),
-            ))
+        let prefix = format!("s{i}_");
+        let created = acme
+            .create(
+                &format!("s{i}"),
+                stdio(["--tools", "1", "--tool-prefix", &prefix]),
+            )
             .await
-            .unwrap()
-            .into_inner();
+            .unwrap();
         ids.push(created.server.unwrap().id);
     }
     let mut seen = Vec::new();
     let mut token = String::new();
     let mut pages = 0;
     loop {
-        let page = client
-            .list_mcp_servers(keys.req(
-                "acme",
-                proto::ListMcpServersRequest {
-                    page_size: 2,
-                    page_token: token.clone(),
-                },
-            ))
-            .await
-            .unwrap()
-            .into_inner();
+        let page = acme.servers_page(2, &token).await.unwrap();
         pages += 1;
         assert!(page.servers.len() <= 2);
         seen.extend(page.servers.into_iter().map(|s| s.id));
@@ -206,54 +137,29 @@ async fn list_servers_pages_through_everything(backend: Backend) {
     }
     assert_eq!(pages, 3);
     assert_eq!(seen, ids, "servers come back once each, oldest first");
-
-    // A huge page size is clamped, not refused.
-    let all = client
-        .list_mcp_servers(keys.req(
-            "acme",
-            proto::ListMcpServersRequest {
-                page_size: 1_000_000,
-                ..Default::default()
-            },
-        ))
+    let all: Vec<_> = acme
+        .servers()
         .await
         .unwrap()
-        .into_inner();
-    assert_eq!(all.servers.len(), 5);
+        .into_iter()
+        .map(|s| s.id)
+        .collect();
+    assert_eq!(all, ids, "the default page size follows the same order");
 
-    for (page_size, page_token) in [(-1, String::new()), (2, "garbage".to_owned())] {
-        let status = client
-            .list_mcp_servers(keys.req(
-                "acme",
-                proto::ListMcpServersRequest {
-                    page_size,
-                    page_token,
-                },
-            ))
-            .await
-            .unwrap_err();
+    // A page size beyond the maximum is not refused: it answers everything.
+    let all = acme.servers_page(1_000_000, "").await.unwrap();
+    assert_eq!(all.servers.len(), 5);
+    assert!(all.next_page_token.is_empty());
+
+    for (page_size, page_token) in [(-1, ""), (2, "garbage")] {
+        let status = acme.servers_page(page_size, page_token).await.unwrap_err();
         assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
     }
     // A token from one organization's listing is no good for another's.
-    let first = client
-        .list_mcp_servers(keys.req(
-            "acme",
-            proto::ListMcpServersRequest {
-                page_size: 1,
-                ..Default::default()
-            },
-        ))
-        .await
-        .unwrap()
-        .into_inner();
-    let status = client
-        .list_mcp_servers(keys.req(
-            "globex",
-            proto::ListMcpServersRequest {
-                page_size: 1,
-                page_token: first.next_page_token,
-            },
-        ))
+    let first = acme.servers_page(1, "").await.unwrap();
+    let globex = daemon.org("globex").await;
+    let status = globex
+        .servers_page(1, &first.next_page_token)
         .await
         .unwrap_err();
     assert_eq!(status.code(), Code::InvalidArgument);
@@ -262,167 +168,64 @@ async fn list_servers_pages_through_everything(backend: Backend) {
 
 async fn duplicate_names_are_already_exists(backend: Backend) {
     let daemon = Daemon::start(backend).await;
-    let keys = daemon.keys.clone();
-    let mut client = daemon.client().await;
-    client
-        .create_mcp_server(keys.req("acme", create_request("dup", stdio(&["--tools", "2"]))))
-        .await
-        .unwrap();
-    let status = client
-        .create_mcp_server(keys.req(
-            "acme",
-            create_request("dup", stdio(&["--tools", "2", "--tool-prefix", "other_"])),
-        ))
+    let acme = daemon.org("acme").await;
+    acme.create("dup", stdio(["--tools", "2"])).await.unwrap();
+    let status = acme
+        .create("dup", stdio(["--tools", "2", "--tool-prefix", "other_"]))
         .await
         .unwrap_err();
     assert_eq!(status.code(), Code::AlreadyExists, "{status:?}");
     assert!(status.message().contains("dup"));
-    let listed = client
-        .list_mcp_servers(keys.req("acme", proto::ListMcpServersRequest::default()))
-        .await
-        .unwrap()
-        .into_inner();
-    assert_eq!(listed.servers.len(), 1);
+    assert_eq!(acme.servers().await.unwrap().len(), 1);
+    // The refused one left none of its tools behind.
+    assert_eq!(daemon.registry().tools("acme").await, 2);
     daemon.stop().await;
 }
 
 async fn organizations_are_isolated(backend: Backend) {
     let daemon = Daemon::start(backend).await;
-    let keys = daemon.keys.clone();
-    let mut client = daemon.client().await;
-    let a = client
-        .create_mcp_server(keys.req(
-            "org-a",
-            create_request("shared-name", stdio(&["--tools", "2"])),
-        ))
+    let org_a = daemon.org("org-a").await;
+    let org_b = daemon.org("org-b").await;
+    let a = org_a
+        .create("shared-name", stdio(["--tools", "2"]))
         .await
         .unwrap()
-        .into_inner()
         .server
         .unwrap();
     // Same server name and same tool names in another organization: fine.
-    let b = client
-        .create_mcp_server(keys.req(
-            "org-b",
-            create_request("shared-name", stdio(&["--tools", "2"])),
-        ))
+    let b = org_b
+        .create("shared-name", stdio(["--tools", "2"]))
         .await
-        .unwrap()
-        .into_inner();
+        .unwrap();
     assert!(b.failed_tools.is_empty(), "{:?}", b.failed_tools);
 
     // For every RPC that names a server, B learns nothing about A's: the
     // answer is exactly what a server that never existed gets.
     let missing = uuid::Uuid::now_v7().to_string();
-    for id in [a.id.clone(), missing.clone()] {
-        let answers = [
-            client
-                .get_mcp_server(keys.req(
-                    "org-b",
-                    proto::GetMcpServerRequest {
-                        server_id: id.clone(),
-                    },
-                ))
-                .await
-                .map(|_| ()),
-            client
-                .list_mcp_server_tools(keys.req(
-                    "org-b",
-                    proto::ListMcpServerToolsRequest {
-                        server_id: id.clone(),
-                        ..Default::default()
-                    },
-                ))
-                .await
-                .map(|_| ()),
-            client
-                .close_mcp_server(keys.req(
-                    "org-b",
-                    proto::CloseMcpServerRequest {
-                        server_id: id.clone(),
-                    },
-                ))
-                .await
-                .map(|_| ()),
-        ];
-        for answer in answers {
-            let status = answer.unwrap_err();
-            assert_eq!(status.code(), Code::NotFound);
-            assert_eq!(
-                status.message().replace(&id, "ID"),
-                format!("MCP server \"ID\" not found"),
-                "same words for someone else's server and a missing one"
-            );
-        }
-    }
+    assert_eq!(
+        not_found_answers(&org_b, &a.id).await,
+        not_found_answers(&org_b, &missing).await,
+        "same words for someone else's server and a missing one"
+    );
 
-    let status = client
-        .get_mcp_server(keys.req(
-            "org-b",
-            proto::GetMcpServerRequest {
-                server_id: a.id.clone(),
-            },
-        ))
-        .await
-        .unwrap_err();
-    assert_eq!(status.code(), Code::NotFound);
-    let status = client
-        .list_mcp_server_tools(keys.req(
-            "org-b",
-            proto::ListMcpServerToolsRequest {
-                server_id: a.id.clone(),
-                ..Default::default()
-            },
-        ))
-        .await
-        .unwrap_err();
-    assert_eq!(status.code(), Code::NotFound);
-    let status = client
-        .close_mcp_server(keys.req(
-            "org-b",
-            proto::CloseMcpServerRequest {
-                server_id: a.id.clone(),
-            },
-        ))
-        .await
-        .unwrap_err();
-    assert_eq!(status.code(), Code::NotFound);
-    let listed = client
-        .list_mcp_servers(keys.req("org-b", proto::ListMcpServersRequest::default()))
-        .await
-        .unwrap()
-        .into_inner();
-    assert_eq!(listed.servers.len(), 1);
-    assert_ne!(listed.servers[0].id, a.id);
+    let listed = org_b.servers().await.unwrap();
+    assert_eq!(listed.len(), 1);
+    assert_ne!(listed[0].id, a.id);
     // A's server survived B's attempts.
-    client
-        .get_mcp_server(keys.req(
-            "org-a",
-            proto::GetMcpServerRequest {
-                server_id: a.id.clone(),
-            },
-        ))
-        .await
-        .unwrap();
+    assert_eq!(org_a.get(&a.id).await.unwrap(), a);
+    assert_eq!(org_a.tools(&a.id).await.unwrap().len(), 2);
     daemon.stop().await;
 }
 
 async fn invalid_arguments_are_rejected_with_reasons(backend: Backend) {
     let daemon = Daemon::start(backend).await;
-    let keys = daemon.keys.clone();
-    let mut client = daemon.client().await;
-    let http = streamable_http;
-    let stdio_cmd = |command: &str| {
-        Transport::Stdio(proto::StdioTransport {
-            command: command.into(),
-            ..Default::default()
-        })
-    };
+    let acme = daemon.org("acme").await;
+    let none: [&str; 0] = [];
     let cases: Vec<(proto::CreateMcpServerRequest, &str)> = vec![
-        (create_request("", stdio(&[])), "server_name is required"),
-        (create_request(&"n".repeat(65), stdio(&[])), "at most 64"),
-        (create_request("bad name", stdio(&[])), "letters, digits"),
-        (create_request("-dash", stdio(&[])), "start with a letter"),
+        (create_request("", stdio(none)), "server_name is required"),
+        (create_request(&"n".repeat(65), stdio(none)), "at most 64"),
+        (create_request("bad name", stdio(none)), "letters, digits"),
+        (create_request("-dash", stdio(none)), "start with a letter"),
         (
             proto::CreateMcpServerRequest {
                 server_name: "x".into(),
@@ -431,76 +234,57 @@ async fn invalid_arguments_are_rejected_with_reasons(backend: Backend) {
             "transport is required",
         ),
         (
-            create_request("x", stdio_cmd("")),
+            create_request("x", command("", none)),
             "stdio.command is required",
         ),
         (
-            create_request("x", stdio_cmd(&"c".repeat(5000))),
+            create_request("x", command("c".repeat(5000), none)),
             "stdio.command is 5000 bytes",
         ),
         (
-            create_request(
-                "x",
-                Transport::Stdio(proto::StdioTransport {
-                    command: "true".into(),
-                    args: vec!["a".into(); 300],
-                    env: Default::default(),
-                }),
-            ),
+            create_request("x", command("true", vec!["a"; 300])),
             "stdio.args has 300 entries",
         ),
         (
-            create_request(
-                "x",
-                Transport::Stdio(proto::StdioTransport {
-                    command: "true".into(),
-                    args: vec![],
-                    env: [("1BAD".to_owned(), "v".to_owned())].into(),
-                }),
-            ),
+            create_request("x", command("true", none).with("1BAD", "v")),
             "stdio.env name",
         ),
         (
-            create_request("x", http("")),
+            create_request("x", streamable_http("")),
             "streamable_http.url is required",
         ),
         (
-            create_request("x", http("ftp://127.0.0.1/mcp")),
+            create_request("x", streamable_http("ftp://127.0.0.1/mcp")),
             "http or https",
         ),
-        (create_request("x", http("not a url")), "not a valid URL"),
         (
-            create_request("x", http("http://user:secret@127.0.0.1/mcp")),
+            create_request("x", streamable_http("not a url")),
+            "not a valid URL",
+        ),
+        (
+            create_request("x", streamable_http("http://user:secret@127.0.0.1/mcp")),
             "credentials",
         ),
         (
-            create_request("x", http(&format!("http://127.0.0.1/{}", "p".repeat(3000)))),
+            create_request(
+                "x",
+                streamable_http(format!("http://127.0.0.1/{}", "p".repeat(3000))),
+            ),
             "at most 2048",
         ),
         (
-            create_request(
-                "x",
-                Transport::Sse(proto::SseTransport {
-                    url: "http://127.0.0.1/sse".into(),
-                    headers: [("mcp-session-id".to_owned(), "x".to_owned())].into(),
-                }),
-            ),
+            create_request("x", sse("http://127.0.0.1/sse").with("mcp-session-id", "x")),
             "cannot be overridden",
         ),
         (
-            create_request(
-                "x",
-                Transport::Sse(proto::SseTransport {
-                    url: "http://127.0.0.1/sse".into(),
-                    headers: [("bad header".to_owned(), "x".to_owned())].into(),
-                }),
-            ),
+            create_request("x", sse("http://127.0.0.1/sse").with("bad header", "x")),
             "not a valid header name",
         ),
     ];
     for (request, expected) in cases {
-        let status = client
-            .create_mcp_server(keys.req("acme", request))
+        let status = acme
+            .raw()
+            .create_mcp_server(acme.req(request))
             .await
             .unwrap_err();
         assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
@@ -509,18 +293,11 @@ async fn invalid_arguments_are_rejected_with_reasons(backend: Backend) {
             "message {:?} should contain {expected:?}",
             status.message()
         );
+        // The one case with credentials in the URL must not echo them.
         assert!(!status.message().contains("secret"));
     }
     for server_id in ["", "not-an-id!", &"a".repeat(100)] {
-        let status = client
-            .get_mcp_server(keys.req(
-                "acme",
-                proto::GetMcpServerRequest {
-                    server_id: server_id.into(),
-                },
-            ))
-            .await
-            .unwrap_err();
+        let status = acme.get(server_id).await.unwrap_err();
         assert_eq!(
             status.code(),
             Code::InvalidArgument,
@@ -528,14 +305,14 @@ async fn invalid_arguments_are_rejected_with_reasons(backend: Backend) {
         );
     }
     // Nothing was written by any of it.
-    assert!(daemon.servers("acme").await.is_empty());
+    daemon.registry().assert_empty("acme").await;
     daemon.stop().await;
 }
 
 async fn calls_need_a_valid_api_key(backend: Backend) {
     let daemon = Daemon::start(backend).await;
-    let keys = daemon.keys.clone();
-    let mut client = daemon.client().await;
+    let acme = daemon.org("acme").await;
+    let mut client = acme.raw();
     let list = || proto::ListMcpServersRequest::default();
 
     let status = client.list_mcp_servers(list()).await.unwrap_err();
@@ -548,18 +325,17 @@ async fn calls_need_a_valid_api_key(backend: Backend) {
 
     let unknown = format!("mcpd_{}", "0".repeat(64));
     for bad in ["", "garbage", "mcpd_short", unknown.as_str()] {
-        let mut request = tonic::Request::new(list());
-        request
-            .metadata_mut()
-            .insert("authorization", format!("Bearer {bad}").parse().unwrap());
-        let status = client.list_mcp_servers(request).await.unwrap_err();
+        let status = client
+            .list_mcp_servers(with_key(bad, list()))
+            .await
+            .unwrap_err();
         assert_eq!(status.code(), Code::Unauthenticated, "{bad:?}");
     }
     // A scheme other than Bearer is refused too.
     let mut request = tonic::Request::new(list());
     request.metadata_mut().insert(
         "authorization",
-        format!("Basic {}", keys.key("acme")).parse().unwrap(),
+        format!("Basic {}", acme.key()).parse().unwrap(),
     );
     assert_eq!(
         client.list_mcp_servers(request).await.unwrap_err().code(),
@@ -567,11 +343,9 @@ async fn calls_need_a_valid_api_key(backend: Backend) {
     );
 
     // The organization comes from the key; a header naming another is ignored.
-    client
-        .create_mcp_server(keys.req("acme", create_request("mine", stdio(&["--tools", "1"]))))
-        .await
-        .unwrap();
-    let mut request = keys.req("org-b", list());
+    acme.create("mine", stdio(["--tools", "1"])).await.unwrap();
+    let org_b = daemon.org("org-b").await;
+    let mut request = org_b.req(list());
     request
         .metadata_mut()
         .insert("x-organization-id", "acme".parse().unwrap());
@@ -591,38 +365,43 @@ async fn calls_need_a_valid_api_key(backend: Backend) {
         .create_api_key("acme", "short-lived")
         .await
         .unwrap();
-    client
-        .list_mcp_servers(with_key(&extra.key, list()))
-        .await
-        .expect("new key works");
+    let short_lived = OrgClient::new(daemon.channel().await, &extra.key);
+    assert_eq!(short_lived.servers().await.expect("new key works").len(), 1);
     daemon.manager.revoke_api_key(&extra.info.id).await.unwrap();
-    let status = client
-        .list_mcp_servers(with_key(&extra.key, list()))
-        .await
-        .unwrap_err();
+    let status = short_lived.servers().await.unwrap_err();
     assert_eq!(status.code(), Code::Unauthenticated);
-    // Only hashes are stored.
-    let stored = daemon.manager.list_api_keys(Some("acme")).await.unwrap();
-    assert!(
-        stored
-            .iter()
-            .any(|k| k.id == extra.info.id && k.revoked_at_ms.is_some())
+
+    // Only a hash of each key is stored: its hex SHA-256, and the key
+    // itself nowhere in the row.
+    let stored = daemon.registry().api_keys().await;
+    let row = stored
+        .iter()
+        .find(|k| k.id == extra.info.id)
+        .expect("the key's row");
+    assert!(row.revoked_at.is_some(), "{row:?}");
+    assert_eq!(
+        row.key_hash,
+        hex::encode(sha2::Sha256::digest(extra.key.as_bytes()))
     );
+    let secret = &extra.key["mcpd_".len()..];
+    for key in &stored {
+        assert!(
+            ![&key.id, &key.organization_id, &key.name, &key.key_hash]
+                .iter()
+                .any(|field| field.contains(secret)),
+            "a key is stored in the clear: {key:?}"
+        );
+    }
     daemon.stop().await;
 }
 
 async fn invalid_tools_are_reported_not_fatal(backend: Backend) {
     let daemon = Daemon::start(backend).await;
-    let keys = daemon.keys.clone();
-    let mut client = daemon.client().await;
-    let created = client
-        .create_mcp_server(keys.req(
-            "acme",
-            create_request("mixed", stdio(&["--tools", "5", "--invalid-tools", "4"])),
-        ))
+    let acme = daemon.org("acme").await;
+    let created = acme
+        .create("mixed", stdio(["--tools", "5", "--invalid-tools", "4"]))
         .await
-        .unwrap()
-        .into_inner();
+        .unwrap();
     assert_eq!(created.tools.len(), 5);
     assert_eq!(created.server.unwrap().tool_count, 5);
     assert_eq!(created.failed_tools.len(), 4, "{:?}", created.failed_tools);
@@ -637,25 +416,24 @@ async fn invalid_tools_are_reported_not_fatal(backend: Backend) {
         .join("|");
     assert!(reasons.contains("empty"), "{reasons}");
     assert!(reasons.contains("object"), "{reasons}");
+    assert_eq!(
+        daemon.registry().tools("acme").await,
+        5,
+        "only valid tools are stored"
+    );
     daemon.stop().await;
 }
 
 async fn tool_names_are_unique_per_organization(backend: Backend) {
     let daemon = Daemon::start(backend).await;
-    let keys = daemon.keys.clone();
-    let mut client = daemon.client().await;
-    let first = client
-        .create_mcp_server(keys.req("acme", create_request("first", stdio(&["--tools", "3"]))))
-        .await
-        .unwrap()
-        .into_inner();
+    let acme = daemon.org("acme").await;
+    let first = acme.create("first", stdio(["--tools", "3"])).await.unwrap();
     assert_eq!(first.tools.len(), 3);
     // Offers tool_0000..tool_0004: the first three are taken.
-    let second = client
-        .create_mcp_server(keys.req("acme", create_request("second", stdio(&["--tools", "5"]))))
+    let second = acme
+        .create("second", stdio(["--tools", "5"]))
         .await
-        .unwrap()
-        .into_inner();
+        .unwrap();
     let stored: Vec<_> = second.tools.iter().map(|t| t.name.as_str()).collect();
     assert_eq!(stored, ["tool_0003", "tool_0004"]);
     assert_eq!(second.failed_tools.len(), 3);
@@ -663,51 +441,24 @@ async fn tool_names_are_unique_per_organization(backend: Backend) {
         assert!(failed.reason.contains("already provides"), "{failed:?}");
     }
     // Closing the second removes only what it provided.
-    let closed = client
-        .close_mcp_server(keys.req(
-            "acme",
-            proto::CloseMcpServerRequest {
-                server_id: second.server.unwrap().id,
-            },
-        ))
-        .await
-        .unwrap()
-        .into_inner();
+    let closed = acme.close(&second.server.unwrap().id).await.unwrap();
     assert_eq!(closed.removed_tools, 2);
-    let first_tools = client
-        .list_mcp_server_tools(keys.req(
-            "acme",
-            proto::ListMcpServerToolsRequest {
-                server_id: first.server.unwrap().id,
-                ..Default::default()
-            },
-        ))
-        .await
-        .unwrap()
-        .into_inner();
-    assert_eq!(first_tools.tools.len(), 3);
+    let first_tools = acme.tools(&first.server.unwrap().id).await.unwrap();
+    assert_eq!(first_tools.len(), 3);
     daemon.stop().await;
 }
 
 async fn streamable_http_server(backend: Backend) {
     let daemon = Daemon::start(backend).await;
-    let keys = daemon.keys.clone();
-    let mut client = daemon.client().await;
-    let server = HttpTestServer::start(&["--tools", "7", "--page-size", "3"]).await;
-    let created = client
-        .create_mcp_server(keys.req(
-            "acme",
-            create_request(
-                "remote",
-                Transport::StreamableHttp(proto::StreamableHttpTransport {
-                    url: server.url.clone(),
-                    headers: [("authorization".to_owned(), "Bearer t0ken".to_owned())].into(),
-                }),
-            ),
-        ))
+    let acme = daemon.org("acme").await;
+    let server = HttpTestServer::start(["--tools", "7", "--page-size", "3"]).await;
+    let created = acme
+        .create(
+            "remote",
+            streamable_http(&server.url).with("authorization", "Bearer t0ken"),
+        )
         .await
-        .unwrap()
-        .into_inner();
+        .unwrap();
     assert_eq!(created.tools.len(), 7);
     let s = created.server.unwrap();
     assert_eq!(s.transport(), proto::TransportKind::StreamableHttp);
@@ -716,72 +467,61 @@ async fn streamable_http_server(backend: Backend) {
     assert_eq!(s.secret_names, ["authorization"]);
     assert!(!format!("{s:?}").contains("t0ken"));
     // At rest the transport config is sealed.
-    let row = daemon.store.get_server("acme", &s.id).await.unwrap();
+    let stored = daemon.registry().servers("acme").await;
+    assert_eq!(stored.len(), 1);
     assert!(
-        row.transport_config.starts_with("sealed:v1:"),
+        stored[0].transport_config.starts_with("sealed:v1:"),
         "{}",
-        row.transport_config
+        stored[0].transport_config
     );
-    assert!(!row.transport_config.contains("t0ken"));
+    assert!(!stored[0].transport_config.contains("t0ken"));
     daemon.stop().await;
 }
 
 async fn oversized_requests_are_resource_exhausted(backend: Backend) {
     let daemon = Daemon::start(backend).await;
-    let keys = daemon.keys.clone();
-    let mut client = daemon.client().await;
-    let huge = Transport::Stdio(proto::StdioTransport {
-        command: test_server_bin(),
-        args: vec!["x".repeat(1024 * 1024); 3],
-        env: Default::default(),
-    });
-    let status = client
-        .create_mcp_server(keys.req("acme", create_request("huge", huge)))
-        .await
-        .unwrap_err();
+    let acme = daemon.org("acme").await;
+    let huge = stdio(vec!["x".repeat(1024 * 1024); 3]);
+    let status = acme.create("huge", huge).await.unwrap_err();
     assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
     assert!(status.message().contains("2 MiB"), "{}", status.message());
     // The daemon is fine afterwards, and nothing was written.
-    assert!(daemon.servers("acme").await.is_empty());
+    assert!(
+        acme.servers()
+            .await
+            .expect("the daemon still serves")
+            .is_empty()
+    );
+    daemon.registry().assert_empty("acme").await;
     daemon.stop().await;
 }
 
 async fn operator_policy_refuses_commands_and_addresses(backend: Backend) {
     let daemon = Daemon::start(backend).await;
-    let keys = daemon.keys.clone();
-    let mut client = daemon.client().await;
-    let stdio_cmd = |command: &str| {
-        Transport::Stdio(proto::StdioTransport {
-            command: command.into(),
-            ..Default::default()
-        })
-    };
-    let http = streamable_http;
+    let acme = daemon.org("acme").await;
+    let none: [&str; 0] = [];
     let cases = [
         // Not on the allowlist, by path or by name; a bare name does not
         // allow a path that ends in it.
-        (stdio_cmd("/bin/sh"), "--stdio-allow /bin/sh"),
-        (stdio_cmd("sh"), "--stdio-allow sh"),
-        (stdio_cmd("/tmp/node"), "--stdio-allow /tmp/node"),
+        (command("/bin/sh", none), "--stdio-allow /bin/sh"),
+        (command("sh", none), "--stdio-allow sh"),
+        (command("/tmp/node", none), "--stdio-allow /tmp/node"),
         (
-            http("http://169.254.169.254/latest/meta-data/"),
+            streamable_http("http://169.254.169.254/latest/meta-data/"),
             "cloud metadata",
         ),
-        (http("http://metadata.google.internal/mcp"), "metadata"),
-        (http("http://10.0.0.7:8080/mcp"), "--outbound-allow"),
         (
-            Transport::Sse(proto::SseTransport {
-                url: "http://[fd00:ec2::254]/sse".into(),
-                headers: Default::default(),
-            }),
+            streamable_http("http://metadata.google.internal/mcp"),
             "metadata",
         ),
+        (
+            streamable_http("http://10.0.0.7:8080/mcp"),
+            "--outbound-allow",
+        ),
+        (sse("http://[fd00:ec2::254]/sse"), "metadata"),
     ];
     for (transport, expected) in cases {
-        let status = client
-            .create_mcp_server(keys.req("acme", create_request("refused", transport)))
-            .await
-            .unwrap_err();
+        let status = acme.create("refused", transport).await.unwrap_err();
         assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
         assert!(
             status.message().contains(expected),
@@ -789,6 +529,6 @@ async fn operator_policy_refuses_commands_and_addresses(backend: Backend) {
             status.message()
         );
     }
-    assert!(daemon.servers("acme").await.is_empty());
+    daemon.registry().assert_empty("acme").await;
     daemon.stop().await;
 }

@@ -1,19 +1,17 @@
-//! The `mcpd` binary as operators run it: `migrate`, `serve`, SIGTERM, logs.
+//! The `mcpd` binary as operators run it: `migrate`, `keys`, `serve`,
+//! SIGTERM, SIGKILL, logs.
 
 mod common;
 
-use std::{process::Stdio, time::Duration};
+use std::{net::SocketAddr, process::Output, time::Duration};
 
 use common::*;
-use mcpd::proto::{
-    self, create_mcp_server_request::Transport, mcp_server_service_client::McpServerServiceClient,
-};
-use tokio::process::{Child, Command};
-use tonic::transport::Channel;
+use tokio::process::Command;
+use tonic::Code;
 
 backend_tests!(
     migrate_subcommand_is_idempotent,
-    sigterm_drains_tears_down_and_exits_zero
+    sigterm_drains_tears_down_and_exits_zero,
 );
 
 fn mcpd() -> Command {
@@ -22,31 +20,32 @@ fn mcpd() -> Command {
     command
 }
 
-/// A daemon process whose stderr is drained as it runs (a full pipe would
-/// stall it).
+/// A running `mcpd serve`; its log (stderr) is drained as it runs.
 struct Process {
-    child: Child,
-    log: tokio::task::JoinHandle<String>,
+    process: Announced,
+    addr: SocketAddr,
 }
 
-/// Starts `mcpd serve` on a free port; returns it with a connected client.
-async fn serve(
-    db: &TestDb,
-    extra: &[&str],
-    rust_log: &str,
-) -> (Process, McpServerServiceClient<Channel>) {
-    use tokio::io::AsyncReadExt;
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let mut child = mcpd()
+impl Process {
+    /// A client acting with `key`.
+    async fn org(&self, key: &str) -> OrgClient {
+        OrgClient::connect(self.addr, key).await
+    }
+
+    /// SIGKILL, and reaped.
+    async fn kill(self) {
+        self.process.kill().await;
+    }
+}
+
+/// `mcpd serve` on `db` and its key file, allowed to run the test server and
+/// to reach loopback, logging at `rust_log`.
+fn serve_command(db: &TestDb, rust_log: &str) -> Command {
+    let mut command = mcpd();
+    command
         .env("RUST_LOG", rust_log)
         .args([
             "serve",
-            "--listen",
-            &format!("127.0.0.1:{port}"),
             "--database-url",
             &db.cli_url(),
             "--stdio-allow",
@@ -55,55 +54,53 @@ async fn serve(
             &LOOPBACK.join(","),
         ])
         .arg("--secret-key-file")
-        .arg(db.dir().join("mcpd.key"))
-        .args(extra)
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut pipe = child.stderr.take().unwrap();
-    let log = tokio::spawn(async move {
-        let mut log = String::new();
-        let _ = pipe.read_to_string(&mut log).await;
-        log
-    });
-    let endpoint = format!("http://127.0.0.1:{port}");
-    for _ in 0..200 {
-        if let Ok(client) = McpServerServiceClient::connect(endpoint.clone()).await {
-            return (Process { child, log }, client);
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("daemon did not serve on {endpoint}");
+        .arg(db.dir().join("mcpd.key"));
+    command
+}
+
+/// Starts the daemon `command` describes on a port of its choosing: it
+/// binds 127.0.0.1:0 and announces the address in its log, so `RUST_LOG`
+/// must let `mcpd::api` log at info.
+async fn start(mut command: Command) -> Process {
+    command.args(["--listen", "127.0.0.1:0"]);
+    let process = spawn_announcing(command, On::Stderr, address_after("mcpd listening")).await;
+    let addr = process.announced.parse().expect("a socket address");
+    Process { process, addr }
+}
+
+async fn serve(db: &TestDb, extra: &[&str], rust_log: &str) -> Process {
+    let mut command = serve_command(db, rust_log);
+    command.args(extra);
+    start(command).await
 }
 
 /// SIGTERM, then the exit status and everything the daemon logged.
-async fn stop(mut daemon: Process) -> (std::process::ExitStatus, String) {
-    let pid = daemon.child.id().unwrap() as i32;
+async fn stop(daemon: Process) -> (std::process::ExitStatus, String) {
+    let Process { mut process, .. } = daemon;
+    let pid = process.child.id().unwrap() as i32;
     // SAFETY: sending a signal to our own child.
     assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
-    let status = tokio::time::timeout(Duration::from_secs(20), daemon.child.wait())
+    let status = tokio::time::timeout(Duration::from_secs(40), process.child.wait())
         .await
         .expect("daemon exits after SIGTERM within its drain bound")
         .unwrap();
-    (status, daemon.log.await.unwrap())
+    (status, process.output().await)
+}
+
+/// `mcpd keys ARGS --database-url …`.
+async fn keys<'a>(db: &TestDb, args: impl IntoIterator<Item = &'a str>) -> Output {
+    mcpd()
+        .arg("keys")
+        .args(args)
+        .args(["--database-url", &db.cli_url()])
+        .output()
+        .await
+        .unwrap()
 }
 
 /// `mcpd keys create`: the key is the one line on stdout.
 async fn create_key(db: &TestDb, org: &str) -> String {
-    let output = mcpd()
-        .args([
-            "keys",
-            "create",
-            "--org",
-            org,
-            "--name",
-            "tests",
-            "--database-url",
-            &db.cli_url(),
-        ])
-        .output()
-        .await
-        .unwrap();
+    let output = keys(db, ["create", "--org", org, "--name", "tests"]).await;
     assert!(
         output.status.success(),
         "{}",
@@ -112,29 +109,6 @@ async fn create_key(db: &TestDb, org: &str) -> String {
     let key = String::from_utf8(output.stdout).unwrap().trim().to_owned();
     assert!(key.starts_with("mcpd_"), "{key:?}");
     key
-}
-
-/// The registry as the tests read it behind the daemon's back.
-async fn inspect(db: &TestDb) -> mcpd::store::Store {
-    mcpd::store::Store::open(mcpd::store::StoreSettings {
-        url: db.url.clone(),
-        pool_size: 1,
-        acquire_timeout: Duration::from_secs(5),
-        sealer: None,
-    })
-    .await
-    .unwrap()
-}
-
-async fn server_names(db: &TestDb, org: &str) -> Vec<String> {
-    let store = inspect(db).await;
-    store
-        .list_servers(org, None, 100)
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|s| s.name)
-        .collect()
 }
 
 async fn migrate_subcommand_is_idempotent(backend: Backend) {
@@ -151,14 +125,16 @@ async fn migrate_subcommand_is_idempotent(backend: Backend) {
             String::from_utf8_lossy(&output.stderr)
         );
     }
-    // The schema is there.
-    assert!(server_names(&db, "acme").await.is_empty());
+    // The schema is there: these read every table.
+    let registry = Registry::of(&db);
+    registry.assert_empty("acme").await;
+    assert!(registry.api_keys().await.is_empty());
 }
 
 async fn sigterm_drains_tears_down_and_exits_zero(backend: Backend) {
     let db = TestDb::new(backend).await;
     let key = create_key(&db, "acme").await;
-    let (daemon, mut client) = serve(
+    let daemon = serve(
         &db,
         &[
             "--mcp-list-timeout",
@@ -171,103 +147,76 @@ async fn sigterm_drains_tears_down_and_exits_zero(backend: Backend) {
         "info",
     )
     .await;
+    let acme = daemon.org(&key).await;
 
     // A finished create, and one stuck listing tools from a server that also
     // ignores shutdown and has a child of its own.
-    client
-        .create_mcp_server(with_key(
-            &key,
-            create_request("done", stdio(&["--tools", "2"])),
-        ))
+    acme.create("done", stdio(["--tools", "2"]))
         .await
         .expect("create before shutdown");
-    let dir = tempfile::tempdir().unwrap();
-    let pidfile = dir.path().join("pids");
+    let pidfile = Pidfile::temp();
     let stuck = tokio::spawn({
-        let mut client = client.clone();
-        let key = key.clone();
-        let args = [
+        let acme = acme.clone();
+        let transport = stdio(pidfile.args_with([
             "--hang",
             "list",
             "--ignore-shutdown",
             "--tool-prefix",
             "stuck_",
-            "--spawn-grandchild",
-            pidfile.to_str().unwrap(),
-        ]
-        .map(String::from);
-        async move {
-            let args: Vec<&str> = args.iter().map(String::as_str).collect();
-            client
-                .create_mcp_server(with_key(&key, create_request("stuck", stdio(&args))))
-                .await
-        }
+        ]));
+        async move { acme.create("stuck", transport).await }
     });
-    let pids = wait_for_pids(&pidfile).await;
+    let pids = pidfile.wait().await;
 
     let (status, log) = stop(daemon).await;
     assert!(status.success(), "exit status {status:?}");
+    let answer = stuck.await.unwrap();
     assert!(
-        stuck.await.unwrap().is_err(),
-        "the stuck call fails cleanly"
+        answer.is_err(),
+        "the stuck call is not answered OK: {answer:?}"
     );
-    assert_eq!(
-        wait_gone(&pids, Duration::from_secs(5)).await,
-        Vec::<u32>::new(),
-        "no orphans"
-    );
+    pids.assert_gone().await;
     assert!(log.contains("shutting down"), "{log}");
     assert!(log.contains("mcpd stopped"), "{log}");
-    // Nothing half-written: the stuck server is absent, the finished one is there.
-    assert_eq!(server_names(&db, "acme").await, ["done"]);
+    // Nothing half-written: the stuck server is absent, the finished one is
+    // there with all its tools.
+    let servers = Registry::of(&db).assert_whole("acme", 2).await;
+    let names: Vec<&str> = servers.iter().map(|s| s.name.as_str()).collect();
+    assert_eq!(names, ["done"]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn secrets_never_reach_the_log_even_at_trace() {
     let db = TestDb::new(Backend::Sqlite).await;
     let key = create_key(&db, "acme").await;
-    let (daemon, mut client) = serve(&db, &[], "trace").await;
+    let daemon = serve(&db, &[], "trace").await;
+    let acme = daemon.org(&key).await;
     let env_secret = "env-s3cret-7f1c9a";
     let header_secret = "hdr-s3cret-9b2e4d";
 
-    let with_env = Transport::Stdio(proto::StdioTransport {
-        command: test_server_bin(),
-        args: ["--tools", "1", "--tool-prefix", "e_"]
-            .map(String::from)
-            .to_vec(),
-        env: [("API_TOKEN".to_owned(), env_secret.to_owned())].into(),
-    });
-    client
-        .create_mcp_server(with_key(&key, create_request("with-env", with_env)))
-        .await
-        .expect("stdio create");
+    acme.create(
+        "with-env",
+        stdio(["--tools", "1", "--tool-prefix", "e_"]).with("API_TOKEN", env_secret),
+    )
+    .await
+    .expect("stdio create");
 
-    let http = HttpTestServer::start(&["--tools", "1", "--tool-prefix", "h_"]).await;
-    let with_header = |name: &str, value: String| {
-        create_request(
-            name,
-            Transport::StreamableHttp(proto::StreamableHttpTransport {
-                url: http.url.clone(),
-                headers: [("authorization".to_owned(), value)].into(),
-            }),
-        )
-    };
-    client
-        .create_mcp_server(with_key(
-            &key,
-            with_header("with-header", format!("Bearer {header_secret}")),
-        ))
-        .await
-        .expect("http create");
+    let http = HttpTestServer::start(["--tools", "1", "--tool-prefix", "h_"]).await;
+    acme.create(
+        "with-header",
+        streamable_http(&http.url).with("authorization", format!("Bearer {header_secret}")),
+    )
+    .await
+    .expect("http create");
     // An invalid header value is refused without being echoed or logged.
-    let status = client
-        .create_mcp_server(with_key(
-            &key,
-            with_header("bad-header", format!("{header_secret}\n")),
-        ))
+    let status = acme
+        .create(
+            "bad-header",
+            streamable_http(&http.url).with("authorization", format!("{header_secret}\n")),
+        )
         .await
         .unwrap_err();
-    assert_eq!(status.code(), tonic::Code::InvalidArgument);
+    assert_eq!(status.code(), Code::InvalidArgument);
     assert!(!status.message().contains(header_secret));
 
     let (status, log) = stop(daemon).await;
@@ -290,52 +239,28 @@ async fn secrets_never_reach_the_log_even_at_trace() {
 async fn teardown_faults_are_logged_at_debug_and_never_fail_a_call() {
     let db = TestDb::new(Backend::Postgres).await;
     let key = create_key(&db, "acme").await;
-    let (daemon, mut client) = serve(&db, &["--teardown-grace", "300ms"], "info,mcpd=debug").await;
-    let mut pids = Vec::new();
+    let daemon = serve(&db, &["--teardown-grace", "300ms"], "info,mcpd=debug").await;
+    let acme = daemon.org(&key).await;
     for (i, flag) in ["--ignore-shutdown", "--crash-on-shutdown"]
         .into_iter()
         .enumerate()
     {
-        let pidfile = db.dir().join(format!("pids{i}"));
+        let pidfile = Pidfile::temp();
         let prefix = format!("t{i}_");
-        let created = client
-            .create_mcp_server(with_key(
-                &key,
-                create_request(
-                    &format!("faulty-{i}"),
-                    stdio(&[
-                        "--tools",
-                        "2",
-                        "--tool-prefix",
-                        &prefix,
-                        flag,
-                        "--spawn-grandchild",
-                        pidfile.to_str().unwrap(),
-                    ]),
-                ),
-            ))
+        let created = acme
+            .create(
+                &format!("faulty-{i}"),
+                stdio(pidfile.args_with(["--tools", "2", "--tool-prefix", &prefix, flag])),
+            )
             .await
-            .expect("teardown faults never fail a create")
-            .into_inner();
-        let closed = client
-            .close_mcp_server(with_key(
-                &key,
-                proto::CloseMcpServerRequest {
-                    server_id: created.server.unwrap().id,
-                },
-            ))
+            .expect("teardown faults never fail a create");
+        let closed = acme
+            .close(&created.server.unwrap().id)
             .await
-            .expect("teardown faults never fail a close")
-            .into_inner();
+            .expect("teardown faults never fail a close");
         assert_eq!(closed.removed_tools, 2);
-        pids.extend(read_pids(&pidfile));
+        pidfile.written().assert_gone().await;
     }
-    assert_eq!(pids.len(), 4);
-    assert_eq!(
-        wait_gone(&pids, Duration::from_secs(5)).await,
-        Vec::<u32>::new(),
-        "no orphans"
-    );
     let (status, log) = stop(daemon).await;
     assert!(status.success());
     assert!(
@@ -363,62 +288,30 @@ async fn teardown_faults_are_logged_at_debug_and_never_fail_a_call() {
 async fn stdio_children_get_a_clean_environment() {
     let db = TestDb::new(Backend::Sqlite).await;
     let key = create_key(&db, "acme").await;
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let mut daemon = mcpd()
+    let mut command = mcpd();
+    command
+        .env("RUST_LOG", "info")
         .env("MCPD_DATABASE_URL", db.cli_url())
         .env("MCPD_STDIO_ALLOW", test_server_bin())
         .env("AWS_SECRET_ACCESS_KEY", "daemon-secret-e9d1")
         .args([
             "serve",
-            "--listen",
-            &format!("127.0.0.1:{port}"),
             "--mcp-list-timeout",
             "30s",
             "--shutdown-timeout",
             "1s",
         ])
         .arg("--secret-key-file")
-        .arg(db.dir().join("mcpd.key"))
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let endpoint = format!("http://127.0.0.1:{port}");
-    let mut client = None;
-    for _ in 0..200 {
-        if let Ok(c) = McpServerServiceClient::connect(endpoint.clone()).await {
-            client = Some(c);
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let mut client = client.expect("daemon serves");
-    let pidfile = db.dir().join("pids");
+        .arg(db.dir().join("mcpd.key"));
+    let daemon = start(command).await;
+    let acme = daemon.org(&key).await;
+    let pidfile = Pidfile::temp();
     let pending = tokio::spawn({
-        let key = key.clone();
-        let transport = Transport::Stdio(proto::StdioTransport {
-            command: test_server_bin(),
-            args: [
-                "--hang",
-                "list",
-                "--spawn-grandchild",
-                pidfile.to_str().unwrap(),
-            ]
-            .map(String::from)
-            .to_vec(),
-            env: [("GIVEN".to_owned(), "by-request".to_owned())].into(),
-        });
-        async move {
-            client
-                .create_mcp_server(with_key(&key, create_request("env", transport)))
-                .await
-        }
+        let transport = stdio(pidfile.args_with(["--hang", "list"])).with("GIVEN", "by-request");
+        async move { acme.create("env", transport).await }
     });
-    let server_pid = wait_for_pids(&pidfile).await[1];
-    let environ = std::fs::read(format!("/proc/{server_pid}/environ")).unwrap();
+    let pids = pidfile.wait().await;
+    let environ = std::fs::read(format!("/proc/{}/environ", pids.server)).unwrap();
     let vars: Vec<String> = environ
         .split(|b| *b == 0)
         .filter(|v| !v.is_empty())
@@ -431,29 +324,27 @@ async fn stdio_children_get_a_clean_environment() {
         !vars.iter().any(|v| v.contains("daemon-secret")),
         "{vars:?}"
     );
-    let pid = daemon.id().unwrap() as i32;
-    // SAFETY: signalling our own child.
-    unsafe { libc::kill(pid, libc::SIGTERM) };
-    let status = tokio::time::timeout(Duration::from_secs(40), daemon.wait())
-        .await
-        .unwrap()
-        .unwrap();
+    let (status, _) = stop(daemon).await;
     assert!(status.success());
-    let _ = pending.await;
-    assert_eq!(
-        wait_gone(&read_pids(&pidfile), Duration::from_secs(5)).await,
-        Vec::<u32>::new()
+    assert!(
+        pending.await.unwrap().is_err(),
+        "the hung create is not answered OK"
     );
+    pids.assert_gone().await;
 }
 
-/// Fault 6: the daemon is SIGKILLed during 5,000-tool creates, at several
-/// points of their progress. Afterwards each server is whole or absent.
+/// Fault 6: the daemon is SIGKILLed while a 5,000-tool create's transaction
+/// is writing (PostgreSQL shows it holding a transaction id, so rows are
+/// written and not committed), twice. Afterwards nothing of those creates
+/// is stored, and every server that is stored is whole.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn sigkill_during_a_big_create_leaves_all_or_nothing() {
-    const TOOLS: u32 = 5000;
+async fn sigkill_mid_transaction_leaves_all_or_nothing() {
+    const TOOLS: i64 = 5000;
+    const KILLS: usize = 2;
+    const ATTEMPTS: usize = 8;
     let db = TestDb::new(Backend::Postgres).await;
     let key = create_key(&db, "acme").await;
-    let http = HttpTestServer::start(&[
+    let http = HttpTestServer::start([
         "--tools",
         &TOOLS.to_string(),
         "--page-size",
@@ -461,39 +352,69 @@ async fn sigkill_during_a_big_create_leaves_all_or_nothing() {
         "--unique-per-session",
     ])
     .await;
-    let mut outcomes = Vec::new();
-    for (i, delay_ms) in [20u64, 60, 120, 200, 350, 600].into_iter().enumerate() {
-        let (daemon, mut client) = serve(&db, &[], "warn").await;
-        let request = with_key(
-            &key,
-            create_request(&format!("big-{i}"), streamable_http(&http.url)),
-        );
-        let call = tokio::spawn(async move { client.create_mcp_server(request).await });
-        tokio::time::sleep(Duration::from_millis(delay_ms)).await;
-        let mut child = daemon.child;
-        child.start_kill().unwrap();
-        child.wait().await.unwrap();
-        outcomes.push(call.await.unwrap().is_ok());
-    }
-    // Whatever was cut off, the registry holds whole servers only.
-    let store = inspect(&db).await;
-    let servers = store.list_servers("acme", None, 100).await.unwrap();
-    for server in &servers {
-        assert_eq!(server.tool_count as u32, TOOLS, "{}", server.name);
-        let tools = store
-            .list_server_tools("acme", &server.id, None, 10_000)
-            .await
-            .unwrap();
-        assert_eq!(tools.len() as u32, TOOLS, "{}", server.name);
-    }
-    // A call answered OK was committed.
-    for (i, ok) in outcomes.iter().enumerate() {
-        if *ok {
-            assert!(
-                servers.iter().any(|s| s.name == format!("big-{i}")),
-                "big-{i} answered OK but is missing"
-            );
+    let registry = Registry::of(&db);
+    let mut activity = PgActivity::of(&db).await;
+    let mut landed = 0;
+    let mut answered_ok = Vec::new();
+    for attempt in 0..ATTEMPTS {
+        if landed == KILLS {
+            break;
         }
+        let name = format!("big-{attempt}");
+        let daemon = serve(&db, &[], "info").await;
+        let call = tokio::spawn({
+            let acme = daemon.org(&key).await;
+            let name = name.clone();
+            let transport = streamable_http(&http.url);
+            async move { acme.create(&name, transport).await }
+        });
+        // Killed the moment its transaction has written (or, if the call
+        // was answered first, after the fact: that attempt does not count).
+        let was_writing = wait_for(
+            "the create's transaction to write, or its answer",
+            Duration::from_secs(60),
+            async || {
+                if call.is_finished() {
+                    return Some(false);
+                }
+                (!activity.writing().await.is_empty()).then_some(true)
+            },
+        )
+        .await;
+        daemon.kill().await;
+        if call.await.unwrap().is_ok() {
+            answered_ok.push(name.clone());
+        }
+        wait_until(
+            "PostgreSQL to roll back the killed daemon's transaction",
+            Duration::from_secs(20),
+            async || activity.writing().await.is_empty(),
+        )
+        .await;
+        let committed = registry
+            .servers("acme")
+            .await
+            .iter()
+            .any(|s| s.name == name);
+        // Written, not committed when the kill landed, and nothing of it
+        // stored now: the kill landed mid-transaction.
+        if was_writing && !committed {
+            landed += 1;
+        }
+    }
+    assert_eq!(
+        landed, KILLS,
+        "a SIGKILL landed mid-transaction only {landed} times in {ATTEMPTS} attempts"
+    );
+    // Whatever was cut off, the registry holds whole servers only.
+    let servers = registry.assert_whole("acme", TOOLS).await;
+    assert_eq!(registry.tools("acme").await, TOOLS * servers.len() as i64);
+    // A call answered OK was committed.
+    for name in answered_ok {
+        assert!(
+            servers.iter().any(|s| s.name == name),
+            "{name} answered OK but is missing"
+        );
     }
 }
 
@@ -503,41 +424,40 @@ async fn sigkill_during_a_big_create_leaves_all_or_nothing() {
 async fn sigterm_under_load_leaves_no_orphans() {
     let db = TestDb::new(Backend::Postgres).await;
     let key = create_key(&db, "acme").await;
-    let (daemon, client) = serve(
+    let daemon = serve(
         &db,
         &["--shutdown-timeout", "10s", "--teardown-grace", "300ms"],
         "info",
     )
     .await;
-    let mut pidfiles = Vec::new();
-    let mut calls = Vec::new();
-    for i in 0..20 {
-        let pidfile = db.dir().join(format!("load{i}"));
-        let args = [
-            "--tools",
-            "50",
-            "--tool-prefix",
-            &format!("l{i}_"),
-            "--spawn-grandchild",
-            pidfile.to_str().unwrap(),
-        ]
-        .map(String::from);
-        pidfiles.push(pidfile);
-        let mut client = client.clone();
-        let request = with_key(
-            &key,
-            create_request(
-                &format!("load-{i}"),
-                stdio(&args.iter().map(String::as_str).collect::<Vec<_>>()),
-            ),
-        );
-        calls.push(tokio::spawn(async move {
-            client.create_mcp_server(request).await
-        }));
-    }
-    tokio::time::sleep(Duration::from_millis(150)).await;
+    let acme = daemon.org(&key).await;
+    let pidfiles: Vec<Pidfile> = (0..20).map(|_| Pidfile::temp()).collect();
+    let calls: Vec<_> = pidfiles
+        .iter()
+        .enumerate()
+        .map(|(i, pidfile)| {
+            let acme = acme.clone();
+            let prefix = format!("l{i}_");
+            let transport = stdio(pidfile.args_with(["--tools", "50", "--tool-prefix", &prefix]));
+            tokio::spawn(async move { acme.create(&format!("load-{i}"), transport).await })
+        })
+        .collect();
+    // A create whose server runs is in flight: the daemon reaps the server
+    // before it answers.
+    wait_until(
+        "a create to be in flight",
+        Duration::from_secs(20),
+        async || {
+            pidfiles
+                .iter()
+                .any(|p| p.read().get(1).is_some_and(|pid| process_alive(*pid)))
+        },
+    )
+    .await;
+    let in_flight = calls.iter().filter(|c| !c.is_finished()).count();
     let (status, _log) = stop(daemon).await;
     assert!(status.success(), "{status:?}");
+    assert!(in_flight > 0, "SIGTERM came while creates were in flight");
     let mut answered_ok = Vec::new();
     for (i, call) in calls.into_iter().enumerate() {
         let result = tokio::time::timeout(Duration::from_secs(10), call)
@@ -548,17 +468,9 @@ async fn sigterm_under_load_leaves_no_orphans() {
             answered_ok.push(format!("load-{i}"));
         }
     }
-    let pids: Vec<u32> = pidfiles.iter().flat_map(|p| read_pids(p)).collect();
-    assert_eq!(
-        wait_gone(&pids, Duration::from_secs(5)).await,
-        Vec::<u32>::new(),
-        "no orphans"
-    );
-    let store = inspect(&db).await;
-    let servers = store.list_servers("acme", None, 100).await.unwrap();
-    for server in &servers {
-        assert_eq!(server.tool_count, 50, "{}", server.name);
-    }
+    let pids: Vec<u32> = pidfiles.iter().flat_map(Pidfile::read).collect();
+    assert_gone(&pids, Duration::from_secs(5)).await;
+    let servers = Registry::of(&db).assert_whole("acme", 50).await;
     for name in answered_ok {
         assert!(
             servers.iter().any(|s| s.name == name),
@@ -567,34 +479,49 @@ async fn sigterm_under_load_leaves_no_orphans() {
     }
 }
 
+/// Every file of the SQLite database (`mcpd.db` and, while it runs, its
+/// `-wal` and `-shm`) holds the sealed config and never `secret`.
+fn assert_sealed_on_disk(dir: &std::path::Path, secret: &str) {
+    let mut bytes = Vec::new();
+    for file in ["mcpd.db", "mcpd.db-wal", "mcpd.db-shm"] {
+        match std::fs::read(dir.join(file)) {
+            Ok(content) => bytes.extend(content),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && file != "mcpd.db" => {}
+            Err(e) => panic!("{file}: {e}"),
+        }
+    }
+    let text = String::from_utf8_lossy(&bytes);
+    assert!(
+        text.contains("sealed:v1:"),
+        "the sealed config is in the files read"
+    );
+    assert!(!text.contains(secret), "secret in the clear on disk");
+}
+
 /// Stored secrets need the key that sealed them: a missing or different key
 /// stops the daemon at start-up with a message that says so.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn sealed_secrets_need_their_key_at_start_up() {
     let db = TestDb::new(Backend::Sqlite).await;
     let key = create_key(&db, "acme").await;
-    let (daemon, mut client) = serve(&db, &[], "info").await;
-    let transport = Transport::Stdio(proto::StdioTransport {
-        command: test_server_bin(),
-        args: vec!["--tools".into(), "1".into()],
-        env: [("TOKEN".to_owned(), "sealed-value-5c2a".to_owned())].into(),
-    });
-    client
-        .create_mcp_server(with_key(&key, create_request("sealed", transport)))
+    let daemon = serve(&db, &[], "info").await;
+    let secret = "sealed-value-5c2a";
+    daemon
+        .org(&key)
+        .await
+        .create("sealed", stdio(["--tools", "1"]).with("TOKEN", secret))
         .await
         .unwrap();
+    // While the daemon runs, the newest pages are in the write-ahead log.
+    assert_sealed_on_disk(db.dir(), secret);
     let (status, _) = stop(daemon).await;
     assert!(status.success());
-    let raw = std::fs::read(db.dir().join("mcpd.db")).unwrap();
-    assert!(
-        !String::from_utf8_lossy(&raw).contains("sealed-value-5c2a"),
-        "secret in the clear on disk"
-    );
+    assert_sealed_on_disk(db.dir(), secret);
 
     let start = |key_file: std::path::PathBuf| {
         let db_url = db.cli_url();
         async move {
-            let mut child = mcpd()
+            let output = mcpd()
                 .args([
                     "serve",
                     "--listen",
@@ -604,23 +531,15 @@ async fn sealed_secrets_need_their_key_at_start_up() {
                 ])
                 .arg("--secret-key-file")
                 .arg(key_file)
-                .stderr(Stdio::piped())
-                .spawn()
-                .unwrap();
-            let status = tokio::time::timeout(Duration::from_secs(20), child.wait())
+                .output();
+            let output = tokio::time::timeout(Duration::from_secs(20), output)
                 .await
                 .expect("refuses to start promptly")
                 .unwrap();
-            let mut log = String::new();
-            use tokio::io::AsyncReadExt;
-            child
-                .stderr
-                .take()
-                .unwrap()
-                .read_to_string(&mut log)
-                .await
-                .unwrap();
-            (status, log)
+            (
+                output.status,
+                String::from_utf8_lossy(&output.stderr).into_owned(),
+            )
         }
     };
     let (status, log) = start(db.dir().join("missing.key")).await;
@@ -631,12 +550,10 @@ async fn sealed_secrets_need_their_key_at_start_up() {
         "no new key is made over sealed secrets"
     );
 
+    // A well-formed key file (mode 0600, as mcpd makes them) that is not
+    // the one that sealed the registry.
     let other = db.dir().join("other.key");
     std::fs::write(&other, format!("{}\n", "ab".repeat(32))).unwrap();
-    std::os::unix::fs::PermissionsExt::set_mode(
-        &mut std::fs::metadata(&other).unwrap().permissions(),
-        0o600,
-    );
     let mut perms = std::fs::metadata(&other).unwrap().permissions();
     std::os::unix::fs::PermissionsExt::set_mode(&mut perms, 0o600);
     std::fs::set_permissions(&other, perms).unwrap();

@@ -78,15 +78,11 @@ async fn reflection_v1_and_v1alpha_list_the_services() {
 async fn admin_stats_report_the_pool_and_reset_peaks() {
     use mcpd::proto::{GetStatsRequest, admin_service_client::AdminServiceClient};
     let daemon = Daemon::start(Backend::Sqlite).await;
-    let keys = daemon.keys.clone();
-    let mut client = daemon.client().await;
-    client
-        .create_mcp_server(keys.req("acme", create_request("one", stdio(&["--tools", "2"]))))
-        .await
-        .unwrap();
+    let acme = daemon.org("acme").await;
+    acme.create("one", stdio(["--tools", "2"])).await.unwrap();
     let mut admin = AdminServiceClient::new(daemon.channel().await);
     let stats = admin
-        .get_stats(keys.req("acme", GetStatsRequest { reset_peaks: true }))
+        .get_stats(acme.req(GetStatsRequest { reset_peaks: true }))
         .await
         .unwrap()
         .into_inner();
@@ -99,7 +95,7 @@ async fn admin_stats_report_the_pool_and_reset_peaks() {
     assert_eq!(stats.open_mcp_sessions, 0);
     assert!(stats.rss_bytes > 1_000_000, "{stats:?}");
     let after_reset = admin
-        .get_stats(keys.req("acme", GetStatsRequest::default()))
+        .get_stats(acme.req(GetStatsRequest::default()))
         .await
         .unwrap()
         .into_inner();

@@ -4,7 +4,7 @@
 
 mod common;
 
-use std::{path::PathBuf, time::Duration};
+use std::path::PathBuf;
 
 use common::*;
 use mcpd::proto::{self, create_mcp_server_request::Transport};
@@ -31,60 +31,41 @@ fn everything_js() -> String {
 }
 
 /// server-everything over HTTP, held to loopback by a preload (it listens on
-/// every interface otherwise).
+/// every interface otherwise) on a port it picks and announces (another
+/// preload).
 struct NodeServer {
-    port: u16,
-    child: tokio::process::Child,
+    /// `http://127.0.0.1:PORT`
+    base: String,
+    _process: Announced,
 }
 
 impl NodeServer {
     async fn start(mode: &str) -> NodeServer {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let child = tokio::process::Command::new("node")
+        let mut command = tokio::process::Command::new("node");
+        command
             .arg("--require")
             .arg(support_dir().join("loopback.cjs"))
+            .arg("--require")
+            .arg(support_dir().join("announce.cjs"))
             .arg(everything_js())
             .arg(mode)
-            .env("PORT", port.to_string())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("node is installed");
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-        while tokio::net::TcpStream::connect(("127.0.0.1", port))
-            .await
-            .is_err()
-        {
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "server-everything did not start"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
+            .env("PORT", "0")
+            .stderr(std::process::Stdio::null());
+        let process = spawn_announcing(command, On::Stdout, after_prefix("LISTENING ")).await;
+        NodeServer {
+            base: process.announced.clone(),
+            _process: process,
         }
-        NodeServer { port, child }
-    }
-}
-
-impl Drop for NodeServer {
-    fn drop(&mut self) {
-        let _ = self.child.start_kill();
     }
 }
 
 async fn create_and_check(backend: Backend, transport: Transport, kind: proto::TransportKind) {
     let daemon = Daemon::start(backend).await;
-    let keys = daemon.keys.clone();
-    let mut client = daemon.client().await;
-    let created = client
-        .create_mcp_server(keys.req("acme", create_request("everything", transport)))
+    let acme = daemon.org("acme").await;
+    let created = acme
+        .create("everything", transport)
         .await
-        .expect("create server-everything")
-        .into_inner();
+        .expect("create server-everything");
     let server = created.server.unwrap();
     assert_eq!(server.transport(), kind);
     let names: Vec<&str> = created.tools.iter().map(|t| t.name.as_str()).collect();
@@ -100,44 +81,25 @@ async fn create_and_check(backend: Backend, transport: Transport, kind: proto::T
     let schema: serde_json::Value = serde_json::from_str(&echo.input_schema_json).unwrap();
     assert!(schema["properties"]["message"].is_object(), "{schema}");
 
-    let closed = client
-        .close_mcp_server(keys.req(
-            "acme",
-            proto::CloseMcpServerRequest {
-                server_id: server.id,
-            },
-        ))
-        .await
-        .unwrap()
-        .into_inner();
+    let closed = acme.close(&server.id).await.unwrap();
     assert_eq!(closed.removed_tools as usize, created.tools.len());
-    assert_eq!(daemon.manager.mcp().open_sessions(), 0);
+    assert_eq!(daemon.open_sessions(), 0);
     daemon.stop().await;
 }
 
 async fn everything_over_stdio(backend: Backend) {
-    let transport = Transport::Stdio(proto::StdioTransport {
-        command: "node".into(),
-        args: vec![everything_js(), "stdio".into()],
-        env: Default::default(),
-    });
+    let transport = command("node", [everything_js(), "stdio".into()]);
     create_and_check(backend, transport, proto::TransportKind::Stdio).await;
 }
 
 async fn everything_over_streamable_http(backend: Backend) {
     let server = NodeServer::start("streamableHttp").await;
-    let transport = Transport::StreamableHttp(proto::StreamableHttpTransport {
-        url: format!("http://127.0.0.1:{}/mcp", server.port),
-        headers: Default::default(),
-    });
+    let transport = streamable_http(format!("{}/mcp", server.base));
     create_and_check(backend, transport, proto::TransportKind::StreamableHttp).await;
 }
 
 async fn everything_over_sse(backend: Backend) {
     let server = NodeServer::start("sse").await;
-    let transport = Transport::Sse(proto::SseTransport {
-        url: format!("http://127.0.0.1:{}/sse", server.port),
-        headers: [("x-api-key".to_owned(), "k".to_owned())].into(),
-    });
+    let transport = sse(format!("{}/sse", server.base)).with("x-api-key", "k");
     create_and_check(backend, transport, proto::TransportKind::Sse).await;
 }

@@ -7,10 +7,7 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use mcpd::{
-    api::PEAK_CONNECTIONS_HEADER,
-    proto::{self, create_mcp_server_request::Transport},
-};
+use mcpd::{api::PEAK_CONNECTIONS_HEADER, mcp::McpError, mcp::Stage};
 use tonic::Code;
 
 backend_tests!(
@@ -36,14 +33,14 @@ fn peak(metadata: &tonic::metadata::MetadataMap) -> usize {
 
 async fn five_hundred_tools_use_one_connection(backend: Backend) {
     let daemon = Daemon::start(backend).await;
-    let keys = daemon.keys.clone();
-    let mut client = daemon.client().await;
-    daemon.store.reset_peak();
-    let response = client
-        .create_mcp_server(keys.req(
-            "acme",
-            create_request("big", stdio(&["--tools", "500", "--page-size", "100"])),
-        ))
+    let acme = daemon.org("acme").await;
+    daemon.manager.reset_peaks();
+    let response = acme
+        .raw()
+        .create_mcp_server(acme.req(create_request(
+            "big",
+            stdio(["--tools", "500", "--page-size", "100"]),
+        )))
         .await
         .expect("create");
     assert_eq!(
@@ -51,33 +48,20 @@ async fn five_hundred_tools_use_one_connection(backend: Backend) {
         1,
         "connections held at once by the request"
     );
-    let stats = daemon.store.pool_stats();
+    let stats = daemon.pool();
     assert_eq!(stats.peak_checked_out, 1, "daemon-wide peak: {stats:?}");
     assert_eq!(stats.checked_out, 0, "nothing left checked out: {stats:?}");
     let created = response.into_inner();
     assert_eq!(created.tools.len(), 500, "all five pages were followed");
     assert!(created.failed_tools.is_empty());
-    let tools = client
-        .list_mcp_server_tools(keys.req(
-            "acme",
-            proto::ListMcpServerToolsRequest {
-                server_id: created.server.as_ref().unwrap().id.clone(),
-                page_size: 1000,
-                ..Default::default()
-            },
-        ))
-        .await
-        .unwrap()
-        .into_inner();
-    assert_eq!(tools.tools.len(), 500);
+    let server_id = created.server.unwrap().id;
+    assert_eq!(acme.tools(&server_id).await.unwrap().len(), 500);
 
-    let response = client
-        .close_mcp_server(keys.req(
-            "acme",
-            proto::CloseMcpServerRequest {
-                server_id: created.server.unwrap().id,
-            },
-        ))
+    let response = acme
+        .raw()
+        .close_mcp_server(acme.req(mcpd::proto::CloseMcpServerRequest {
+            server_id: server_id.clone(),
+        }))
         .await
         .unwrap();
     assert_eq!(peak(response.metadata()), 1);
@@ -95,22 +79,17 @@ async fn twenty_concurrent_creates_share_a_pool_of_one(backend: Backend) {
         },
     )
     .await;
-    let keys = daemon.keys.clone();
-    let client = daemon.client().await;
-    daemon.store.reset_peak();
+    let acme = daemon.org("acme").await;
+    daemon.manager.reset_peaks();
     let calls = (0..20).map(|i| {
-        let mut client = client.clone();
-        let keys = keys.clone();
+        let acme = acme.clone();
         async move {
             let prefix = format!("s{i:02}_");
-            client
-                .create_mcp_server(keys.req(
-                    "acme",
-                    create_request(
-                        &format!("server-{i}"),
-                        stdio(&["--tools", "50", "--tool-prefix", &prefix]),
-                    ),
-                ))
+            acme.raw()
+                .create_mcp_server(acme.req(create_request(
+                    &format!("server-{i}"),
+                    stdio(["--tools", "50", "--tool-prefix", &prefix]),
+                )))
                 .await
         }
     });
@@ -122,30 +101,21 @@ async fn twenty_concurrent_creates_share_a_pool_of_one(backend: Backend) {
         assert_eq!(created.tools.len(), 50);
         assert!(created.failed_tools.is_empty());
     }
-    let stats = daemon.store.pool_stats();
+    let stats = daemon.pool();
     assert_eq!(stats.peak_checked_out, 1, "{stats:?}");
     assert_eq!(stats.timeouts, 0);
-    let listed = client
-        .clone()
-        .list_mcp_servers(keys.req(
-            "acme",
-            proto::ListMcpServersRequest {
-                page_size: 100,
-                ..Default::default()
-            },
-        ))
-        .await
-        .unwrap()
-        .into_inner();
-    assert_eq!(listed.servers.len(), 20);
-    assert!(listed.servers.iter().all(|s| s.tool_count == 50));
+    let listed = acme.servers().await.unwrap();
+    assert_eq!(listed.len(), 20);
+    assert!(listed.iter().all(|s| s.tool_count == 50));
     daemon.stop().await;
 }
 
+const QUICK: Duration = Duration::from_secs(2);
+
 fn quick_timeouts() -> DaemonOptions {
     let mut mcp = test_mcp_settings();
-    mcp.connect_timeout = Duration::from_secs(2);
-    mcp.list_timeout = Duration::from_secs(2);
+    mcp.connect_timeout = QUICK;
+    mcp.list_timeout = QUICK;
     mcp.teardown_grace = Duration::from_millis(300);
     // Programs that are not MCP servers at all, for the failure cases.
     mcp.stdio_allow
@@ -156,207 +126,139 @@ fn quick_timeouts() -> DaemonOptions {
     }
 }
 
-async fn assert_nothing_written(daemon: &Daemon, org: &str) {
-    let servers = daemon.servers(org).await;
-    assert!(servers.is_empty(), "{servers:?}");
-}
-
 async fn hanging_initialize_is_deadline_exceeded_and_writes_nothing(backend: Backend) {
-    let daemon = Daemon::start_with(backend, quick_timeouts()).await;
-    let keys = daemon.keys.clone();
-    let mut client = daemon.client().await;
-    let dir = tempfile::tempdir().unwrap();
-    let pidfile = dir.path().join("pids");
-    let started = std::time::Instant::now();
-    let status = client
-        .create_mcp_server(keys.req(
-            "acme",
-            create_request(
-                "hangs",
-                stdio(&[
-                    "--hang",
-                    "initialize",
-                    "--spawn-grandchild",
-                    pidfile.to_str().unwrap(),
-                ]),
-            ),
-        ))
-        .await
-        .unwrap_err();
-    assert_eq!(status.code(), Code::DeadlineExceeded, "{status:?}");
-    assert!(
-        status.message().contains("initializing"),
-        "{}",
-        status.message()
-    );
-    assert!(started.elapsed() < Duration::from_secs(10));
-    assert_nothing_written(&daemon, "acme").await;
-    let pids = read_pids(&pidfile);
-    assert_eq!(pids.len(), 2, "test server wrote its pids");
-    assert_eq!(
-        wait_gone(&pids, Duration::from_secs(5)).await,
-        Vec::<u32>::new()
-    );
-    assert_eq!(daemon.manager.mcp().open_sessions(), 0);
-    daemon.stop().await;
+    hang_is_deadline_exceeded(backend, &["--hang", "initialize"], Stage::Connect).await;
 }
 
 async fn hanging_list_is_deadline_exceeded_and_reaps_the_child(backend: Backend) {
+    let args = ["--hang", "list", "--ignore-shutdown"];
+    hang_is_deadline_exceeded(backend, &args, Stage::ListTools).await;
+}
+
+/// A test server started with `args` hangs at `stage`: the create fails
+/// with that stage's timeout (no other bound), writes nothing, and the
+/// server and its child are gone.
+async fn hang_is_deadline_exceeded(backend: Backend, args: &[&str], stage: Stage) {
     let daemon = Daemon::start_with(backend, quick_timeouts()).await;
-    let keys = daemon.keys.clone();
-    let mut client = daemon.client().await;
-    let dir = tempfile::tempdir().unwrap();
-    let pidfile = dir.path().join("pids");
-    let status = client
-        .create_mcp_server(keys.req(
-            "acme",
-            create_request(
-                "hangs",
-                stdio(&[
-                    "--hang",
-                    "list",
-                    "--ignore-shutdown",
-                    "--spawn-grandchild",
-                    pidfile.to_str().unwrap(),
-                ]),
-            ),
-        ))
+    let acme = daemon.org("acme").await;
+    let pidfile = Pidfile::temp();
+    let status = acme
+        .create("hangs", stdio(pidfile.args_with(args.iter().copied())))
         .await
         .unwrap_err();
     assert_eq!(status.code(), Code::DeadlineExceeded, "{status:?}");
+    let expected = McpError::Timeout {
+        stage,
+        after: QUICK,
+    };
     assert!(
-        status.message().contains("listing tools"),
-        "{}",
+        status.message().contains(&expected.to_string()),
+        "{:?} should say {expected}",
         status.message()
     );
-    assert_nothing_written(&daemon, "acme").await;
-    let pids = read_pids(&pidfile);
-    assert_eq!(pids.len(), 2);
-    assert_eq!(
-        wait_gone(&pids, Duration::from_secs(5)).await,
-        Vec::<u32>::new()
-    );
+    daemon.registry().assert_empty("acme").await;
+    pidfile.written().assert_gone().await;
+    assert_eq!(daemon.open_sessions(), 0);
     daemon.stop().await;
 }
 
 async fn unreachable_servers_are_unavailable(backend: Backend) {
     let daemon = Daemon::start_with(backend, quick_timeouts()).await;
-    let keys = daemon.keys.clone();
-    let mut client = daemon.client().await;
-    // A port nothing listens on: bind one, then free it.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let acme = daemon.org("acme").await;
+    let (_held, port) = refused_port();
+    let none: [&str; 0] = [];
+    let connecting = Stage::Connect.to_string();
     let cases = [
-        streamable_http(&format!("http://127.0.0.1:{port}/mcp")),
-        Transport::Sse(proto::SseTransport {
-            url: format!("http://127.0.0.1:{port}/sse"),
-            headers: Default::default(),
-        }),
-        Transport::Stdio(proto::StdioTransport {
-            command: "/nonexistent/mcp-server".into(),
-            ..Default::default()
-        }),
+        (
+            streamable_http(format!("http://127.0.0.1:{port}/mcp")),
+            "connection refused",
+        ),
+        (
+            sse(format!("http://127.0.0.1:{port}/sse")),
+            "connection refused",
+        ),
+        (
+            command("/nonexistent/mcp-server", none),
+            "/nonexistent/mcp-server",
+        ),
         // A program that exits at once instead of speaking MCP.
-        Transport::Stdio(proto::StdioTransport {
-            command: "false".into(),
-            ..Default::default()
-        }),
+        (command("false", none), connecting.as_str()),
     ];
-    for transport in cases {
-        let status = client
-            .create_mcp_server(keys.req("acme", create_request("nowhere", transport)))
-            .await
-            .unwrap_err();
+    for (transport, expected) in cases {
+        let status = acme.create("nowhere", transport).await.unwrap_err();
         assert_eq!(status.code(), Code::Unavailable, "{status:?}");
-        assert!(!status.message().is_empty());
+        assert!(
+            status.message().to_lowercase().contains(expected),
+            "{:?} should mention {expected:?}",
+            status.message()
+        );
     }
-    assert_nothing_written(&daemon, "acme").await;
+    daemon.registry().assert_empty("acme").await;
+    assert_eq!(daemon.open_sessions(), 0);
     daemon.stop().await;
 }
 
 async fn crash_on_shutdown_does_not_change_the_answer(backend: Backend) {
     let daemon = Daemon::start_with(backend, quick_timeouts()).await;
-    let keys = daemon.keys.clone();
-    let mut client = daemon.client().await;
-    let created = client
-        .create_mcp_server(keys.req(
-            "acme",
-            create_request("crashy", stdio(&["--tools", "4", "--crash-on-shutdown"])),
-        ))
+    let acme = daemon.org("acme").await;
+    let pidfile = Pidfile::temp();
+    let created = acme
+        .create(
+            "crashy",
+            stdio(pidfile.args_with(["--tools", "4", "--crash-on-shutdown"])),
+        )
         .await
-        .expect("teardown failures never reach the caller")
-        .into_inner();
+        .expect("teardown failures never reach the caller");
     assert_eq!(created.tools.len(), 4);
+    pidfile.written().assert_gone().await;
 
     let http =
-        HttpTestServer::start(&["--tools", "2", "--crash-on-shutdown", "--tool-prefix", "h_"])
-            .await;
-    let created = client
-        .create_mcp_server(keys.req(
-            "acme",
-            create_request("crashy-http", streamable_http(&http.url)),
-        ))
+        HttpTestServer::start(["--tools", "2", "--crash-on-shutdown", "--tool-prefix", "h_"]).await;
+    let created = acme
+        .create("crashy-http", streamable_http(&http.url))
         .await
-        .expect("teardown failures never reach the caller")
-        .into_inner();
+        .expect("teardown failures never reach the caller");
     assert_eq!(created.tools.len(), 2);
+    // The server really crashed when the session closed.
+    assert_gone(&[http.pid()], Duration::from_secs(5)).await;
+    assert_eq!(acme.servers().await.unwrap().len(), 2);
     daemon.stop().await;
 }
 
 async fn no_process_survives_create_or_close(backend: Backend) {
     let daemon = Daemon::start_with(backend, quick_timeouts()).await;
-    let keys = daemon.keys.clone();
-    let mut client = daemon.client().await;
-    let dir = tempfile::tempdir().unwrap();
+    let acme = daemon.org("acme").await;
     for (i, extra) in [&["--ignore-shutdown"][..], &["--crash-on-shutdown"], &[]]
         .into_iter()
         .enumerate()
     {
-        let pidfile = dir.path().join(format!("pids{i}"));
-        let mut args = vec![
-            "--tools",
-            "2",
-            "--spawn-grandchild",
-            pidfile.to_str().unwrap(),
-        ];
+        let pidfile = Pidfile::temp();
         let prefix = format!("p{i}_");
-        args.extend(["--tool-prefix", &prefix]);
+        let mut args = vec!["--tools", "2", "--tool-prefix", &prefix];
         args.extend(extra);
-        let created = client
-            .create_mcp_server(keys.req("acme", create_request(&format!("proc-{i}"), stdio(&args))))
+        let created = acme
+            .create(&format!("proc-{i}"), stdio(pidfile.args_with(args)))
             .await
-            .unwrap()
-            .into_inner();
-        // The session is closed before the answer: child and grandchild are gone.
-        let pids = read_pids(&pidfile);
-        assert_eq!(pids.len(), 2);
-        assert_eq!(
-            wait_gone(&pids, Duration::from_secs(5)).await,
-            Vec::<u32>::new(),
-            "{extra:?}"
+            .unwrap();
+        // The session is closed and the server reaped before the answer;
+        // the SIGKILL to its group is on its way to the grandchild.
+        let pids = pidfile.written();
+        assert!(
+            !process_alive(pids.server),
+            "{extra:?}: the server outlived the answer"
         );
-        let closed = client
-            .close_mcp_server(keys.req(
-                "acme",
-                proto::CloseMcpServerRequest {
-                    server_id: created.server.unwrap().id,
-                },
-            ))
-            .await
-            .unwrap()
-            .into_inner();
+        pids.assert_gone().await;
+        let closed = acme.close(&created.server.unwrap().id).await.unwrap();
         assert_eq!(closed.removed_tools, 2);
     }
-    assert_eq!(daemon.manager.mcp().open_sessions(), 0);
+    assert_eq!(daemon.open_sessions(), 0);
     daemon.stop().await;
 }
 
-/// Another client holds the database so the one pooled connection stays
-/// busy: the next call waits out the acquire timeout and gets
-/// RESOURCE_EXHAUSTED; once the lock goes, the daemon serves again.
+/// Another client holds a write lock so that the one pooled connection,
+/// taken by a create to persist, stays busy: the next call waits out the
+/// acquire timeout and gets RESOURCE_EXHAUSTED; once the lock goes, the
+/// create completes and the daemon serves again.
 async fn busy_pool_is_resource_exhausted_then_recovers(backend: Backend) {
     let daemon = Daemon::start_with(
         backend,
@@ -367,60 +269,41 @@ async fn busy_pool_is_resource_exhausted_then_recovers(backend: Backend) {
         },
     )
     .await;
-    let keys = daemon.keys.clone();
-    let client = daemon.client().await;
+    let acme = daemon.org("acme").await;
     let lock = DbLock::take(&daemon.db).await;
-    // This one takes the pool's only connection and waits on the lock.
+    let pidfile = Pidfile::temp();
     let blocked = tokio::spawn({
-        let mut client = client.clone();
-        let keys = keys.clone();
-        async move {
-            client
-                .create_mcp_server(
-                    keys.req("acme", create_request("blocked", stdio(&["--tools", "2"]))),
-                )
-                .await
-        }
+        let acme = acme.clone();
+        let transport = stdio(pidfile.args_with(["--tools", "2"]));
+        async move { acme.create("blocked", transport).await }
     });
-    // The create's key lookup and name check take the connection briefly;
-    // wait until it is held for good, by the persisting transaction.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    let mut held_for = 0;
-    while held_for < 10 {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the create never reached the database"
-        );
-        held_for = if daemon.store.pool_stats().checked_out == 1 {
-            held_for + 1
-        } else {
-            0
-        };
-        tokio::time::sleep(Duration::from_millis(30)).await;
-    }
-    let status = client
-        .clone()
-        .list_mcp_servers(keys.req("acme", proto::ListMcpServersRequest::default()))
-        .await
-        .unwrap_err();
+    // Once its MCP server is reaped, the create's only use of the database
+    // left is persisting: a connection checked out from then on is that.
+    let server = pidfile.wait().await.server;
+    wait_until(
+        "the create to hold the connection to persist",
+        Duration::from_secs(20),
+        async || !process_alive(server) && daemon.pool().checked_out == 1,
+    )
+    .await;
+    let status = acme.servers_page(0, "").await.unwrap_err();
     assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
     assert!(
         status.message().contains("no database connection"),
         "{}",
         status.message()
     );
+    assert!(!blocked.is_finished(), "the create waits on the lock");
     lock.release().await;
     let created = blocked
         .await
         .unwrap()
         .expect("the blocked create completes once the lock goes");
-    assert_eq!(created.into_inner().tools.len(), 2);
-    let listed = client
-        .clone()
-        .list_mcp_servers(keys.req("acme", proto::ListMcpServersRequest::default()))
+    assert_eq!(created.tools.len(), 2);
+    let listed = acme
+        .servers()
         .await
-        .expect("the daemon recovered by itself")
-        .into_inner();
-    assert_eq!(listed.servers.len(), 1);
+        .expect("the daemon recovered by itself");
+    assert_eq!(listed.len(), 1);
     daemon.stop().await;
 }

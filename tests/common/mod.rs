@@ -1,7 +1,12 @@
 //! Shared test harness: a throwaway database per test (PostgreSQL or an
-//! SQLite file), an in-process daemon on a free loopback port, a tonic
-//! client, and the paths of the real MCP servers the tests talk to.
+//! SQLite file), an in-process daemon on a loopback port, a typed client per
+//! organization, the real MCP servers the tests talk to, and waits on
+//! conditions (never on the clock).
 #![allow(dead_code)]
+
+mod registry;
+mod spawn;
+mod wait;
 
 use std::{
     path::PathBuf,
@@ -14,11 +19,22 @@ use mcpd::{
     api::{self, ServeOptions},
     manager::{Limits, Manager},
     mcp::{McpConnector, McpSettings, outbound::OutboundPolicy},
-    proto::{self, mcp_server_service_client::McpServerServiceClient},
+    proto::{
+        self, create_mcp_server_request::Transport,
+        mcp_server_service_client::McpServerServiceClient,
+    },
     store::{self, DatabaseUrl, Sealer, Store, StoreSettings},
 };
+#[allow(unused_imports)]
+pub use registry::{PgActivity, Registry, StoredKey, StoredServer};
+#[allow(unused_imports)]
+pub use spawn::{
+    Announced, HttpTestServer, On, address_after, after_prefix, refused_port, spawn_announcing,
+};
 use tokio::{sync::oneshot, task::JoinHandle};
-use tonic::{Request, transport::Channel};
+use tonic::{Request, Status, transport::Channel};
+#[allow(unused_imports)]
+pub use wait::{Pidfile, Pids, assert_gone, process_alive, wait_for, wait_until};
 
 pub const PG_ADMIN_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
 
@@ -101,6 +117,11 @@ impl TestDb {
         self.dir.path()
     }
 
+    /// The PostgreSQL database's name (`None` on SQLite).
+    pub fn pg_name(&self) -> Option<&str> {
+        self.pg_name.as_deref()
+    }
+
     /// The URL as `--database-url` takes it.
     pub fn cli_url(&self) -> String {
         match &self.url {
@@ -171,7 +192,7 @@ pub fn test_mcp_settings() -> McpSettings {
 /// `--outbound-allow` for loopback, where every test server listens.
 pub const LOOPBACK: [&str; 2] = ["127.0.0.0/8", "::1/128"];
 
-/// An in-process daemon serving on a free loopback port.
+/// An in-process daemon serving on a loopback port it bound itself.
 pub struct Daemon {
     pub db: std::sync::Arc<TestDb>,
     pub keys: Keys,
@@ -210,6 +231,7 @@ impl Daemon {
             options.limits,
         );
         let keys = Keys::create(&manager).await;
+        // Bound here and handed over: it accepts connections from now on.
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (stop, stopped) = oneshot::channel::<()>();
@@ -241,41 +263,29 @@ impl Daemon {
         }
     }
 
-    pub async fn client(&self) -> McpServerServiceClient<Channel> {
-        McpServerServiceClient::new(self.channel().await)
+    /// A client acting for `org`, with the daemon's key for it.
+    pub async fn org(&self, org: &str) -> OrgClient {
+        OrgClient::new(self.channel().await, self.keys.key(org))
     }
 
     /// A connected channel to the daemon, for any of its services.
     pub async fn channel(&self) -> Channel {
-        let endpoint = format!("http://{}", self.addr);
-        for _ in 0..100 {
-            if let Ok(channel) = Channel::from_shared(endpoint.clone())
-                .unwrap()
-                .connect()
-                .await
-            {
-                return channel;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        panic!("daemon at {endpoint} did not accept connections");
+        connect(self.addr).await
     }
 
-    /// The servers `org` sees (first 1000).
-    pub async fn servers(&self, org: &str) -> Vec<proto::McpServer> {
-        self.client()
-            .await
-            .list_mcp_servers(self.keys.req(
-                org,
-                proto::ListMcpServersRequest {
-                    page_size: 1000,
-                    ..Default::default()
-                },
-            ))
-            .await
-            .expect("list servers")
-            .into_inner()
-            .servers
+    /// The registry's tables, read behind the daemon's back.
+    pub fn registry(&self) -> Registry {
+        Registry::of(&self.db)
+    }
+
+    /// MCP sessions the daemon holds open right now.
+    pub fn open_sessions(&self) -> usize {
+        self.manager.stats().open_mcp_sessions
+    }
+
+    /// The daemon's connection pool right now.
+    pub fn pool(&self) -> mcpd::store::PoolStats {
+        self.manager.stats().pool
     }
 
     pub async fn stop(mut self) {
@@ -294,6 +304,16 @@ impl Drop for Daemon {
             let _ = stop.send(());
         }
     }
+}
+
+/// A channel to a daemon that is listening already.
+pub async fn connect(addr: std::net::SocketAddr) -> Channel {
+    let endpoint = format!("http://{addr}");
+    Channel::from_shared(endpoint.clone())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap_or_else(|e| panic!("connecting to the daemon at {endpoint}: {e}"))
 }
 
 /// Organizations the tests act for; each test daemon has a key for each.
@@ -331,10 +351,146 @@ impl Keys {
             .get(org)
             .unwrap_or_else(|| panic!("no test key for organization {org:?}; add it to ORGS"))
     }
+}
 
-    /// A request made on behalf of `org`.
-    pub fn req<T>(&self, org: &str, message: T) -> Request<T> {
-        with_key(self.key(org), message)
+/// The registry service as one organization calls it: typed calls that
+/// follow every page, and `raw()`/`req()` for anything else (metadata,
+/// hand-made requests). Cheap to clone; calls run concurrently.
+#[derive(Clone)]
+pub struct OrgClient {
+    client: McpServerServiceClient<Channel>,
+    key: String,
+}
+
+impl OrgClient {
+    pub fn new(channel: Channel, key: &str) -> OrgClient {
+        OrgClient {
+            client: McpServerServiceClient::new(channel),
+            key: key.to_owned(),
+        }
+    }
+
+    /// A client for the daemon listening at `addr`, calling with `key`.
+    pub async fn connect(addr: std::net::SocketAddr, key: &str) -> OrgClient {
+        OrgClient::new(connect(addr).await, key)
+    }
+
+    pub fn key(&self) -> &str {
+        &self.key
+    }
+
+    /// A request carrying this organization's key.
+    pub fn req<T>(&self, message: T) -> Request<T> {
+        with_key(&self.key, message)
+    }
+
+    /// The generated client, for calls the typed methods do not cover.
+    pub fn raw(&self) -> McpServerServiceClient<Channel> {
+        self.client.clone()
+    }
+
+    pub async fn create(
+        &self,
+        name: &str,
+        transport: Transport,
+    ) -> Result<proto::CreateMcpServerResponse, Status> {
+        self.raw()
+            .create_mcp_server(self.req(create_request(name, transport)))
+            .await
+            .map(tonic::Response::into_inner)
+    }
+
+    /// Creates all these servers at once; the answers in the same order.
+    pub async fn create_concurrently(
+        &self,
+        servers: impl IntoIterator<Item = (String, Transport)>,
+    ) -> Vec<Result<proto::CreateMcpServerResponse, Status>> {
+        futures::future::join_all(
+            servers
+                .into_iter()
+                .map(|(name, transport)| async move { self.create(&name, transport).await }),
+        )
+        .await
+    }
+
+    pub async fn get(&self, server_id: &str) -> Result<proto::McpServer, Status> {
+        let response = self
+            .raw()
+            .get_mcp_server(self.req(proto::GetMcpServerRequest {
+                server_id: server_id.to_owned(),
+            }))
+            .await?
+            .into_inner();
+        Ok(response.server.expect("GetMcpServer answers a server"))
+    }
+
+    pub async fn close(&self, server_id: &str) -> Result<proto::CloseMcpServerResponse, Status> {
+        self.raw()
+            .close_mcp_server(self.req(proto::CloseMcpServerRequest {
+                server_id: server_id.to_owned(),
+            }))
+            .await
+            .map(tonic::Response::into_inner)
+    }
+
+    /// One page of a server's tools.
+    pub async fn tools_page(
+        &self,
+        server_id: &str,
+        page_size: i32,
+        page_token: &str,
+    ) -> Result<proto::ListMcpServerToolsResponse, Status> {
+        self.raw()
+            .list_mcp_server_tools(self.req(proto::ListMcpServerToolsRequest {
+                server_id: server_id.to_owned(),
+                page_size,
+                page_token: page_token.to_owned(),
+            }))
+            .await
+            .map(tonic::Response::into_inner)
+    }
+
+    /// All of a server's tools, every page.
+    pub async fn tools(&self, server_id: &str) -> Result<Vec<proto::Tool>, Status> {
+        let mut tools = Vec::new();
+        let mut token = String::new();
+        loop {
+            let page = self.tools_page(server_id, 0, &token).await?;
+            tools.extend(page.tools);
+            if page.next_page_token.is_empty() {
+                return Ok(tools);
+            }
+            token = page.next_page_token;
+        }
+    }
+
+    /// One page of the organization's servers.
+    pub async fn servers_page(
+        &self,
+        page_size: i32,
+        page_token: &str,
+    ) -> Result<proto::ListMcpServersResponse, Status> {
+        self.raw()
+            .list_mcp_servers(self.req(proto::ListMcpServersRequest {
+                page_size,
+                page_token: page_token.to_owned(),
+            }))
+            .await
+            .map(tonic::Response::into_inner)
+    }
+
+    /// All of the organization's servers, every page, oldest first.
+    pub async fn servers(&self) -> Result<Vec<proto::McpServer>, Status> {
+        let mut servers = Vec::new();
+        let mut token = String::new();
+        loop {
+            let page = self.servers_page(0, &token).await?;
+            servers.extend(page.servers);
+            if page.next_page_token.is_empty() {
+                return Ok(servers);
+            }
+            token = page.next_page_token;
+        }
     }
 }
 
@@ -361,119 +517,72 @@ pub fn test_server_bin() -> String {
     path.to_string_lossy().into_owned()
 }
 
-pub fn stdio(args: &[&str]) -> proto::create_mcp_server_request::Transport {
-    proto::create_mcp_server_request::Transport::Stdio(proto::StdioTransport {
-        command: test_server_bin(),
-        args: args.iter().map(|s| s.to_string()).collect(),
+fn strings(items: impl IntoIterator<Item = impl Into<String>>) -> Vec<String> {
+    items.into_iter().map(Into::into).collect()
+}
+
+/// The test server over stdio, with these arguments.
+pub fn stdio(args: impl IntoIterator<Item = impl Into<String>>) -> Transport {
+    command(test_server_bin(), args)
+}
+
+/// Any program over stdio.
+pub fn command(
+    program: impl Into<String>,
+    args: impl IntoIterator<Item = impl Into<String>>,
+) -> Transport {
+    Transport::Stdio(proto::StdioTransport {
+        command: program.into(),
+        args: strings(args),
         env: Default::default(),
     })
 }
 
 /// A streamable HTTP transport with no extra headers.
-pub fn streamable_http(url: &str) -> proto::create_mcp_server_request::Transport {
-    proto::create_mcp_server_request::Transport::StreamableHttp(proto::StreamableHttpTransport {
-        url: url.to_owned(),
+pub fn streamable_http(url: impl Into<String>) -> Transport {
+    Transport::StreamableHttp(proto::StreamableHttpTransport {
+        url: url.into(),
         headers: Default::default(),
     })
 }
 
-pub fn create_request(
-    name: &str,
-    transport: proto::create_mcp_server_request::Transport,
-) -> proto::CreateMcpServerRequest {
+/// A legacy SSE transport with no extra headers.
+pub fn sse(url: impl Into<String>) -> Transport {
+    Transport::Sse(proto::SseTransport {
+        url: url.into(),
+        headers: Default::default(),
+    })
+}
+
+/// Adds env variables (stdio) or headers (HTTP, SSE) to a transport.
+pub trait TransportExt {
+    /// An env variable for stdio, a header for the others.
+    fn with(self, name: &str, value: impl Into<String>) -> Self;
+}
+
+impl TransportExt for Transport {
+    fn with(mut self, name: &str, value: impl Into<String>) -> Self {
+        let map = match &mut self {
+            Transport::Stdio(t) => &mut t.env,
+            Transport::StreamableHttp(t) => &mut t.headers,
+            Transport::Sse(t) => &mut t.headers,
+        };
+        map.insert(name.to_owned(), value.into());
+        self
+    }
+}
+
+pub fn create_request(name: &str, transport: Transport) -> proto::CreateMcpServerRequest {
     proto::CreateMcpServerRequest {
         server_name: name.to_owned(),
         transport: Some(transport),
     }
 }
 
-/// Whether a process with this pid still exists (a zombie counts as gone:
-/// it is reaped by whoever owns it).
-pub fn process_alive(pid: u32) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(stat) => {
-            let state = stat
-                .rsplit_once(')')
-                .and_then(|(_, rest)| rest.split_whitespace().next());
-            !matches!(state, Some("Z") | Some("X") | None)
-        }
-        Err(_) => false,
-    }
-}
-
-/// Waits up to `within` for every pid to be gone.
-pub async fn wait_gone(pids: &[u32], within: Duration) -> Vec<u32> {
-    let deadline = tokio::time::Instant::now() + within;
-    loop {
-        let alive: Vec<u32> = pids.iter().copied().filter(|p| process_alive(*p)).collect();
-        if alive.is_empty() || tokio::time::Instant::now() > deadline {
-            return alive;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-/// Waits (at most 20 s) until a `--spawn-grandchild` test server has
-/// written its pids, then returns them.
-pub async fn wait_for_pids(path: &std::path::Path) -> Vec<u32> {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    loop {
-        let pids = read_pids(path);
-        if pids.len() >= 2 {
-            return pids;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the test server never wrote {}",
-            path.display()
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
-/// The pids a `--spawn-grandchild PIDFILE` test server wrote.
-pub fn read_pids(path: &std::path::Path) -> Vec<u32> {
-    std::fs::read_to_string(path)
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| l.trim().parse().ok())
-        .collect()
-}
-
-/// The rmcp test server serving streamable HTTP on a free loopback port.
-pub struct HttpTestServer {
-    pub url: String,
-    child: tokio::process::Child,
-}
-
-impl HttpTestServer {
-    pub async fn start(args: &[&str]) -> HttpTestServer {
-        use tokio::io::AsyncBufReadExt;
-        let mut child = tokio::process::Command::new(test_server_bin())
-            .args(["--transport", "http", "--listen", "127.0.0.1:0"])
-            .args(args)
-            .stdout(std::process::Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("start mcp-test-server over http");
-        let stdout = child.stdout.take().unwrap();
-        let mut lines = tokio::io::BufReader::new(stdout).lines();
-        let line = tokio::time::timeout(Duration::from_secs(20), lines.next_line())
-            .await
-            .expect("test server announces its address")
-            .unwrap()
-            .expect("a LISTENING line");
-        let url = line
-            .strip_prefix("LISTENING ")
-            .unwrap_or_else(|| panic!("unexpected line {line:?}"))
-            .trim()
-            .to_owned();
-        HttpTestServer { url, child }
-    }
-}
-
 /// A write lock on the registry held by a connection outside the daemon's
-/// pool, to make the daemon's own connection wait.
+/// pool, to make the daemon's own connection wait when it writes. Reads go
+/// on: on PostgreSQL the table lock is EXCLUSIVE (it admits plain SELECTs),
+/// on SQLite a write transaction leaves WAL readers alone.
 pub enum DbLock {
     Postgres(Box<AsyncPgConnection>),
     Sqlite(std::sync::mpsc::Sender<()>, std::thread::JoinHandle<()>),
@@ -486,7 +595,7 @@ impl DbLock {
             DatabaseUrl::Postgres(url) => {
                 let mut conn = AsyncPgConnection::establish(url).await.unwrap();
                 diesel::sql_query("BEGIN").execute(&mut conn).await.unwrap();
-                diesel::sql_query("LOCK TABLE mcp_servers IN ACCESS EXCLUSIVE MODE")
+                diesel::sql_query("LOCK TABLE mcp_servers IN EXCLUSIVE MODE")
                     .execute(&mut conn)
                     .await
                     .unwrap();

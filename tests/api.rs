@@ -4,7 +4,7 @@
 mod common;
 
 use common::*;
-use mcpd::proto;
+use mcpd::{manager::Limits, proto};
 use sha2::Digest;
 use tonic::Code;
 
@@ -16,6 +16,7 @@ backend_tests!(
     invalid_arguments_are_rejected_with_reasons,
     calls_need_a_valid_api_key,
     oversized_requests_are_resource_exhausted,
+    too_many_tools_are_resource_exhausted,
     operator_policy_refuses_commands_and_addresses,
     invalid_tools_are_reported_not_fatal,
     tool_names_are_unique_per_organization,
@@ -493,6 +494,51 @@ async fn oversized_requests_are_resource_exhausted(backend: Backend) {
             .is_empty()
     );
     daemon.registry().assert_empty("acme").await;
+    daemon.stop().await;
+}
+
+/// A server offering more tools than `--max-tools-per-server` is refused
+/// with both numbers, and nothing of it is stored; at the limit is fine.
+async fn too_many_tools_are_resource_exhausted(backend: Backend) {
+    let daemon = Daemon::start_with(
+        backend,
+        DaemonOptions {
+            limits: Limits {
+                max_tools_per_server: 7,
+            },
+            ..Default::default()
+        },
+    )
+    .await;
+    let acme = daemon.org("acme").await;
+    let pidfile = Pidfile::temp();
+    let status = acme
+        .create(
+            "crowded",
+            stdio(pidfile.args_with(["--tools", "23", "--page-size", "5"])),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+    let numbers: Vec<&str> = status
+        .message()
+        .split(|c: char| !c.is_ascii_digit())
+        .filter(|n| !n.is_empty())
+        .collect();
+    assert!(
+        numbers.contains(&"23") && numbers.contains(&"7"),
+        "{:?} names the tools offered (23) and the limit (7)",
+        status.message()
+    );
+    daemon.registry().assert_empty("acme").await;
+    pidfile.written().assert_gone().await;
+    assert_eq!(daemon.open_sessions(), 0);
+
+    let full = acme
+        .create("full", stdio(["--tools", "7"]))
+        .await
+        .expect("exactly at the limit");
+    assert_eq!(full.tools.len(), 7);
     daemon.stop().await;
 }
 

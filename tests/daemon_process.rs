@@ -12,6 +12,7 @@ use tonic::Code;
 backend_tests!(
     migrate_subcommand_is_idempotent,
     sigterm_drains_tears_down_and_exits_zero,
+    keys_are_listed_and_revoked_from_the_command_line,
 );
 
 fn mcpd() -> Command {
@@ -111,6 +112,49 @@ async fn create_key(db: &TestDb, org: &str) -> String {
     key
 }
 
+/// A row of `mcpd keys list`.
+#[derive(Debug, PartialEq, Eq)]
+struct ListedKey {
+    id: String,
+    org: String,
+    name: String,
+    state: String,
+}
+
+/// `mcpd keys list [--org ORG]`, parsed (names without spaces only).
+async fn list_keys(db: &TestDb, org: Option<&str>) -> Vec<ListedKey> {
+    let mut args = vec!["list"];
+    if let Some(org) = org {
+        args.extend(["--org", org]);
+    }
+    let output = keys(db, args).await;
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let stdout = String::from_utf8(output.stdout).unwrap();
+    let mut lines = stdout.lines();
+    let header = lines.next().expect("a header line");
+    assert!(header.starts_with("id"), "{stdout}");
+    lines
+        .map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            assert_eq!(
+                fields.len(),
+                5,
+                "id, organization, name, state, created: {line:?}"
+            );
+            ListedKey {
+                id: fields[0].to_owned(),
+                org: fields[1].to_owned(),
+                name: fields[2].to_owned(),
+                state: fields[3].to_owned(),
+            }
+        })
+        .collect()
+}
+
 async fn migrate_subcommand_is_idempotent(backend: Backend) {
     let db = TestDb::new(backend).await;
     for _ in 0..2 {
@@ -183,6 +227,72 @@ async fn sigterm_drains_tears_down_and_exits_zero(backend: Backend) {
     let servers = Registry::of(&db).assert_whole("acme", 2).await;
     let names: Vec<&str> = servers.iter().map(|s| s.name.as_str()).collect();
     assert_eq!(names, ["done"]);
+}
+
+/// `mcpd keys list` shows each key's id, organization, name and state;
+/// `mcpd keys revoke ID` refuses the key's next call at once; an unknown id
+/// is an error that says so.
+async fn keys_are_listed_and_revoked_from_the_command_line(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let created = keys(&db, ["create", "--org", "acme", "--name", "ci-bot"]).await;
+    assert!(created.status.success());
+    let key = String::from_utf8(created.stdout).unwrap().trim().to_owned();
+    let other = create_key(&db, "globex").await;
+
+    let listed = list_keys(&db, Some("acme")).await;
+    assert_eq!(listed.len(), 1, "only acme's key: {listed:?}");
+    let id = listed[0].id.clone();
+    assert_eq!(
+        listed[0],
+        ListedKey {
+            id: id.clone(),
+            org: "acme".into(),
+            name: "ci-bot".into(),
+            state: "active".into(),
+        }
+    );
+    let stderr = String::from_utf8_lossy(&created.stderr);
+    assert!(stderr.contains(&id), "create names the key's id: {stderr}");
+    let all = list_keys(&db, None).await;
+    assert_eq!(all.len(), 2, "{all:?}");
+    assert!(all.iter().any(|k| k.org == "globex"), "{all:?}");
+    assert!(
+        !String::from_utf8_lossy(&keys(&db, ["list"]).await.stdout).contains(&key),
+        "the key itself is never listed"
+    );
+
+    let daemon = serve(&db, &[], "info").await;
+    let acme = daemon.org(&key).await;
+    acme.servers().await.expect("the key works");
+
+    let revoked = keys(&db, ["revoke", &id]).await;
+    assert!(
+        revoked.status.success(),
+        "{}",
+        String::from_utf8_lossy(&revoked.stderr)
+    );
+    let listed = list_keys(&db, Some("acme")).await;
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].state, "revoked");
+    let status = acme.servers().await.unwrap_err();
+    assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
+    daemon
+        .org(&other)
+        .await
+        .servers()
+        .await
+        .expect("other keys still work");
+
+    let unknown = uuid::Uuid::now_v7().to_string();
+    let refused = keys(&db, ["revoke", &unknown]).await;
+    assert!(!refused.status.success(), "revoking an unknown id fails");
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        stderr.contains(&unknown) && stderr.contains("not found"),
+        "{stderr}"
+    );
+    let (status, _) = stop(daemon).await;
+    assert!(status.success());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -4,10 +4,10 @@ mcpd.v1.AdminService).
 
 Every call is authenticated by an API key, which also names the organization
 the call is made for. An operator creates keys with the daemon's CLI, against
-the daemon's database (here from the repository root, where `cargo run --
-serve` keeps it in mcpd.db; elsewhere pass an absolute --database-url):
+the daemon's database (from the daemon's working directory, where it keeps
+mcpd.db by default; from elsewhere pass an absolute --database-url):
 
-    KEY=$(cargo run -q --release -- keys create --org example)
+    KEY=$(target/release/mcpd keys create --org example)
 
 Use it as a module:
 

@@ -213,3 +213,35 @@ pub struct ApiKey {
     pub created_at: SystemTime,
     pub revoked_at: Option<SystemTime>,
 }
+
+/// What happens during a streamed tool call, for its caller.
+#[derive(Debug, Clone, PartialEq)]
+pub enum CallEvent {
+    /// `notifications/progress` for the call.
+    Progress {
+        progress: f64,
+        total: Option<f64>,
+        message: Option<String>,
+    },
+    /// `notifications/message` from the server.
+    Log {
+        level: String,
+        logger: Option<String>,
+        data: serde_json::Value,
+    },
+    /// A request the server makes of its client; the caller answers it with
+    /// a [`ClientAnswer`] carrying the same id.
+    Request {
+        id: String,
+        method: String,
+        params: serde_json::Value,
+    },
+}
+
+/// The caller's answer to a [`CallEvent::Request`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct ClientAnswer {
+    pub request_id: String,
+    /// The result object, or a JSON-RPC error (code, message).
+    pub outcome: Result<serde_json::Value, (i32, String)>,
+}

@@ -2,8 +2,8 @@
 
 use crate::{
     manager::{
-        CallTool, Content, ContentKind, FailedTool, ResourceContents, Server, Tool, ToolCallResult,
-        TransportKind, TransportRequest,
+        CallEvent, CallTool, ClientAnswer, Content, ContentKind, FailedTool, ResourceContents,
+        Server, Tool, ToolCallResult, TransportKind, TransportRequest,
     },
     proto,
 };
@@ -135,5 +135,56 @@ fn content(item: Content) -> proto::Content {
         kind: Some(kind),
         annotations_json: json_or_empty(item.annotations),
         meta_json: json_or_empty(item.meta),
+    }
+}
+
+pub fn call_event(event: CallEvent) -> proto::StreamMcpToolCallResponse {
+    use proto::stream_mcp_tool_call_response::Message;
+    let message = match event {
+        CallEvent::Progress {
+            progress,
+            total,
+            message,
+        } => Message::Progress(proto::Progress {
+            progress,
+            total,
+            message: message.unwrap_or_default(),
+        }),
+        CallEvent::Log {
+            level,
+            logger,
+            data,
+        } => Message::Log(proto::LogMessage {
+            level,
+            logger: logger.unwrap_or_default(),
+            data_json: data.to_string(),
+        }),
+        CallEvent::Request { id, method, params } => Message::Request(proto::ServerRequest {
+            request_id: id,
+            method,
+            params_json: params.to_string(),
+        }),
+    };
+    proto::StreamMcpToolCallResponse {
+        message: Some(message),
+    }
+}
+
+/// An answer whose result is not JSON becomes an error for the MCP server
+/// (-32603), which tells it why.
+pub fn client_answer(answer: proto::ServerRequestAnswer) -> ClientAnswer {
+    use proto::server_request_answer::Outcome;
+    let outcome = match answer.outcome {
+        Some(Outcome::ResultJson(json)) => serde_json::from_str(&json)
+            .map_err(|e| (-32603, format!("the client's answer is not JSON: {e}"))),
+        Some(Outcome::Error(error)) => Err((error.code, error.message)),
+        None => Err((
+            -32603,
+            "the client answered with neither a result nor an error".into(),
+        )),
+    };
+    ClientAnswer {
+        request_id: answer.request_id,
+        outcome,
     }
 }

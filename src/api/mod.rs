@@ -8,6 +8,7 @@ mod deadline;
 mod limits;
 mod service;
 mod status;
+mod stream;
 
 use std::{future::Future, net::SocketAddr, time::Duration};
 

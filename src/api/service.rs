@@ -5,7 +5,7 @@ use std::{future::Future, time::Instant};
 
 use tonic::{Code, Request, Response, Status, metadata::MetadataValue};
 
-use super::{auth, convert, deadline, status::to_status};
+use super::{auth, convert, deadline, status::to_status, stream};
 use crate::{
     manager::{CallStats, CreateServer, Manager, ManagerError},
     proto::{self, mcp_server_service_server::McpServerService},
@@ -50,22 +50,27 @@ where
         }
         Err(status) => ("-".to_owned(), Err(status)),
     };
-    // Identifiers of ours are recorded for display (bare in text); values
-    // from outside (the organization, an error message) as strings, which
-    // the text format quotes and escapes, so no caller can forge a line.
+    log_rpc(rpc, &org, result.as_ref().err(), started);
+    result
+}
+
+/// The one log line of a call. Identifiers of ours are recorded for display
+/// (bare in text); values from outside (the organization, an error message)
+/// as strings, which the text format quotes and escapes, so no caller can
+/// forge a line.
+pub(super) fn log_rpc(rpc: &'static str, org: &str, error: Option<&Status>, started: Instant) {
     let duration_ms = micros(started.elapsed()) as f64 / 1000.0;
-    match &result {
-        Ok(_) => tracing::info!(rpc = %rpc, org = org.as_str(), code = %"OK", duration_ms, "rpc"),
-        Err(status) => tracing::info!(
+    match error {
+        None => tracing::info!(rpc = %rpc, org, code = %"OK", duration_ms, "rpc"),
+        Some(status) => tracing::info!(
             rpc = %rpc,
-            org = org.as_str(),
+            org,
             code = %code_name(status.code()),
             duration_ms,
             error = status.message(),
             "rpc"
         ),
     }
-    result
 }
 
 /// Runs a mutation on its own task: a caller that hangs up must not cut a
@@ -155,9 +160,9 @@ impl McpServerService for McpServerApi {
 
     async fn stream_mcp_tool_call(
         &self,
-        _request: Request<tonic::Streaming<proto::StreamMcpToolCallRequest>>,
+        request: Request<tonic::Streaming<proto::StreamMcpToolCallRequest>>,
     ) -> Result<Response<Self::StreamMcpToolCallStream>, Status> {
-        Err(Status::unimplemented("in progress"))
+        stream::call(&self.manager, request).await
     }
 
     async fn create_mcp_server(

@@ -16,6 +16,7 @@ pub fn to_status(err: ManagerError) -> Status {
         ManagerError::DeadlineExceeded(_) => Code::DeadlineExceeded,
         // gRPC's code for an error raised in another address space.
         ManagerError::Upstream(_) => Code::Unknown,
+        ManagerError::Cancelled(_) => Code::Cancelled,
         ManagerError::Internal(_) => Code::Internal,
     };
     if code == Code::Internal {

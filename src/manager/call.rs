@@ -10,9 +10,13 @@ use std::{
 };
 
 use serde_json::{Map, Value};
+use tokio::sync::mpsc;
 
 use super::{CallStats, Manager, ManagerError, validate};
-use crate::{model::ToolCallResult, store::track_connections};
+use crate::{
+    model::{CallEvent, CallTarget, ClientAnswer, ToolCallResult},
+    store::track_connections,
+};
 
 /// Largest `arguments_json` accepted.
 pub const MAX_ARGUMENTS: usize = 1024 * 1024;
@@ -58,16 +62,7 @@ impl Manager {
         stats: &mut CallStats,
     ) -> Result<ToolCallResult, ManagerError> {
         let started = Instant::now();
-        validate::organization_id(org)?;
-        validate::server_id(&call.server_id)?;
-        validate::tool_name(&call.tool_name)?;
-        let arguments = parse_arguments(&call.arguments_json)?;
-        let target = self
-            .store
-            .call_target(org, &call.server_id, &call.tool_name)
-            .await?;
-        self.schemas.check(&target.input_schema_json, &arguments)?;
-        let remaining = deadline.map(|d| d.saturating_sub(started.elapsed()));
+        let (arguments, target) = self.prepare(org, &call).await?;
         let mcp_started = Instant::now();
         let result = self
             .mcp
@@ -77,12 +72,72 @@ impl Manager {
                 &target.transport,
                 &call.tool_name,
                 arguments,
-                remaining,
+                remaining(deadline, started),
             )
             .await;
         stats.mcp = mcp_started.elapsed();
         Ok(result?)
     }
+
+    /// A call whose caller follows it: progress, log messages and the
+    /// server's requests arrive as `events`; the caller's `answers` go back.
+    /// The call ends (cancelled) when the caller stops receiving events.
+    pub async fn stream_tool_call(
+        &self,
+        org: &str,
+        call: CallTool,
+        deadline: Option<Duration>,
+        events: mpsc::Sender<CallEvent>,
+        answers: mpsc::Receiver<ClientAnswer>,
+    ) -> (Result<ToolCallResult, ManagerError>, CallStats) {
+        let mut stats = CallStats::default();
+        let started = Instant::now();
+        let (result, peak) = track_connections(async {
+            let (arguments, target) = self.prepare(org, &call).await?;
+            let mcp_started = Instant::now();
+            let result = self
+                .mcp
+                .stream_tool_call(
+                    org,
+                    &call.server_id,
+                    &target.transport,
+                    &call.tool_name,
+                    arguments,
+                    remaining(deadline, started),
+                    events,
+                    answers,
+                )
+                .await;
+            stats.mcp = mcp_started.elapsed();
+            Ok(result?)
+        })
+        .await;
+        stats.peak_connections = peak;
+        (result, stats)
+    }
+
+    /// Validation and the one short checkout, before any MCP traffic.
+    async fn prepare(
+        &self,
+        org: &str,
+        call: &CallTool,
+    ) -> Result<(Map<String, Value>, CallTarget), ManagerError> {
+        validate::organization_id(org)?;
+        validate::server_id(&call.server_id)?;
+        validate::tool_name(&call.tool_name)?;
+        let arguments = parse_arguments(&call.arguments_json)?;
+        let target = self
+            .store
+            .call_target(org, &call.server_id, &call.tool_name)
+            .await?;
+        self.schemas.check(&target.input_schema_json, &arguments)?;
+        Ok((arguments, target))
+    }
+}
+
+/// What is left of the caller's deadline after `started`.
+fn remaining(deadline: Option<Duration>, started: Instant) -> Option<Duration> {
+    deadline.map(|d| d.saturating_sub(started.elapsed()))
 }
 
 fn parse_arguments(json: &str) -> Result<Map<String, Value>, ManagerError> {

@@ -24,6 +24,8 @@ pub enum ManagerError {
     Unavailable(String),
     #[error("{0}")]
     DeadlineExceeded(String),
+    #[error("{0}")]
+    Cancelled(String),
     /// The MCP server answered with an error of its own; the caller sees
     /// its code and message.
     #[error("{0}")]
@@ -56,6 +58,7 @@ impl From<McpError> for ManagerError {
             McpError::Settings(_) => ManagerError::InvalidArgument(err.to_string()),
             McpError::Refused(_) => ManagerError::PermissionDenied(err.to_string()),
             McpError::Busy(_) => ManagerError::ResourceExhausted(err.to_string()),
+            McpError::Cancelled => ManagerError::Cancelled(err.to_string()),
             // Invalid params: the arguments (or the tool name) were wrong.
             McpError::Rejected { code: -32602, .. } => {
                 ManagerError::InvalidArgument(err.to_string())

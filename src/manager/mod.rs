@@ -19,8 +19,8 @@ pub use validate::TransportRequest;
 
 pub use crate::mcp::PoolStats as LiveStats;
 pub use crate::model::{
-    ApiKey, Content, ContentKind, ResourceContents, Server, Tool, ToolAnnotations, ToolCallResult,
-    TransportKind,
+    ApiKey, CallEvent, ClientAnswer, Content, ContentKind, ResourceContents, Server, Tool,
+    ToolAnnotations, ToolCallResult, TransportKind,
 };
 use crate::{
     mcp::McpConnector,

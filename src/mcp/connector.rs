@@ -4,11 +4,10 @@ use std::{collections::HashMap, future::Future, time::Duration};
 
 use http::{HeaderMap, HeaderName, HeaderValue};
 
-use crate::model::{ToolCallResult, Transport};
+use crate::model::{CallEvent, ClientAnswer, ToolCallResult, Transport};
 use rmcp::{
-    ServiceExt,
-    model::{ClientCapabilities, Implementation, InitializeRequestParams},
-    service::ClientInitializeError,
+    RoleClient, ServiceExt,
+    service::{ClientInitializeError, DynService},
     transport::{
         StreamableHttpClientTransport, streamable_http_client::StreamableHttpClientTransportConfig,
     },
@@ -17,9 +16,10 @@ use rmcp::{
 use super::{
     McpError, McpSettings, Session, Stage,
     child::ChildProcess,
-    describe,
+    client, describe,
     live::{Live, LiveSessions},
     pool::{PoolStats, SessionPool},
+    session::CallFailure,
     session::teardown,
     sse::SseClientTransport,
     stdio::{self, Malformed},
@@ -52,14 +52,27 @@ impl McpConnector {
         })
     }
 
-    /// Connects and completes the MCP initialize handshake within the
-    /// connect timeout. The session is registered under (org, server id)
-    /// until it is closed or dropped.
+    /// Connects (as a client able to serve streamed calls, for listing) and
+    /// completes the MCP initialize handshake within the connect timeout.
+    /// The session is registered under (org, server id) until it is closed
+    /// or dropped.
     pub async fn connect(
         &self,
         organization_id: &str,
         server_id: &str,
         spec: &Transport,
+    ) -> Result<Session, McpError> {
+        self.connect_with(organization_id, server_id, spec, client::listing())
+            .await
+    }
+
+    /// [`Self::connect`] with the client `handler` shows the server.
+    pub(super) async fn connect_with(
+        &self,
+        organization_id: &str,
+        server_id: &str,
+        spec: &Transport,
+        handler: Box<dyn DynService<RoleClient>>,
     ) -> Result<Session, McpError> {
         let timeout = self.settings.connect_timeout;
         let timed_out = || McpError::Timeout {
@@ -74,7 +87,7 @@ impl McpConnector {
                 tracing::debug!(program = %command, pid = ?child.pid(), "spawned stdio MCP server");
                 let malformed = Malformed::default();
                 let transport = stdio::transport(stdout, stdin, malformed.clone());
-                match tokio::time::timeout(timeout, client_info().serve(transport)).await {
+                match tokio::time::timeout(timeout, handler.serve(transport)).await {
                     Ok(Ok(service)) => Live {
                         service,
                         child: Some(child),
@@ -113,7 +126,7 @@ impl McpConnector {
                     StreamableHttpClientTransport::with_client(self.http.clone(), config);
                 Live {
                     service: self
-                        .initialize(timeout, url, client_info().serve(transport))
+                        .initialize(timeout, url, handler.serve(transport))
                         .await?,
                     child: None,
                     malformed: None,
@@ -135,7 +148,7 @@ impl McpConnector {
                 })?;
                 Live {
                     service: self
-                        .initialize(timeout, url, client_info().serve(transport))
+                        .initialize(timeout, url, handler.serve(transport))
                         .await?,
                     child: None,
                     malformed: None,
@@ -245,6 +258,50 @@ impl McpConnector {
             .await
     }
 
+    /// A tool call whose caller follows it: a session of its own that offers
+    /// sampling, elicitation and roots, relays the server's requests and
+    /// notifications as `events` and takes the caller's `answers`. When the
+    /// caller stops listening to `events`, the call is cancelled.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn stream_tool_call(
+        &self,
+        organization_id: &str,
+        server_id: &str,
+        transport: &Transport,
+        tool: &str,
+        arguments: serde_json::Map<String, serde_json::Value>,
+        deadline: Option<Duration>,
+        events: tokio::sync::mpsc::Sender<CallEvent>,
+        answers: tokio::sync::mpsc::Receiver<ClientAnswer>,
+    ) -> Result<ToolCallResult, McpError> {
+        let timeout = deadline.map_or(self.settings.call_timeout, |d| {
+            d.min(self.settings.call_timeout)
+        });
+        let until = tokio::time::Instant::now() + timeout;
+        let caller = events.clone();
+        let (handler, router) = client::Relay::start(events, answers);
+        let session = tokio::select! {
+            connected = tokio::time::timeout_at(
+                until,
+                self.connect_with(organization_id, server_id, transport, handler),
+            ) => connected.map_err(|_| McpError::Timeout { stage: Stage::Connect, after: timeout })??,
+            () = caller.closed() => return Err(McpError::Cancelled),
+        };
+        let result = session
+            .call_tool_until(
+                tool,
+                arguments,
+                until.saturating_duration_since(tokio::time::Instant::now()),
+                caller.closed(),
+            )
+            .await
+            .map_err(|(CallFailure::NotDelivered(err) | CallFailure::Failed(err))| err);
+        router.abort();
+        // The session served this call only.
+        tokio::spawn(session.close());
+        result
+    }
+
     /// Live sessions and calls, for operators.
     pub fn pool_stats(&self) -> PoolStats {
         self.pool.stats()
@@ -281,13 +338,6 @@ impl McpConnector {
     pub fn open_sessions(&self) -> usize {
         self.live.len()
     }
-}
-
-fn client_info() -> InitializeRequestParams {
-    InitializeRequestParams::new(
-        ClientCapabilities::default(),
-        Implementation::new("mcpd", env!("CARGO_PKG_VERSION")),
-    )
 }
 
 /// Header values are secrets: a bad one is reported by name only.

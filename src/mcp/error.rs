@@ -39,6 +39,9 @@ pub enum McpError {
     /// The server answered the request with a JSON-RPC error.
     #[error("the MCP server refused the call: {message} (JSON-RPC error {code})")]
     Rejected { code: i32, message: String },
+    /// The caller went away; the server was told to stop.
+    #[error("the call was cancelled by its caller")]
+    Cancelled,
     /// A limit of the daemon (calls per server, live sessions) was reached.
     #[error("{0}")]
     Busy(String),

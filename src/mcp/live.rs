@@ -9,13 +9,16 @@ use std::{
     },
 };
 
-use rmcp::{RoleClient, model::InitializeRequestParams, service::RunningService};
+use rmcp::{
+    RoleClient,
+    service::{DynService, RunningService},
+};
 
 use super::{child::ChildProcess, stdio::Malformed};
 
 /// What a live session owns: the rmcp service and, for stdio, the process.
 pub(super) struct Live {
-    pub(super) service: RunningService<RoleClient, InitializeRequestParams>,
+    pub(super) service: RunningService<RoleClient, Box<dyn DynService<RoleClient>>>,
     pub(super) child: Option<ChildProcess>,
     /// Stdio only: set when the server's output was not JSON-RPC.
     pub(super) malformed: Option<Malformed>,

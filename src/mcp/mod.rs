@@ -2,6 +2,7 @@
 //! list tools, and tear sessions down without ever failing the caller.
 
 mod child;
+mod client;
 mod connector;
 mod describe;
 mod error;

@@ -248,10 +248,12 @@ impl SessionPool {
         if let Some(dead) = slot.take() {
             tokio::spawn(async move { dead.shut_down().await });
         }
-        let session =
-            tokio::time::timeout_at(deadline, connector.connect(&key.0, &key.1, transport))
-                .await
-                .map_err(|_| timed_out())??;
+        let session = tokio::time::timeout_at(
+            deadline,
+            connector.connect_with(&key.0, &key.1, transport, super::client::plain()),
+        )
+        .await
+        .map_err(|_| timed_out())??;
         self.inner.opens.fetch_add(1, Ordering::Relaxed);
         tracing::debug!(server = %key.1, "opened a live MCP session");
         let session = Arc::new(session);

@@ -95,6 +95,20 @@ impl Session {
         arguments: serde_json::Map<String, serde_json::Value>,
         timeout: Duration,
     ) -> Result<ToolCallResult, CallFailure> {
+        self.call_tool_until(name, arguments, timeout, std::future::pending())
+            .await
+    }
+
+    /// [`Self::call_tool`] that also ends when `stop` completes (the caller
+    /// went away). On the deadline or `stop`, the server is told with
+    /// `notifications/cancelled` before this returns.
+    pub(super) async fn call_tool_until(
+        &self,
+        name: &str,
+        arguments: serde_json::Map<String, serde_json::Value>,
+        timeout: Duration,
+        stop: impl std::future::Future<Output = ()>,
+    ) -> Result<ToolCallResult, CallFailure> {
         let params = CallToolRequestParams::new(name.to_owned()).with_arguments(arguments);
         let request = ClientRequest::CallToolRequest(CallToolRequest::new(params));
         let handle = self
@@ -106,32 +120,35 @@ impl Session {
             peer: self.peer.clone(),
             request: Some(handle.id.clone()),
         };
-        let answer = tokio::time::timeout(timeout, handle.await_response()).await;
-        match answer {
-            Err(_) => Err(CallFailure::Failed(McpError::Timeout {
+        let answer = tokio::select! {
+            answer = tokio::time::timeout(timeout, handle.await_response()) => answer,
+            () = stop => {
+                abandoned.cancel_now().await;
+                return Err(CallFailure::Failed(McpError::Cancelled));
+            }
+        };
+        let Ok(answer) = answer else {
+            abandoned.cancel_now().await;
+            return Err(CallFailure::Failed(McpError::Timeout {
                 stage: Stage::CallTool,
                 after: timeout,
+            }));
+        };
+        abandoned.request = None;
+        match answer {
+            Ok(ServerResult::CallToolResult(result)) => Ok(tool_call_result(&result)),
+            Ok(_) => Err(CallFailure::Failed(McpError::failed(
+                Stage::CallTool,
+                format!(
+                    "{} answered tools/call with something else than a tool result",
+                    self.target
+                ),
+            ))),
+            Err(ServiceError::McpError(data)) => Err(CallFailure::Failed(McpError::Rejected {
+                code: data.code.0,
+                message: describe::quoted(&data.message),
             })),
-            Ok(answer) => {
-                abandoned.request = None;
-                match answer {
-                    Ok(ServerResult::CallToolResult(result)) => Ok(tool_call_result(&result)),
-                    Ok(_) => Err(CallFailure::Failed(McpError::failed(
-                        Stage::CallTool,
-                        format!(
-                            "{} answered tools/call with something else than a tool result",
-                            self.target
-                        ),
-                    ))),
-                    Err(ServiceError::McpError(data)) => {
-                        Err(CallFailure::Failed(McpError::Rejected {
-                            code: data.code.0,
-                            message: describe::quoted(&data.message),
-                        }))
-                    }
-                    Err(err) => Err(CallFailure::Failed(self.call_error(&err))),
-                }
-            }
+            Err(err) => Err(CallFailure::Failed(self.call_error(&err))),
         }
     }
 
@@ -184,10 +201,37 @@ impl Drop for Session {
 }
 
 /// Sends `notifications/cancelled` for a request whose caller stopped
-/// waiting (deadline passed, or the call's future was dropped).
+/// waiting: now, or when dropped (the call's future was dropped, so nothing
+/// can wait: the notification is sent from a task of its own).
 struct CancelOnDrop {
     peer: Peer<RoleClient>,
     request: Option<RequestId>,
+}
+
+/// How long sending `notifications/cancelled` may take before it is given up.
+const CANCEL_SEND: Duration = Duration::from_secs(1);
+
+fn cancelled(request_id: RequestId) -> CancelledNotification {
+    CancelledNotification::new(CancelledNotificationParam::new(
+        Some(request_id),
+        Some("the caller stopped waiting (deadline or cancellation)".into()),
+    ))
+}
+
+impl CancelOnDrop {
+    /// Sends the notification and waits until it is written (bounded).
+    async fn cancel_now(&mut self) {
+        if let Some(request_id) = self.request.take() {
+            let sent = tokio::time::timeout(
+                CANCEL_SEND,
+                self.peer.send_notification(cancelled(request_id).into()),
+            )
+            .await;
+            if !matches!(sent, Ok(Ok(()))) {
+                tracing::debug!("could not send notifications/cancelled");
+            }
+        }
+    }
 }
 
 impl Drop for CancelOnDrop {
@@ -196,13 +240,9 @@ impl Drop for CancelOnDrop {
             return;
         };
         let peer = self.peer.clone();
-        let notification = CancelledNotification::new(CancelledNotificationParam::new(
-            Some(request_id),
-            Some("the caller stopped waiting (deadline or cancellation)".into()),
-        ));
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
             runtime.spawn(async move {
-                if let Err(err) = peer.send_notification(notification.into()).await {
+                if let Err(err) = peer.send_notification(cancelled(request_id).into()).await {
                     tracing::debug!(error = %err, "could not send notifications/cancelled");
                 }
             });

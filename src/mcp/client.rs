@@ -1,0 +1,247 @@
+//! The client mcpd shows an MCP server: what it offers (capabilities) and
+//! how it answers the server's requests and notifications.
+//!
+//! - Live sessions for unary calls offer nothing: a server request there is
+//!   answered with an error that names StreamMcpToolCall.
+//! - A streamed call's session offers sampling, elicitation and roots, and
+//!   relays every request, progress and log message to the call's caller.
+//!   The session serves that one call, so everything on it belongs to it.
+//!
+//! Sampling, roots and logging are deprecated by the 2026-07-28 revision
+//! (SEP-2577) but remain what 2025-11-25 servers use, so they stay here.
+#![allow(deprecated)]
+
+use std::{
+    collections::HashMap,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, Ordering},
+    },
+};
+
+use rmcp::{
+    ClientHandler, RoleClient,
+    model::{
+        ClientCapabilities, ClientConfig, CreateMessageRequestParams, CreateMessageResult,
+        ElicitRequestParams, ElicitResult, ErrorCode, ErrorData, Implementation, ListRootsResult,
+        LoggingMessageNotificationParam, ProgressNotificationParam,
+    },
+    service::{DynService, NotificationContext, RequestContext, ServiceExt},
+};
+use serde::{Serialize, de::DeserializeOwned};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::model::{CallEvent, ClientAnswer};
+
+fn implementation() -> Implementation {
+    Implementation::new("mcpd", env!("CARGO_PKG_VERSION"))
+}
+
+fn no_stream(what: &str) -> ErrorData {
+    ErrorData::new(
+        ErrorCode::METHOD_NOT_FOUND,
+        format!(
+            "mcpd offers {what} only to tool calls made with StreamMcpToolCall, whose caller answers; this call was made with CallMcpTool"
+        ),
+        None,
+    )
+}
+
+/// What a caller on a stream can answer.
+fn streaming_capabilities() -> ClientCapabilities {
+    serde_json::from_value(serde_json::json!({
+        "sampling": {},
+        "elicitation": {"form": {}, "url": {}},
+        "roots": {"listChanged": false}
+    }))
+    .unwrap_or_default()
+}
+
+/// For unary calls: no client capabilities.
+pub(super) fn plain() -> Box<dyn DynService<RoleClient>> {
+    Plain(ClientCapabilities::default()).into_dyn()
+}
+
+/// For listing tools at registration: the capabilities a streamed call
+/// offers, so a server that offers some tools only to clients able to answer
+/// its requests lists them too (they are called with StreamMcpToolCall).
+/// Nothing is asked during a listing; anything that is, is refused.
+pub(super) fn listing() -> Box<dyn DynService<RoleClient>> {
+    Plain(streaming_capabilities()).into_dyn()
+}
+
+struct Plain(ClientCapabilities);
+
+impl ClientHandler for Plain {
+    fn get_info(&self) -> ClientConfig {
+        ClientConfig::new(self.0.clone(), implementation())
+    }
+
+    async fn create_message(
+        &self,
+        _params: CreateMessageRequestParams,
+        _context: RequestContext<RoleClient>,
+    ) -> Result<CreateMessageResult, ErrorData> {
+        Err(no_stream("sampling"))
+    }
+
+    async fn create_elicitation(
+        &self,
+        _request: ElicitRequestParams,
+        _context: RequestContext<RoleClient>,
+    ) -> Result<ElicitResult, ErrorData> {
+        Err(no_stream("elicitation"))
+    }
+
+    async fn list_roots(
+        &self,
+        _context: RequestContext<RoleClient>,
+    ) -> Result<ListRootsResult, ErrorData> {
+        Err(no_stream("roots"))
+    }
+}
+
+type Pending =
+    Arc<Mutex<HashMap<String, oneshot::Sender<Result<serde_json::Value, (i32, String)>>>>>;
+
+/// For one streamed call: relays to and from its caller.
+pub(super) struct Relay {
+    events: mpsc::Sender<CallEvent>,
+    pending: Pending,
+    next_id: AtomicU64,
+}
+
+impl Relay {
+    /// The handler, and the task that routes the caller's answers to the
+    /// requests waiting for them (it ends when the caller stops answering).
+    pub(super) fn start(
+        events: mpsc::Sender<CallEvent>,
+        mut answers: mpsc::Receiver<ClientAnswer>,
+    ) -> (Box<dyn DynService<RoleClient>>, tokio::task::JoinHandle<()>) {
+        let pending: Pending = Arc::default();
+        let routes = pending.clone();
+        let router = tokio::spawn(async move {
+            while let Some(answer) = answers.recv().await {
+                let waiting = routes
+                    .lock()
+                    .ok()
+                    .and_then(|mut p| p.remove(&answer.request_id));
+                match waiting {
+                    Some(request) => {
+                        let _ = request.send(answer.outcome);
+                    }
+                    None => tracing::debug!(
+                        request_id = answer.request_id.as_str(),
+                        "an answer for no pending request; ignored"
+                    ),
+                }
+            }
+        });
+        let relay = Relay {
+            events,
+            pending,
+            next_id: AtomicU64::new(1),
+        };
+        (relay.into_dyn(), router)
+    }
+
+    /// Asks the caller, waits for its answer, and reads it as `R`.
+    async fn ask<P: Serialize, R: DeserializeOwned>(
+        &self,
+        method: &str,
+        params: &P,
+    ) -> Result<R, ErrorData> {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed).to_string();
+        let (answer_tx, answer_rx) = oneshot::channel();
+        if let Ok(mut pending) = self.pending.lock() {
+            pending.insert(id.clone(), answer_tx);
+        }
+        let event = CallEvent::Request {
+            id: id.clone(),
+            method: method.to_owned(),
+            params: serde_json::to_value(params).unwrap_or_default(),
+        };
+        let gone = || {
+            ErrorData::new(
+                ErrorCode::INTERNAL_ERROR,
+                "the caller of this tool call is gone",
+                None,
+            )
+        };
+        self.events.send(event).await.map_err(|_| gone())?;
+        match answer_rx.await {
+            Ok(Ok(result)) => serde_json::from_value(result).map_err(|e| {
+                ErrorData::new(
+                    ErrorCode::INTERNAL_ERROR,
+                    format!("the caller's answer to {method} is not a valid result: {e}"),
+                    None,
+                )
+            }),
+            Ok(Err((code, message))) => Err(ErrorData::new(ErrorCode(code), message, None)),
+            Err(_) => Err(gone()),
+        }
+    }
+}
+
+impl ClientHandler for Relay {
+    fn get_info(&self) -> ClientConfig {
+        ClientConfig::new(streaming_capabilities(), implementation())
+    }
+
+    async fn create_message(
+        &self,
+        params: CreateMessageRequestParams,
+        _context: RequestContext<RoleClient>,
+    ) -> Result<CreateMessageResult, ErrorData> {
+        self.ask("sampling/createMessage", &params).await
+    }
+
+    async fn create_elicitation(
+        &self,
+        request: ElicitRequestParams,
+        _context: RequestContext<RoleClient>,
+    ) -> Result<ElicitResult, ErrorData> {
+        self.ask("elicitation/create", &request).await
+    }
+
+    async fn list_roots(
+        &self,
+        _context: RequestContext<RoleClient>,
+    ) -> Result<ListRootsResult, ErrorData> {
+        self.ask("roots/list", &serde_json::json!({})).await
+    }
+
+    async fn on_progress(
+        &self,
+        params: ProgressNotificationParam,
+        _context: NotificationContext<RoleClient>,
+    ) {
+        let _ = self
+            .events
+            .send(CallEvent::Progress {
+                progress: params.progress,
+                total: params.total,
+                message: params.message,
+            })
+            .await;
+    }
+
+    async fn on_logging_message(
+        &self,
+        params: LoggingMessageNotificationParam,
+        _context: NotificationContext<RoleClient>,
+    ) {
+        let level = serde_json::to_value(params.level)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_owned))
+            .unwrap_or_default();
+        let _ = self
+            .events
+            .send(CallEvent::Log {
+                level,
+                logger: params.logger,
+                data: params.data,
+            })
+            .await;
+    }
+}

@@ -407,3 +407,197 @@ async fn the_least_recently_used_session_makes_room() {
     assert_eq!((live.live_sessions, live.session_opens), (2, 4), "{live:?}");
     daemon.stop().await;
 }
+
+/// A test server whose calls take `delay_ms` and that logs them, with what
+/// it reads of that log.
+struct SlowServer {
+    log: std::path::PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl SlowServer {
+    fn new() -> SlowServer {
+        let dir = tempfile::tempdir().unwrap();
+        SlowServer {
+            log: dir.path().join("calls.log"),
+            _dir: dir,
+        }
+    }
+
+    fn transport(
+        &self,
+        delay_ms: u64,
+        pidfile: &Pidfile,
+    ) -> proto::create_mcp_server_request::Transport {
+        stdio(pidfile.args_with([
+            "--tools".to_owned(),
+            "1".to_owned(),
+            "--call-delay-ms".to_owned(),
+            delay_ms.to_string(),
+            "--cancel-log".to_owned(),
+            self.log.to_string_lossy().into_owned(),
+        ]))
+    }
+
+    fn lines(&self, what: &str) -> usize {
+        std::fs::read_to_string(&self.log)
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| l.starts_with(what))
+            .count()
+    }
+
+    async fn wait_for(&self, what: &str, count: usize) {
+        wait_until(
+            &format!("{count} `{what}` lines in the test server's call log"),
+            Duration::from_secs(10),
+            async || self.lines(what) >= count,
+        )
+        .await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_failing_tool_is_an_ok_answer_with_is_error() {
+    let daemon = Daemon::start(Backend::Sqlite).await;
+    let acme = daemon.org("acme").await;
+    let id = acme
+        .create("fails", stdio(["--tools", "1"]))
+        .await
+        .unwrap()
+        .server
+        .unwrap()
+        .id;
+    let answer = call_tool(
+        &acme,
+        call(&id, "tool_0000", serde_json::json!({"fail": true})),
+    )
+    .await
+    .expect("a tool failure is not an RPC failure");
+    assert!(answer.is_error, "{answer:?}");
+    assert!(texts(&answer)[0].contains("\"fail\":true"));
+    daemon.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn deadline_and_caller_cancellation_reach_the_server() {
+    let daemon = Daemon::start(Backend::Sqlite).await;
+    let acme = daemon.org("acme").await;
+    let slow = SlowServer::new();
+    let pidfile = Pidfile::temp();
+    let id = acme
+        .create("slow", slow.transport(30_000, &pidfile))
+        .await
+        .unwrap()
+        .server
+        .unwrap()
+        .id;
+
+    // The gRPC deadline is the call's deadline. Sent as the bare header, so
+    // the daemon, not the client library, is the one that enforces it.
+    let mut request = acme.req(call(&id, "tool_0000", serde_json::json!({})));
+    request
+        .metadata_mut()
+        .insert("grpc-timeout", "500m".parse().unwrap());
+    let status = acme.raw().call_mcp_tool(request).await.unwrap_err();
+    assert_eq!(status.code(), Code::DeadlineExceeded, "{status:?}");
+    slow.wait_for("cancelled", 1).await;
+
+    // A caller that goes away cancels too.
+    let pending = tokio::spawn({
+        let acme = acme.clone();
+        let id = id.clone();
+        async move { call_tool(&acme, call(&id, "tool_0000", serde_json::json!({}))).await }
+    });
+    slow.wait_for("started", 2).await;
+    pending.abort();
+    slow.wait_for("cancelled", 2).await;
+    wait_until("no call in flight", Duration::from_secs(5), async || {
+        daemon.manager.stats().live.calls_in_flight == 0
+    })
+    .await;
+    // The session survives its calls' cancellation.
+    assert_eq!(daemon.manager.stats().live.live_sessions, 1);
+    daemon.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn calls_beyond_the_per_server_limit_are_refused() {
+    let daemon = Daemon::start_with(
+        Backend::Sqlite,
+        with_pool(PoolLimits {
+            max_calls_per_server: 2,
+            ..PoolLimits::default()
+        }),
+    )
+    .await;
+    let acme = daemon.org("acme").await;
+    let slow = SlowServer::new();
+    let pidfile = Pidfile::temp();
+    let id = acme
+        .create("busy", slow.transport(30_000, &pidfile))
+        .await
+        .unwrap()
+        .server
+        .unwrap()
+        .id;
+    let running: Vec<_> = (0..2)
+        .map(|_| {
+            let acme = acme.clone();
+            let id = id.clone();
+            tokio::spawn(async move {
+                call_tool(&acme, call(&id, "tool_0000", serde_json::json!({}))).await
+            })
+        })
+        .collect();
+    slow.wait_for("started", 2).await;
+    let status = call_tool(&acme, call(&id, "tool_0000", serde_json::json!({})))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+    assert!(
+        status.message().contains("--max-calls-per-server"),
+        "{status:?}"
+    );
+
+    // Close ends the calls in flight: they fail, they do not hang.
+    acme.close(&id).await.unwrap();
+    for call in running {
+        let status = call.await.unwrap().expect_err("the server was closed");
+        assert!(
+            matches!(status.code(), Code::Unavailable | Code::Cancelled),
+            "{status:?}"
+        );
+    }
+    pidfile.wait().await.assert_gone().await;
+    daemon.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn shutdown_lets_calls_finish_then_closes_every_session() {
+    let daemon = Daemon::start(Backend::Sqlite).await;
+    let acme = daemon.org("acme").await;
+    let slow = SlowServer::new();
+    let pidfile = Pidfile::temp();
+    let id = acme
+        .create("draining", slow.transport(1_000, &pidfile))
+        .await
+        .unwrap()
+        .server
+        .unwrap()
+        .id;
+    let in_flight = tokio::spawn({
+        let acme = acme.clone();
+        async move { call_tool(&acme, call(&id, "tool_0000", serde_json::json!({"x": 1}))).await }
+    });
+    slow.wait_for("started", 1).await;
+    let pids = pidfile.wait().await;
+    daemon.stop().await;
+    let answer = in_flight
+        .await
+        .unwrap()
+        .expect("the call in flight finishes");
+    assert!(texts(&answer)[0].contains("\"x\":1"));
+    assert_eq!(slow.lines("cancelled"), 0);
+    pids.assert_gone().await;
+}

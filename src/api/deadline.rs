@@ -4,10 +4,36 @@ use std::time::Duration;
 
 use tonic::Request;
 
-/// The time the caller gives the call, if it set a deadline. The header is
-/// at most 8 digits and a unit (gRPC over HTTP/2); anything else is ignored.
+/// The time the call gets, if the caller set a deadline: a little less than
+/// the caller's, so the daemon ends the call itself (DEADLINE_EXCEEDED, the
+/// MCP server told, the call logged) before tonic's own timer drops it.
+/// The header is at most 8 digits and a unit (gRPC over HTTP/2); anything
+/// else is ignored.
 pub fn of<T>(request: &Request<T>) -> Option<Duration> {
-    parse(request.metadata().get("grpc-timeout")?.to_str().ok()?)
+    let given = parse(request.metadata().get("grpc-timeout")?.to_str().ok()?)?;
+    Some(given.saturating_sub((given / 20).min(MAX_MARGIN)))
+}
+
+/// The most the daemon keeps back from a caller's deadline.
+const MAX_MARGIN: Duration = Duration::from_millis(50);
+
+/// tonic answers a call whose deadline passed in its own timer with
+/// CANCELLED ("Timeout expired"); gRPC's code for that is DEADLINE_EXCEEDED.
+/// The answer is trailers-only, so its status is in the headers.
+pub fn expired_is_deadline_exceeded<B>(mut response: http::Response<B>) -> http::Response<B> {
+    let headers = response.headers_mut();
+    let expired = headers.get("grpc-status").is_some_and(|v| v == "1")
+        && headers
+            .get("grpc-message")
+            .is_some_and(|m| m == "Timeout%20expired" || m == "Timeout expired");
+    if expired {
+        headers.insert("grpc-status", http::HeaderValue::from_static("4"));
+        headers.insert(
+            "grpc-message",
+            http::HeaderValue::from_static("the%20call%27s%20deadline%20passed"),
+        );
+    }
+    response
 }
 
 fn parse(value: &str) -> Option<Duration> {

@@ -71,6 +71,9 @@ pub async fn serve(
         .layer(tower::util::MapResponseLayer::new(
             limits::oversized_is_resource_exhausted,
         ))
+        .layer(tower::util::MapResponseLayer::new(
+            deadline::expired_is_deadline_exceeded,
+        ))
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)

@@ -24,8 +24,19 @@ pub const CRASH_EXIT_CODE: i32 = 3;
 /// Exit code of `--crash-during-list`.
 pub const CRASH_DURING_LIST_EXIT_CODE: i32 = 4;
 
+/// How `tools/call` behaves.
+#[derive(Debug, Clone, Default)]
+pub struct Calls {
+    /// Answer only after this long (`--call-delay-ms`).
+    pub delay: std::time::Duration,
+    /// Where delayed calls are logged as `started <id>` and, when the client
+    /// cancels them, `cancelled <id>` (`--cancel-log`).
+    pub cancel_log: Option<std::path::PathBuf>,
+}
+
 pub struct TestServer {
     catalog: Arc<Catalog>,
+    calls: Calls,
     /// `--hang list`: never answer `tools/list`.
     hang_list: bool,
     /// `--crash-during-list`: exit with [`CRASH_DURING_LIST_EXIT_CODE`] instead
@@ -50,6 +61,7 @@ impl TestServer {
     pub fn new(catalog: Arc<Catalog>, hang_list: bool, crash_on_session_close: bool) -> Self {
         Self {
             catalog,
+            calls: Calls::default(),
             hang_list,
             crash_during_list: false,
             crash_on_session_close,
@@ -57,6 +69,11 @@ impl TestServer {
             unique_per_session: false,
             session_prefix: OnceLock::new(),
         }
+    }
+
+    pub fn calls(mut self, calls: Calls) -> Self {
+        self.calls = calls;
+        self
     }
 
     pub fn unique_per_session(mut self, on: bool) -> Self {
@@ -85,6 +102,7 @@ impl TestServer {
         )
         .unique_per_session(self.unique_per_session)
         .crash_during_list(self.crash_during_list)
+        .calls(self.calls.clone())
     }
 }
 
@@ -187,7 +205,7 @@ impl ServerHandler for TestServer {
     async fn call_tool(
         &self,
         request: CallToolRequestParams,
-        _context: RequestContext<RoleServer>,
+        context: RequestContext<RoleServer>,
     ) -> Result<CallToolResponse, McpError> {
         let name = request.name.as_ref();
         let listed = name.strip_prefix(self.session_prefix()).unwrap_or(name);
@@ -198,8 +216,40 @@ impl ServerHandler for TestServer {
                 None,
             ));
         }
+        if !self.calls.delay.is_zero() {
+            if let Some(log) = &self.calls.cancel_log {
+                record(log, "started", &context.id);
+            }
+            tokio::select! {
+                () = tokio::time::sleep(self.calls.delay) => {}
+                () = context.ct.cancelled() => {
+                    if let Some(log) = &self.calls.cancel_log {
+                        record(log, "cancelled", &context.id);
+                    }
+                    return Err(McpError::internal_error("cancelled by the client", None));
+                }
+            }
+        }
         let arguments = request.arguments.clone().map_or(Value::Null, Value::Object);
         let echo = json!({ "tool": name, "arguments": arguments });
-        Ok(CallToolResult::success(vec![ContentBlock::text(echo.to_string())]).into())
+        let content = vec![ContentBlock::text(echo.to_string())];
+        // `{"fail": true}` asks for a tool-level failure (`isError`).
+        if arguments.get("fail") == Some(&Value::Bool(true)) {
+            return Ok(CallToolResult::error(content).into());
+        }
+        Ok(CallToolResult::success(content).into())
+    }
+}
+
+/// Appends `<what> <request id>` to the `--cancel-log` file.
+fn record(log: &std::path::Path, what: &str, id: &rmcp::model::RequestId) {
+    use std::io::Write;
+    let written = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .and_then(|mut file| writeln!(file, "{what} {id}"));
+    if let Err(err) = written {
+        eprintln!("mcp-test-server: writing {}: {err}", log.display());
     }
 }

@@ -20,7 +20,10 @@ use anyhow::Context as _;
 use clap::{Parser, ValueEnum};
 use tokio::signal::unix::{SignalKind, signal};
 
-use crate::{catalog::Catalog, handler::TestServer};
+use crate::{
+    catalog::Catalog,
+    handler::{Calls, TestServer},
+};
 
 #[derive(Debug, Parser)]
 #[command(version, about)]
@@ -71,6 +74,15 @@ struct Cli {
     /// Spawn `sleep 1000` and write its PID, then ours, to this file.
     #[arg(long, value_name = "PIDFILE")]
     spawn_grandchild: Option<PathBuf>,
+    /// Answer each `tools/call` only after this many milliseconds (unless the
+    /// client cancels it first).
+    #[arg(long, default_value_t = 0)]
+    call_delay_ms: u64,
+    /// With `--call-delay-ms`: append `started <id>` for every `tools/call`
+    /// and `cancelled <id>` for each the client cancels
+    /// (`notifications/cancelled`) to this file.
+    #[arg(long, value_name = "PATH")]
+    cancel_log: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -125,6 +137,10 @@ async fn main() -> anyhow::Result<()> {
         malformed_list: cli.malformed_list,
     };
     let hang_list = cli.hang == Some(Hang::List);
+    let calls = Calls {
+        delay: std::time::Duration::from_millis(cli.call_delay_ms),
+        cancel_log: cli.cancel_log.clone(),
+    };
 
     match cli.transport {
         Transport::Stdio => {
@@ -132,14 +148,16 @@ async fn main() -> anyhow::Result<()> {
             // `stdio::run`, so the handler itself never crashes.
             let server = TestServer::new(catalog, hang_list, false)
                 .unique_per_session(cli.unique_per_session)
-                .crash_during_list(cli.crash_during_list);
+                .crash_during_list(cli.crash_during_list)
+                .calls(calls);
             stdio::run(server, &behaviour).await
         }
         Transport::Http => {
             // `--crash-during-list` is up to `http::run`: crashing in the
             // handler would be too late, rmcp has sent the SSE headers by then.
             let server = TestServer::new(catalog, hang_list, cli.crash_on_shutdown)
-                .unique_per_session(cli.unique_per_session);
+                .unique_per_session(cli.unique_per_session)
+                .calls(calls);
             http::run(server, cli.listen, &behaviour).await
         }
     }

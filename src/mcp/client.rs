@@ -151,6 +151,17 @@ impl Relay {
         method: &str,
         params: &P,
     ) -> Result<R, ErrorData> {
+        let params = serde_json::to_value(params).unwrap_or_default();
+        let answer = self.ask_json(method, params).await?;
+        read_answer(method, answer)
+    }
+
+    /// Asks the caller and waits for its answer, as JSON.
+    async fn ask_json(
+        &self,
+        method: &str,
+        params: serde_json::Value,
+    ) -> Result<serde_json::Value, ErrorData> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed).to_string();
         let (answer_tx, answer_rx) = oneshot::channel();
         if let Ok(mut pending) = self.pending.lock() {
@@ -159,7 +170,7 @@ impl Relay {
         let event = CallEvent::Request {
             id: id.clone(),
             method: method.to_owned(),
-            params: serde_json::to_value(params).unwrap_or_default(),
+            params,
         };
         let gone = || {
             ErrorData::new(
@@ -170,15 +181,53 @@ impl Relay {
         };
         self.events.send(event).await.map_err(|_| gone())?;
         match answer_rx.await {
-            Ok(Ok(result)) => serde_json::from_value(result).map_err(|e| {
-                ErrorData::new(
-                    ErrorCode::INTERNAL_ERROR,
-                    format!("the caller's answer to {method} is not a valid result: {e}"),
-                    None,
-                )
-            }),
+            Ok(Ok(result)) => Ok(result),
             Ok(Err((code, message))) => Err(ErrorData::new(ErrorCode(code), message, None)),
             Err(_) => Err(gone()),
+        }
+    }
+}
+
+fn read_answer<R: DeserializeOwned>(
+    method: &str,
+    answer: serde_json::Value,
+) -> Result<R, ErrorData> {
+    serde_json::from_value(answer).map_err(|e| {
+        ErrorData::new(
+            ErrorCode::INTERNAL_ERROR,
+            format!("the caller's answer to {method} is not a valid result: {e}"),
+            None,
+        )
+    })
+}
+
+/// An accepted form elicitation whose content leaves out fields that the
+/// requested schema gives defaults for gets those defaults (SEP-1034): the
+/// caller may answer with only what its user changed.
+fn fill_defaults(params: &serde_json::Value, answer: &mut serde_json::Value) {
+    if answer.get("action").and_then(serde_json::Value::as_str) != Some("accept") {
+        return;
+    }
+    let Some(properties) = params
+        .pointer("/requestedSchema/properties")
+        .and_then(serde_json::Value::as_object)
+    else {
+        return;
+    };
+    let Some(answer) = answer.as_object_mut() else {
+        return;
+    };
+    let content = answer
+        .entry("content")
+        .or_insert_with(|| serde_json::json!({}));
+    let Some(content) = content.as_object_mut() else {
+        return;
+    };
+    for (name, property) in properties {
+        if let Some(default) = property.get("default") {
+            content
+                .entry(name.clone())
+                .or_insert_with(|| default.clone());
         }
     }
 }
@@ -201,7 +250,10 @@ impl ClientHandler for Relay {
         request: ElicitRequestParams,
         _context: RequestContext<RoleClient>,
     ) -> Result<ElicitResult, ErrorData> {
-        self.ask("elicitation/create", &request).await
+        let params = serde_json::to_value(&request).unwrap_or_default();
+        let mut answer = self.ask_json("elicitation/create", params.clone()).await?;
+        fill_defaults(&params, &mut answer);
+        read_answer("elicitation/create", answer)
     }
 
     async fn list_roots(
@@ -243,5 +295,32 @@ impl ClientHandler for Relay {
                 data: params.data,
             })
             .await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::fill_defaults;
+    use serde_json::json;
+
+    #[test]
+    fn accepted_answers_get_the_schema_defaults_they_leave_out() {
+        let params = json!({"requestedSchema": {"type": "object", "properties": {
+            "name": {"type": "string", "default": "Ada"},
+            "age": {"type": "integer", "default": 36},
+            "email": {"type": "string"}
+        }}});
+        let mut answer = json!({"action": "accept", "content": {"age": 7}});
+        fill_defaults(&params, &mut answer);
+        assert_eq!(
+            answer,
+            json!({"action": "accept", "content": {"age": 7, "name": "Ada"}})
+        );
+        let mut empty = json!({"action": "accept"});
+        fill_defaults(&params, &mut empty);
+        assert_eq!(empty["content"], json!({"name": "Ada", "age": 36}));
+        let mut declined = json!({"action": "decline"});
+        fill_defaults(&params, &mut declined);
+        assert_eq!(declined, json!({"action": "decline"}));
     }
 }

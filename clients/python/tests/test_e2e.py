@@ -274,6 +274,37 @@ def test_stdio_server_lifecycle(client: McpdClient):
     assert list(client.list_servers()) == []
 
 
+def test_call_tool_on_a_live_session(client: McpdClient):
+    created = client.create_stdio_server("caller", str(TEST_SERVER_BIN), STDIO_ARGS)
+    server_id = created.server.id
+
+    answer = client.call_tool(server_id, TOOL_NAMES[0], {"x": 7})
+    assert not answer.is_error
+    assert json.loads(answer.content[0].text.text) == {
+        "tool": TOOL_NAMES[0],
+        "arguments": {"x": 7},
+    }
+    failed = client.call_tool(server_id, TOOL_NAMES[0], {"fail": True})
+    assert failed.is_error
+    assert client.stats().session_opens == 1
+    assert client.stats().session_reuses >= 1
+
+    with pytest.raises(grpc.RpcError) as err:
+        client.call_tool(server_id, TOOL_NAMES[0], {"x": "not an integer"})
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "at /x" in err.value.details()
+    with pytest.raises(grpc.RpcError) as err:
+        client.call_tool(server_id, "no_such_tool")
+    assert err.value.code() == grpc.StatusCode.NOT_FOUND
+
+    # The same call on the stream: no server requests here, just the result.
+    events = []
+    streamed = client.stream_call(server_id, TOOL_NAMES[1], {"x": 1}, on_event=events.append)
+    assert json.loads(streamed.content[0].text.text)["arguments"] == {"x": 1}
+    assert events == []
+    client.close_server(server_id)
+
+
 def test_list_servers_pages(client: McpdClient):
     # Tool names are unique within an organization: give the second server others.
     first = client.create_stdio_server("first", str(TEST_SERVER_BIN), STDIO_ARGS).server
@@ -583,6 +614,26 @@ def test_grpcurl_creates_and_closes_stdio_server(daemon: Daemon, api_key: ApiKey
         grpcurl(daemon, f"{SERVICE}/CloseMcpServer", key=key, data={"server_id": server["id"]})
     )
     assert closed["removedTools"] == 3
+
+
+def test_grpcurl_calls_a_tool(daemon: Daemon, api_key: ApiKey):
+    key = api_key.key
+    request = {
+        "server_name": "grpcurl-calls",
+        "stdio": {"command": str(TEST_SERVER_BIN), "args": STDIO_ARGS},
+    }
+    created = json.loads(grpcurl(daemon, f"{SERVICE}/CreateMcpServer", key=key, data=request))
+    server_id = created["server"]["id"]
+    call = {
+        "server_id": server_id,
+        "tool_name": TOOL_NAMES[0],
+        "arguments_json": json.dumps({"x": 3}),
+    }
+    answer = json.loads(grpcurl(daemon, f"{SERVICE}/CallMcpTool", key=key, data=call))
+    echoed = json.loads(answer["content"][0]["text"]["text"])
+    assert echoed == {"tool": TOOL_NAMES[0], "arguments": {"x": 3}}
+    assert answer.get("isError", False) is False
+    grpcurl(daemon, f"{SERVICE}/CloseMcpServer", key=key, data={"server_id": server_id})
 
 
 @pytest.mark.parametrize("method", [f"{SERVICE}/ListMcpServers", f"{ADMIN_SERVICE}/GetStats"])

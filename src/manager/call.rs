@@ -14,6 +14,7 @@ use tokio::sync::mpsc;
 
 use super::{CallStats, Manager, ManagerError, validate};
 use crate::{
+    mcp::McpError,
     model::{CallEvent, CallTarget, ClientAnswer, ToolCallResult},
     store::track_connections,
 };
@@ -47,36 +48,24 @@ impl Manager {
         call: CallTool,
         deadline: Option<Duration>,
     ) -> (Result<ToolCallResult, ManagerError>, CallStats) {
-        let mut stats = CallStats::default();
-        let (result, peak) =
-            track_connections(self.call_inner(org, call, deadline, &mut stats)).await;
-        stats.peak_connections = peak;
-        (result, stats)
-    }
-
-    async fn call_inner(
-        &self,
-        org: &str,
-        call: CallTool,
-        deadline: Option<Duration>,
-        stats: &mut CallStats,
-    ) -> Result<ToolCallResult, ManagerError> {
-        let started = Instant::now();
-        let (arguments, target) = self.prepare(org, &call).await?;
-        let mcp_started = Instant::now();
-        let result = self
-            .mcp
-            .call_tool(
-                org,
-                &call.server_id,
-                &target.transport,
-                &call.tool_name,
-                arguments,
-                remaining(deadline, started),
-            )
-            .await;
-        stats.mcp = mcp_started.elapsed();
-        Ok(result?)
+        self.run_call(
+            org,
+            &call,
+            deadline,
+            async |arguments, target, remaining| {
+                self.mcp
+                    .call_tool(
+                        org,
+                        &call.server_id,
+                        &target.transport,
+                        &call.tool_name,
+                        arguments,
+                        remaining,
+                    )
+                    .await
+            },
+        )
+        .await
     }
 
     /// A call whose caller follows it: progress, log messages and the
@@ -90,24 +79,48 @@ impl Manager {
         events: mpsc::Sender<CallEvent>,
         answers: mpsc::Receiver<ClientAnswer>,
     ) -> (Result<ToolCallResult, ManagerError>, CallStats) {
-        let mut stats = CallStats::default();
+        self.run_call(
+            org,
+            &call,
+            deadline,
+            async |arguments, target, remaining| {
+                self.mcp
+                    .stream_tool_call(
+                        org,
+                        &call.server_id,
+                        &target.transport,
+                        &call.tool_name,
+                        arguments,
+                        remaining,
+                        events,
+                        answers,
+                    )
+                    .await
+            },
+        )
+        .await
+    }
+
+    /// What both kinds of call share: the checks and the one short checkout
+    /// first, then `mcp_call` with what is left of the deadline, timed.
+    async fn run_call(
+        &self,
+        org: &str,
+        call: &CallTool,
+        deadline: Option<Duration>,
+        mcp_call: impl AsyncFnOnce(
+            Map<String, Value>,
+            CallTarget,
+            Option<Duration>,
+        ) -> Result<ToolCallResult, McpError>,
+    ) -> (Result<ToolCallResult, ManagerError>, CallStats) {
         let started = Instant::now();
+        let mut stats = CallStats::default();
         let (result, peak) = track_connections(async {
-            let (arguments, target) = self.prepare(org, &call).await?;
+            let (arguments, target) = self.prepare(org, call).await?;
             let mcp_started = Instant::now();
-            let result = self
-                .mcp
-                .stream_tool_call(
-                    org,
-                    &call.server_id,
-                    &target.transport,
-                    &call.tool_name,
-                    arguments,
-                    remaining(deadline, started),
-                    events,
-                    answers,
-                )
-                .await;
+            let remaining = deadline.map(|d| d.saturating_sub(started.elapsed()));
+            let result = mcp_call(arguments, target, remaining).await;
             stats.mcp = mcp_started.elapsed();
             Ok(result?)
         })
@@ -133,11 +146,6 @@ impl Manager {
         self.schemas.check(&target.input_schema_json, &arguments)?;
         Ok((arguments, target))
     }
-}
-
-/// What is left of the caller's deadline after `started`.
-fn remaining(deadline: Option<Duration>, started: Instant) -> Option<Duration> {
-    deadline.map(|d| d.saturating_sub(started.elapsed()))
 }
 
 fn parse_arguments(json: &str) -> Result<Map<String, Value>, ManagerError> {

@@ -232,6 +232,13 @@ impl McpConnector {
         &self.settings
     }
 
+    /// The caller's deadline, or `--mcp-call-timeout`, whichever is shorter.
+    fn call_timeout(&self, deadline: Option<Duration>) -> Duration {
+        deadline.map_or(self.settings.call_timeout, |d| {
+            d.min(self.settings.call_timeout)
+        })
+    }
+
     /// Calls a tool on the server's live session (opened if needed). The
     /// caller's deadline bounds it, `--mcp-call-timeout` when it sets none.
     pub async fn call_tool(
@@ -243,9 +250,7 @@ impl McpConnector {
         arguments: serde_json::Map<String, serde_json::Value>,
         deadline: Option<Duration>,
     ) -> Result<ToolCallResult, McpError> {
-        let timeout = deadline.map_or(self.settings.call_timeout, |d| {
-            d.min(self.settings.call_timeout)
-        });
+        let timeout = self.call_timeout(deadline);
         self.pool
             .call(
                 self,
@@ -274,9 +279,7 @@ impl McpConnector {
         events: tokio::sync::mpsc::Sender<CallEvent>,
         answers: tokio::sync::mpsc::Receiver<ClientAnswer>,
     ) -> Result<ToolCallResult, McpError> {
-        let timeout = deadline.map_or(self.settings.call_timeout, |d| {
-            d.min(self.settings.call_timeout)
-        });
+        let timeout = self.call_timeout(deadline);
         let until = tokio::time::Instant::now() + timeout;
         let caller = events.clone();
         let (handler, router) = client::Relay::start(events, answers);

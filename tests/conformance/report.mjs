@@ -11,7 +11,16 @@
 import { existsSync, readFileSync, readdirSync, statSync } from 'node:fs';
 import { join, relative, sep } from 'node:path';
 
-const [revision, resultsDir, baselineFile, requirementsFile] = process.argv.slice(2);
+const [revision, resultsDir, baselineFile, requirementsFile, flakyFile] = process.argv.slice(2);
+
+// Scenarios known to pass or fail by timing (flaky-<rev>.txt: one scenario a
+// line, `#` comments saying why): either outcome is accepted and shown.
+const flaky = new Set(
+  (flakyFile && existsSync(flakyFile) ? readFileSync(flakyFile, 'utf8') : '')
+    .split('\n')
+    .map((line) => line.replace(/#.*/, '').trim())
+    .filter(Boolean),
+);
 if (!requirementsFile) {
   console.error('usage: report.mjs REVISION RESULTS_DIR BASELINE.yaml REQUIREMENTS.yaml');
   process.exit(2);
@@ -75,7 +84,9 @@ const rows = results.map((r) => {
   const listed = baseline.get(r.scenario);
   const failed = r.bad.length > 0;
   let note = '';
-  if (listed && listed.size === 0) {
+  if (flaky.has(r.scenario)) {
+    note = failed ? 'flaky: failed this time (allowed)' : 'flaky: passed';
+  } else if (listed && listed.size === 0) {
     note = failed ? 'expected (baseline)' : 'STALE: passes, remove from baseline';
     if (!failed) stale.push(r.scenario);
   } else if (listed) {

@@ -99,6 +99,10 @@ pub struct Proc {
 }
 
 impl Proc {
+    pub fn pid(&self) -> Option<u32> {
+        self.child.id()
+    }
+
     /// SIGTERM and wait: the daemon's own shutdown path.
     pub async fn terminate(mut self) {
         if let Some(pid) = self.child.id().and_then(|p| i32::try_from(p).ok()) {
@@ -112,15 +116,25 @@ impl Proc {
 /// The rmcp test server on a free loopback port, serving `tools` synthetic
 /// tools whose names are unique per session.
 pub async fn start_mcp_server(bin: &str, tools: usize) -> anyhow::Result<(Proc, String)> {
-    let mut child = Command::new(bin)
-        .args([
-            "--transport",
-            "http",
-            "--listen",
-            "127.0.0.1:0",
+    start_http_server(
+        bin,
+        &[
             "--unique-per-session",
-        ])
-        .args(["--tools", &tools.to_string(), "--page-size", "500"])
+            "--tools",
+            &tools.to_string(),
+            "--page-size",
+            "500",
+        ],
+    )
+    .await
+}
+
+/// The rmcp test server over streamable HTTP on a free loopback port, with
+/// `args` added to its command line.
+pub async fn start_http_server(bin: &str, args: &[&str]) -> anyhow::Result<(Proc, String)> {
+    let mut child = Command::new(bin)
+        .args(["--transport", "http", "--listen", "127.0.0.1:0"])
+        .args(args)
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .kill_on_drop(true)
@@ -156,6 +170,7 @@ impl Daemon {
         pool_size: u32,
         pool_timeout: Duration,
         orgs: &[String],
+        extra_args: &[String],
     ) -> anyhow::Result<Daemon> {
         let mut keys = HashMap::new();
         for org in orgs {
@@ -207,6 +222,7 @@ impl Daemon {
             ])
             .arg("--secret-key-file")
             .arg(db.dir.join("mcpd.key"))
+            .args(extra_args)
             .stdout(Stdio::null())
             .kill_on_drop(true)
             .spawn()

@@ -72,9 +72,19 @@ impl FanoutPool {
                     .boxed()
                 });
                 FanoutPool::Sqlite(
+                    // No ping on check-out: bb8 runs it inside the acquire
+                    // timeout, and a ping cut off there is a cancelled
+                    // `spawn_blocking` job of diesel-async's sync wrapper,
+                    // whose drop blocks (`block_in_place` + `block_on`) on
+                    // the thread that runs all the fan-out futures. Under
+                    // pool timeouts that hung the run (2 runs of 4 with
+                    // `--quick --backend sqlite`; 0 of 6 without the ping).
+                    // Without it the baseline does less per checkout, so
+                    // it is if anything flattered.
                     bb8::Pool::builder()
                         .max_size(size)
                         .connection_timeout(timeout)
+                        .test_on_check_out(false)
                         .build_unchecked(AsyncDieselConnectionManager::new_with_config(
                             path, config,
                         )),

@@ -1,8 +1,11 @@
 //! mcpd-bench: starts the release daemon as its own process on PostgreSQL
 //! and on SQLite, drives it through gRPC with synthetic MCP servers over
 //! streamable HTTP, and compares it with the database floor and with the
-//! incident's 2N-connection fan-out. Prints a table, writes JSON.
+//! incident's 2N-connection fan-out; then measures tool calls through the
+//! daemon against a direct rmcp client and connect-per-call. Prints a
+//! table, writes JSON.
 
+mod calls;
 mod env;
 mod fanout;
 mod floor;
@@ -16,6 +19,7 @@ use clap::{Parser, ValueEnum};
 use serde_json::{Value, json};
 
 use crate::{
+    calls::CallPlan,
     env::{Backend, Daemon, Db, start_mcp_server},
     fanout::FanoutPool,
     floor::{PgFloor, Rows, SqliteFloor},
@@ -48,6 +52,17 @@ struct Cli {
     /// Acquire timeout of the daemon's pool and of the fan-out baseline.
     #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
     pool_timeout: Duration,
+    /// Which scenarios: the registry's (creates, fan-out, load, memory),
+    /// tool calls, or both.
+    #[arg(long, value_enum, default_value_t = Scenarios::All)]
+    scenarios: Scenarios,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Scenarios {
+    All,
+    Registry,
+    Call,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -99,16 +114,32 @@ async fn main() -> anyhow::Result<()> {
             "{bin} is missing: run `cargo build --release -p mcpd -p mcp-test-server` first"
         );
     }
+    let call_plan = CallPlan::new(cli.quick);
     let mut results = Vec::new();
     let mut baseline = Vec::new();
+    let mut call = Vec::new();
     for backend in backends {
         eprintln!("== {}", backend.name());
         let db = Db::create(backend, &cli.pg_admin_url).await?;
-        let outcome = run_backend(&cli, &plan, &db).await;
+        let outcome = async {
+            let registry = if cli.scenarios == Scenarios::Call {
+                (Vec::new(), Vec::new())
+            } else {
+                run_backend(&cli, &plan, &db).await?
+            };
+            let calls = if cli.scenarios == Scenarios::Registry {
+                Vec::new()
+            } else {
+                run_calls(&cli, &call_plan, &db).await?
+            };
+            anyhow::Ok((registry, calls))
+        }
+        .await;
         db.drop_db().await;
-        let (ours, theirs) = outcome?;
+        let ((ours, theirs), calls) = outcome?;
         results.extend(ours);
         baseline.extend(theirs);
+        call.extend(calls);
     }
     let report = json!({
         "generated_at_unix": std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs(),
@@ -117,6 +148,7 @@ async fn main() -> anyhow::Result<()> {
         "pool_size": cli.pool_size,
         "results": results,
         "fanout_baseline": baseline,
+        "call": call,
     });
     if let Some(dir) = cli.out.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir)?;
@@ -136,7 +168,8 @@ async fn run_backend(cli: &Cli, plan: &Plan, db: &Db) -> anyhow::Result<(Vec<Val
         .map(|(n, _)| format!("single-{n}"))
         .chain(["load".to_owned(), "memory".to_owned()])
         .collect();
-    let daemon = Daemon::start(&cli.daemon, db, cli.pool_size, cli.pool_timeout, &orgs).await?;
+    let daemon =
+        Daemon::start(&cli.daemon, db, cli.pool_size, cli.pool_timeout, &orgs, &[]).await?;
     // Idle: started, migrated, nothing registered yet.
     tokio::time::sleep(Duration::from_millis(300)).await;
     let idle_rss = scenarios::daemon_peak(&daemon, false).await?.rss_bytes;
@@ -237,6 +270,39 @@ async fn run_backend(cli: &Cli, plan: &Plan, db: &Db) -> anyhow::Result<(Vec<Val
     Ok((ours, theirs))
 }
 
+/// Tool calls, on a daemon of their own: stdio allowed for the test server,
+/// and a per-server call limit above the 100 concurrent callers.
+async fn run_calls(cli: &Cli, plan: &CallPlan, db: &Db) -> anyhow::Result<Vec<Value>> {
+    // The allowlist matches the command exactly.
+    let test_server = std::fs::canonicalize(&cli.test_server)
+        .with_context(|| format!("resolving {}", cli.test_server))?
+        .to_string_lossy()
+        .into_owned();
+    let daemon = Daemon::start(
+        &cli.daemon,
+        db,
+        cli.pool_size,
+        cli.pool_timeout,
+        &[calls::ORG.to_owned()],
+        &[
+            "--stdio-allow".to_owned(),
+            test_server.clone(),
+            "--max-calls-per-server".to_owned(),
+            calls::MAX_CALLS_PER_SERVER.to_string(),
+        ],
+    )
+    .await?;
+    let rows = calls::run(&daemon, &test_server, cli.pool_size, plan).await;
+    daemon.proc.terminate().await;
+    Ok(rows?
+        .into_iter()
+        .map(|mut row| {
+            row["backend"] = json!(db.backend.name());
+            row
+        })
+        .collect())
+}
+
 /// Median milliseconds the floor takes for `n` tools.
 async fn floor(db: &Db, n: usize, runs: usize) -> anyhow::Result<f64> {
     let mut times = Vec::with_capacity(runs);
@@ -295,6 +361,13 @@ fn print_table(report: &Value) {
         Value::Null => "-".into(),
         other => other.to_string(),
     };
+    if !rows.is_empty() {
+        print_registry(rows, fanout, f);
+    }
+    calls::print_table(report["call"].as_array().unwrap_or(&empty));
+}
+
+fn print_registry(rows: &[Value], fanout: &[Value], f: impl Fn(&Value) -> String) {
     println!("\nSingle create (daemon) vs floor");
     println!(
         "{:<9} {:>5} {:>5} {:>9} {:>9} {:>9} {:>11} {:>9} {:>7} {:>6} {:>9}",

@@ -17,6 +17,7 @@ pub fn to_status(err: ManagerError) -> Status {
         // gRPC's code for an error raised in another address space.
         ManagerError::Upstream(_) => Code::Unknown,
         ManagerError::Cancelled(_) => Code::Cancelled,
+        ManagerError::FailedPrecondition(_) => Code::FailedPrecondition,
         ManagerError::Internal(_) => Code::Internal,
     };
     if code == Code::Internal {

@@ -121,12 +121,19 @@ async fn run(
     result.map(convert::tool_call_result).map_err(to_status)
 }
 
-/// The caller's answers to the server's requests, as they come.
+/// The caller's answers to the server's requests, as they come. Ends when
+/// the call does, whether or not the caller has closed its side: a request
+/// stream left open must not keep the RPC (and a graceful shutdown) waiting.
 async fn forward_answers(
     mut inbound: Streaming<proto::StreamMcpToolCallRequest>,
     answers: mpsc::Sender<ClientAnswer>,
 ) {
-    while let Ok(Some(message)) = inbound.message().await {
+    loop {
+        let message = tokio::select! {
+            message = inbound.message() => message,
+            () = answers.closed() => return,
+        };
+        let Ok(Some(message)) = message else { return };
         match message.message {
             Some(In::Answer(answer)) => {
                 if answers.send(convert::client_answer(answer)).await.is_err() {

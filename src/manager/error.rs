@@ -30,6 +30,9 @@ pub enum ManagerError {
     /// its code and message.
     #[error("{0}")]
     Upstream(String),
+    /// The request is valid but cannot be served in the way it was made.
+    #[error("{0}")]
+    FailedPrecondition(String),
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -58,6 +61,7 @@ impl From<McpError> for ManagerError {
             McpError::Settings(_) => ManagerError::InvalidArgument(err.to_string()),
             McpError::Refused(_) => ManagerError::PermissionDenied(err.to_string()),
             McpError::Busy(_) => ManagerError::ResourceExhausted(err.to_string()),
+            McpError::NeedsInput(_) => ManagerError::FailedPrecondition(err.to_string()),
             McpError::Cancelled => ManagerError::Cancelled(err.to_string()),
             // Invalid params: the arguments (or the tool name) were wrong.
             McpError::Rejected { code: -32602, .. } => {

@@ -4,8 +4,9 @@
 //! - Live sessions for unary calls offer nothing: a server request there is
 //!   answered with an error that names StreamMcpToolCall.
 //! - A streamed call's session offers sampling, elicitation and roots, and
-//!   relays every request, progress and log message to the call's caller.
-//!   The session serves that one call, so everything on it belongs to it.
+//!   relays every request (and, through [`super::tap`], every progress and
+//!   log message) to the call's caller. The session serves that one call,
+//!   so everything on it belongs to it.
 //!
 //! Sampling, roots and logging are deprecated by the 2026-07-28 revision
 //! (SEP-2577) but remain what 2025-11-25 servers use, so they stay here.
@@ -23,10 +24,10 @@ use rmcp::{
     ClientHandler, RoleClient,
     model::{
         ClientCapabilities, ClientConfig, CreateMessageRequestParams, CreateMessageResult,
-        ElicitRequestParams, ElicitResult, ErrorCode, ErrorData, Implementation, ListRootsResult,
-        LoggingMessageNotificationParam, ProgressNotificationParam,
+        ElicitRequestParams, ElicitResult, ErrorCode, ErrorData, Implementation, InputRequest,
+        ListRootsResult, ProtocolVersion,
     },
-    service::{DynService, NotificationContext, RequestContext, ServiceExt},
+    service::{DynService, RequestContext, ServiceExt},
 };
 use serde::{Serialize, de::DeserializeOwned};
 use tokio::sync::{mpsc, oneshot};
@@ -57,24 +58,119 @@ fn streaming_capabilities() -> ClientCapabilities {
     .unwrap_or_default()
 }
 
+/// The client side of one session. Cheap to clone: a session that has to
+/// be opened again (a legacy server that choked on `server/discover`) gets
+/// the same handler, and the session keeps one to answer the input requests
+/// of multi round-trip calls (SEP-2322).
+#[derive(Clone)]
+pub(super) enum Handler {
+    Plain(Plain),
+    Relay(Relay),
+}
+
+impl Handler {
+    /// Where the session's progress and log notifications go: a streamed
+    /// call's caller (see [`super::tap`]); nowhere for other sessions.
+    pub(super) fn events(&self) -> Option<mpsc::Sender<CallEvent>> {
+        match self {
+            Handler::Plain(_) => None,
+            Handler::Relay(relay) => Some(relay.events.clone()),
+        }
+    }
+
+    /// The rmcp service for a new session. `legacy` sessions propose the
+    /// last revision with an `initialize` handshake instead of rmcp's latest.
+    pub(super) fn service(&self, legacy: bool) -> Box<dyn DynService<RoleClient>> {
+        let protocol = legacy.then_some(ProtocolVersion::LATEST_WITH_INITIALIZE);
+        match self {
+            Handler::Plain(plain) => Plain {
+                protocol,
+                ..plain.clone()
+            }
+            .into_dyn(),
+            Handler::Relay(relay) => Relay {
+                protocol,
+                ..relay.clone()
+            }
+            .into_dyn(),
+        }
+    }
+
+    /// Fulfils one input request of an `input_required` result (SEP-2322)
+    /// the way the same request sent on its own would be answered.
+    pub(super) async fn input(
+        &self,
+        request: &InputRequest,
+    ) -> Result<serde_json::Value, ErrorData> {
+        let (method, what) = match request {
+            InputRequest::CreateMessage(_) => ("sampling/createMessage", "sampling"),
+            InputRequest::Elicitation(_) => ("elicitation/create", "elicitation"),
+            InputRequest::ListRoots(_) => ("roots/list", "roots"),
+            _ => {
+                return Err(ErrorData::new(
+                    ErrorCode::INVALID_REQUEST,
+                    "the server asked for an input mcpd does not know",
+                    None,
+                ));
+            }
+        };
+        let relay = match self {
+            Handler::Plain(_) => return Err(no_stream(what)),
+            Handler::Relay(relay) => relay,
+        };
+        let params = serde_json::to_value(request)
+            .ok()
+            .and_then(|mut r| r.get_mut("params").map(serde_json::Value::take))
+            .unwrap_or_else(|| serde_json::json!({}));
+        let mut answer = relay.ask_json(method, params.clone()).await?;
+        if matches!(request, InputRequest::Elicitation(_)) {
+            fill_defaults(&params, &mut answer);
+        }
+        Ok(answer)
+    }
+}
+
 /// For unary calls: no client capabilities.
-pub(super) fn plain() -> Box<dyn DynService<RoleClient>> {
-    Plain(ClientCapabilities::default()).into_dyn()
+pub(super) fn plain() -> Handler {
+    Handler::Plain(Plain {
+        capabilities: ClientCapabilities::default(),
+        protocol: None,
+    })
 }
 
 /// For listing tools at registration: the capabilities a streamed call
 /// offers, so a server that offers some tools only to clients able to answer
 /// its requests lists them too (they are called with StreamMcpToolCall).
 /// Nothing is asked during a listing; anything that is, is refused.
-pub(super) fn listing() -> Box<dyn DynService<RoleClient>> {
-    Plain(streaming_capabilities()).into_dyn()
+pub(super) fn listing() -> Handler {
+    Handler::Plain(Plain {
+        capabilities: streaming_capabilities(),
+        protocol: None,
+    })
 }
 
-struct Plain(ClientCapabilities);
+/// What mcpd tells the server about itself, proposing `protocol` (rmcp's
+/// latest when `None`).
+fn client_config(
+    capabilities: ClientCapabilities,
+    protocol: Option<&ProtocolVersion>,
+) -> ClientConfig {
+    let mut config = ClientConfig::new(capabilities, implementation());
+    if let Some(protocol) = protocol {
+        config.protocol_version = protocol.clone();
+    }
+    config
+}
+
+#[derive(Clone)]
+pub(super) struct Plain {
+    capabilities: ClientCapabilities,
+    protocol: Option<ProtocolVersion>,
+}
 
 impl ClientHandler for Plain {
     fn get_info(&self) -> ClientConfig {
-        ClientConfig::new(self.0.clone(), implementation())
+        client_config(self.capabilities.clone(), self.protocol.as_ref())
     }
 
     async fn create_message(
@@ -105,10 +201,12 @@ type Pending =
     Arc<Mutex<HashMap<String, oneshot::Sender<Result<serde_json::Value, (i32, String)>>>>>;
 
 /// For one streamed call: relays to and from its caller.
+#[derive(Clone)]
 pub(super) struct Relay {
     events: mpsc::Sender<CallEvent>,
     pending: Pending,
-    next_id: AtomicU64,
+    next_id: Arc<AtomicU64>,
+    protocol: Option<ProtocolVersion>,
 }
 
 impl Relay {
@@ -117,7 +215,7 @@ impl Relay {
     pub(super) fn start(
         events: mpsc::Sender<CallEvent>,
         mut answers: mpsc::Receiver<ClientAnswer>,
-    ) -> (Box<dyn DynService<RoleClient>>, tokio::task::JoinHandle<()>) {
+    ) -> (Handler, tokio::task::JoinHandle<()>) {
         let pending: Pending = Arc::default();
         let routes = pending.clone();
         let router = tokio::spawn(async move {
@@ -140,9 +238,10 @@ impl Relay {
         let relay = Relay {
             events,
             pending,
-            next_id: AtomicU64::new(1),
+            next_id: Arc::new(AtomicU64::new(1)),
+            protocol: None,
         };
-        (relay.into_dyn(), router)
+        (Handler::Relay(relay), router)
     }
 
     /// Asks the caller, waits for its answer, and reads it as `R`.
@@ -234,7 +333,7 @@ fn fill_defaults(params: &serde_json::Value, answer: &mut serde_json::Value) {
 
 impl ClientHandler for Relay {
     fn get_info(&self) -> ClientConfig {
-        ClientConfig::new(streaming_capabilities(), implementation())
+        client_config(streaming_capabilities(), self.protocol.as_ref())
     }
 
     async fn create_message(
@@ -261,40 +360,6 @@ impl ClientHandler for Relay {
         _context: RequestContext<RoleClient>,
     ) -> Result<ListRootsResult, ErrorData> {
         self.ask("roots/list", &serde_json::json!({})).await
-    }
-
-    async fn on_progress(
-        &self,
-        params: ProgressNotificationParam,
-        _context: NotificationContext<RoleClient>,
-    ) {
-        let _ = self
-            .events
-            .send(CallEvent::Progress {
-                progress: params.progress,
-                total: params.total,
-                message: params.message,
-            })
-            .await;
-    }
-
-    async fn on_logging_message(
-        &self,
-        params: LoggingMessageNotificationParam,
-        _context: NotificationContext<RoleClient>,
-    ) {
-        let level = serde_json::to_value(params.level)
-            .ok()
-            .and_then(|v| v.as_str().map(str::to_owned))
-            .unwrap_or_default();
-        let _ = self
-            .events
-            .send(CallEvent::Log {
-                level,
-                logger: params.logger,
-                data: params.data,
-            })
-            .await;
     }
 }
 

@@ -3,26 +3,31 @@
 use std::{collections::HashMap, future::Future, time::Duration};
 
 use http::{HeaderMap, HeaderName, HeaderValue};
+use tokio::time::{Instant, timeout_at};
 
 use crate::model::{CallEvent, ClientAnswer, ToolCallResult, Transport};
 use rmcp::{
-    RoleClient, ServiceExt,
-    service::{ClientInitializeError, DynService},
+    ClientServiceExt,
+    service::ClientInitializeError,
     transport::{
-        StreamableHttpClientTransport, streamable_http_client::StreamableHttpClientTransportConfig,
+        StreamableHttpClientTransport, sink_stream::SinkStreamTransport,
+        streamable_http_client::StreamableHttpClientTransportConfig,
     },
 };
 
 use super::{
     McpError, McpSettings, Session, Stage,
     child::ChildProcess,
-    client, describe,
+    client::{self, Handler},
+    describe,
+    lifecycle::{self, LegacyTargets, Start},
     live::{Live, LiveSessions},
     pool::{PoolStats, SessionPool},
     session::CallFailure,
     session::teardown,
     sse::SseClientTransport,
     stdio::{self, Malformed},
+    tap::Tapped,
 };
 
 /// The MCP client side of the daemon. Cheap to clone.
@@ -32,6 +37,7 @@ pub struct McpConnector {
     settings: McpSettings,
     live: LiveSessions,
     pool: SessionPool,
+    legacy: std::sync::Arc<LegacyTargets>,
 }
 
 impl McpConnector {
@@ -49,6 +55,7 @@ impl McpConnector {
             pool: SessionPool::new(settings.pool),
             settings,
             live: LiveSessions::default(),
+            legacy: Default::default(),
         })
     }
 
@@ -66,33 +73,119 @@ impl McpConnector {
             .await
     }
 
+    /// A session for tool calls. On streamable HTTP it lists the tools
+    /// first: at 2026-07-28 rmcp sends a tool's `x-mcp-header` arguments as
+    /// `Mcp-Param-*` headers (SEP-2243) only for tools it saw listed on the
+    /// same transport; in the stateful lifecycle the round trip gives the
+    /// session's standalone SSE stream, which rmcp opens in the background,
+    /// time to be up before the first call (a server that finds it open
+    /// sends its requests and resumed results there). A failed listing is
+    /// only logged: the call still goes out.
+    pub(super) async fn open_for_calls(
+        &self,
+        organization_id: &str,
+        server_id: &str,
+        spec: &Transport,
+        handler: Handler,
+    ) -> Result<Session, McpError> {
+        let session = self
+            .connect_with(organization_id, server_id, spec, handler)
+            .await?;
+        if matches!(spec, Transport::StreamableHttp { .. })
+            && let Err(err) = session.list_tools().await
+        {
+            tracing::debug!(server = %server_id, error = %err, "could not list tools for Mcp-Param headers");
+        }
+        Ok(session)
+    }
+
     /// [`Self::connect`] with the client `handler` shows the server.
     pub(super) async fn connect_with(
         &self,
         organization_id: &str,
         server_id: &str,
         spec: &Transport,
-        handler: Box<dyn DynService<RoleClient>>,
+        handler: Handler,
     ) -> Result<Session, McpError> {
-        let timeout = self.settings.connect_timeout;
-        let timed_out = || McpError::Timeout {
-            stage: Stage::Connect,
-            after: timeout,
-        };
         self.check_policy(spec).await?;
-        let live = match spec {
+        let deadline = Instant::now() + self.settings.connect_timeout;
+        let target = match spec {
+            Transport::Stdio { command, .. } => command.clone(),
+            Transport::StreamableHttp { url, .. } | Transport::Sse { url, .. } => {
+                describe::target_of(url)
+            }
+        };
+        let memory_key = lifecycle_key(spec);
+        // The HTTP+SSE transport was retired before 2026-07-28 existed.
+        let start = match spec {
+            Transport::Sse { .. } => Start::Legacy,
+            _ => self.legacy.start_for(&memory_key),
+        };
+        let live = match self.open(spec, &handler, start, deadline).await {
+            Ok(live) => live,
+            Err(Failure::MaybeLegacy(err)) if start == Start::Discover => {
+                tracing::debug!(server = %server_id, error = %err, "server/discover failed; starting over with initialize");
+                let live = self
+                    .open(spec, &handler, Start::Legacy, deadline)
+                    .await
+                    .map_err(Failure::into_error)?;
+                self.legacy.remember(&memory_key);
+                live
+            }
+            Err(failure) => return Err(failure.into_error()),
+        };
+        // rmcp fell back to `initialize` in place: next time, skip the probe.
+        if start == Start::Discover && live.negotiated_initialize() {
+            self.legacy.remember(&memory_key);
+        }
+        Ok(Session::new(
+            live,
+            target,
+            (organization_id.to_owned(), server_id.to_owned()),
+            handler,
+            self.live.clone(),
+            self.settings.list_timeout,
+            self.settings.teardown_grace,
+        ))
+    }
+
+    /// One attempt to open a session on a fresh transport, by the deadline.
+    async fn open(
+        &self,
+        spec: &Transport,
+        handler: &Handler,
+        start: Start,
+        deadline: Instant,
+    ) -> Result<Live, Failure> {
+        let timeout = self.settings.connect_timeout;
+        let timed_out = || {
+            Failure::Final(McpError::Timeout {
+                stage: Stage::Connect,
+                after: timeout,
+            })
+        };
+        let service = handler.service(start == Start::Legacy);
+        match spec {
             Transport::Stdio { command, args, env } => {
                 let (mut child, stdout, stdin) =
-                    ChildProcess::spawn(command, args, env, &self.settings.stdio_env_passthrough)?;
+                    ChildProcess::spawn(command, args, env, &self.settings.stdio_env_passthrough)
+                        .map_err(Failure::Final)?;
                 tracing::debug!(program = %command, pid = ?child.pid(), "spawned stdio MCP server");
                 let malformed = Malformed::default();
-                let transport = stdio::transport(stdout, stdin, malformed.clone());
-                match tokio::time::timeout(timeout, handler.serve(transport)).await {
-                    Ok(Ok(service)) => Live {
+                let (sink, stream) = stdio::transport(stdout, stdin, malformed.clone());
+                let transport =
+                    Tapped::new(SinkStreamTransport::new(sink, stream), handler.events());
+                match timeout_at(
+                    deadline,
+                    service.serve_with_lifecycle(transport, start.mode()),
+                )
+                .await
+                {
+                    Ok(Ok(service)) => Ok(Live {
                         service,
                         child: Some(child),
                         malformed: Some(malformed),
-                    },
+                    }),
                     Ok(Err(err)) => {
                         // Give the child a moment to finish its last words on
                         // stderr: they usually say why it failed.
@@ -111,64 +204,77 @@ impl McpConnector {
                         if !stderr.is_empty() {
                             detail = format!("{detail}; its stderr ends with: {stderr}");
                         }
-                        return Err(McpError::failed(Stage::Connect, detail));
+                        Err(Failure::of(
+                            start,
+                            &err,
+                            McpError::failed(Stage::Connect, detail),
+                        ))
                     }
                     Err(_) => {
                         child.reap(self.settings.teardown_grace).await;
-                        return Err(timed_out());
+                        Err(timed_out())
                     }
                 }
             }
             Transport::StreamableHttp { url, headers } => {
                 let config = StreamableHttpClientTransportConfig::with_uri(url.as_str())
-                    .custom_headers(header_map(headers)?.into_iter().collect());
-                let transport =
-                    StreamableHttpClientTransport::with_client(self.http.clone(), config);
-                Live {
-                    service: self
-                        .initialize(timeout, url, handler.serve(transport))
-                        .await?,
+                    .custom_headers(
+                        header_map(headers)
+                            .map_err(Failure::Final)?
+                            .into_iter()
+                            .collect(),
+                    );
+                let transport = Tapped::new(
+                    StreamableHttpClientTransport::with_client(self.http.clone(), config),
+                    handler.events(),
+                );
+                let service = initialize(
+                    deadline,
+                    timeout,
+                    url,
+                    start,
+                    service.serve_with_lifecycle(transport, start.mode()),
+                )
+                .await?;
+                Ok(Live {
+                    service,
                     child: None,
                     malformed: None,
-                }
+                })
             }
             Transport::Sse { url, headers } => {
-                let headers: HeaderMap = header_map(headers)?.into_iter().collect();
-                let transport = tokio::time::timeout(
-                    timeout,
+                let headers: HeaderMap = header_map(headers)
+                    .map_err(Failure::Final)?
+                    .into_iter()
+                    .collect();
+                let transport = timeout_at(
+                    deadline,
                     SseClientTransport::connect(self.http.clone(), url.clone(), headers),
                 )
                 .await
                 .map_err(|_| timed_out())?
                 .map_err(|e| {
-                    McpError::failed(
+                    Failure::Final(McpError::failed(
                         Stage::Connect,
                         describe::transport(&e, &describe::target_of(url)),
-                    )
+                    ))
                 })?;
-                Live {
-                    service: self
-                        .initialize(timeout, url, handler.serve(transport))
-                        .await?,
+                let transport = Tapped::new(transport, handler.events());
+                let service = initialize(
+                    deadline,
+                    timeout,
+                    url,
+                    start,
+                    service.serve_with_lifecycle(transport, start.mode()),
+                )
+                .await?;
+                Ok(Live {
+                    service,
                     child: None,
                     malformed: None,
-                }
+                })
             }
-        };
-        let target = match spec {
-            Transport::Stdio { command, .. } => command.clone(),
-            Transport::StreamableHttp { url, .. } | Transport::Sse { url, .. } => {
-                describe::target_of(url)
-            }
-        };
-        Ok(Session::new(
-            live,
-            target,
-            (organization_id.to_owned(), server_id.to_owned()),
-            self.live.clone(),
-            self.settings.list_timeout,
-            self.settings.teardown_grace,
-        ))
+        }
     }
 
     /// Stdio commands must be allowlisted; remote hosts must pass the
@@ -205,26 +311,6 @@ impl McpConnector {
                     }),
                 }
             }
-        }
-    }
-
-    /// The initialize handshake with a remote server, bounded by `timeout`.
-    async fn initialize<T>(
-        &self,
-        timeout: Duration,
-        url: &url::Url,
-        fut: impl Future<Output = Result<T, ClientInitializeError>>,
-    ) -> Result<T, McpError> {
-        match tokio::time::timeout(timeout, fut).await {
-            Ok(Ok(value)) => Ok(value),
-            Ok(Err(err)) => Err(McpError::failed(
-                Stage::Connect,
-                describe::initialize_failure(&err, &describe::target_of(url)),
-            )),
-            Err(_) => Err(McpError::Timeout {
-                stage: Stage::Connect,
-                after: timeout,
-            }),
         }
     }
 
@@ -286,7 +372,7 @@ impl McpConnector {
         let session = tokio::select! {
             connected = tokio::time::timeout_at(
                 until,
-                self.connect_with(organization_id, server_id, transport, handler),
+                self.open_for_calls(organization_id, server_id, transport, handler),
             ) => connected.map_err(|_| McpError::Timeout { stage: Stage::Connect, after: timeout })??,
             () = caller.closed() => return Err(McpError::Cancelled),
         };
@@ -340,6 +426,69 @@ impl McpConnector {
     /// Sessions open right now.
     pub fn open_sessions(&self) -> usize {
         self.live.len()
+    }
+}
+
+/// Why an attempt to open a session failed.
+enum Failure {
+    /// Nothing another attempt would change.
+    Final(McpError),
+    /// A discover-first start failed the way a server that only knows
+    /// `initialize` can: worth one legacy start on a fresh transport.
+    MaybeLegacy(McpError),
+}
+
+impl Failure {
+    fn of(start: Start, cause: &ClientInitializeError, err: McpError) -> Failure {
+        if start == Start::Discover && lifecycle::may_be_legacy(cause) {
+            Failure::MaybeLegacy(err)
+        } else {
+            Failure::Final(err)
+        }
+    }
+
+    fn into_error(self) -> McpError {
+        match self {
+            Failure::Final(err) | Failure::MaybeLegacy(err) => err,
+        }
+    }
+}
+
+/// The session start with a remote server, by the deadline.
+async fn initialize<T>(
+    deadline: Instant,
+    timeout: Duration,
+    url: &url::Url,
+    start: Start,
+    fut: impl Future<Output = Result<T, ClientInitializeError>>,
+) -> Result<T, Failure> {
+    match timeout_at(deadline, fut).await {
+        Ok(Ok(value)) => Ok(value),
+        Ok(Err(err)) => {
+            let error = McpError::failed(
+                Stage::Connect,
+                describe::initialize_failure(&err, &describe::target_of(url)),
+            );
+            Err(Failure::of(start, &err, error))
+        }
+        Err(_) => Err(Failure::Final(McpError::Timeout {
+            stage: Stage::Connect,
+            after: timeout,
+        })),
+    }
+}
+
+/// What the daemon remembers a server's lifecycle by: the program, or the
+/// URL without its query (which may carry credentials).
+fn lifecycle_key(spec: &Transport) -> String {
+    match spec {
+        Transport::Stdio { command, args, .. } => format!("stdio {command} {}", args.join(" ")),
+        Transport::StreamableHttp { url, .. } | Transport::Sse { url, .. } => {
+            let mut url = url.clone();
+            url.set_query(None);
+            url.set_fragment(None);
+            url.to_string()
+        }
     }
 }
 

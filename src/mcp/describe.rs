@@ -25,6 +25,11 @@ pub(super) fn initialize_failure(err: &ClientInitializeError, target: &str) -> S
         ClientInitializeError::ConnectionClosed(_) => {
             format!("{target} closed the connection during the MCP initialize handshake")
         }
+        // The legacy handshake is what an old server understands; its
+        // failure says more than the probe's.
+        ClientInitializeError::LegacyFallbackFailed { fallback, .. } => {
+            initialize_failure(fallback, target)
+        }
         ClientInitializeError::JsonRpcError(data) => format!(
             "{target} refused the MCP initialize request: {} (JSON-RPC error {})",
             quoted(&data.message),

@@ -39,6 +39,10 @@ pub enum McpError {
     /// The server answered the request with a JSON-RPC error.
     #[error("the MCP server refused the call: {message} (JSON-RPC error {code})")]
     Rejected { code: i32, message: String },
+    /// The tool asked for input (elicitation, sampling, roots) this call
+    /// cannot give: only a streamed call's caller answers.
+    #[error("{0}; only calls made with StreamMcpToolCall can answer a server's requests")]
+    NeedsInput(String),
     /// The caller went away; the server was told to stop.
     #[error("the call was cancelled by its caller")]
     Cancelled,

@@ -25,6 +25,15 @@ pub(super) struct Live {
 }
 
 impl Live {
+    /// Whether the session started with the legacy `initialize` handshake
+    /// (a revision before 2026-07-28).
+    pub(super) fn negotiated_initialize(&self) -> bool {
+        self.service
+            .peer()
+            .peer_info()
+            .is_some_and(|info| info.protocol_version.has_initialize())
+    }
+
     /// False once the session's task has ended or its stdio child exited.
     pub(super) fn is_running(&mut self) -> bool {
         !self.service.is_closed()

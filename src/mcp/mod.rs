@@ -6,6 +6,7 @@ mod client;
 mod connector;
 mod describe;
 mod error;
+mod lifecycle;
 mod live;
 pub mod outbound;
 mod pool;
@@ -13,6 +14,7 @@ mod result;
 mod session;
 pub mod sse;
 mod stdio;
+mod tap;
 
 use std::time::Duration;
 

@@ -250,7 +250,7 @@ impl SessionPool {
         }
         let session = tokio::time::timeout_at(
             deadline,
-            connector.connect_with(&key.0, &key.1, transport, super::client::plain()),
+            connector.open_for_calls(&key.0, &key.1, transport, super::client::plain()),
         )
         .await
         .map_err(|_| timed_out())??;

@@ -6,13 +6,17 @@ use rmcp::{
     RoleClient,
     model::{
         CallToolRequest, CallToolRequestParams, CancelledNotification, CancelledNotificationParam,
-        ClientRequest, RequestId, ServerResult,
+        ClientRequest, InputRequests, InputResponses, RequestId, ServerResult,
     },
     service::{Peer, PeerRequestOptions, ServiceError},
 };
 
+use tokio::time::Instant;
+
 use super::{
-    ListedTool, McpError, Stage, describe,
+    ListedTool, McpError, Stage,
+    client::Handler,
+    describe,
     live::{Live, LiveSessions, ServerKey, Slot},
     result::tool_call_result,
     stdio::Malformed,
@@ -37,15 +41,21 @@ pub struct Session {
     key: ServerKey,
     registration: u64,
     registry: LiveSessions,
+    /// Answers the input requests of multi round-trip calls.
+    handler: Handler,
     list_timeout: Duration,
     grace: Duration,
 }
+
+/// Most `input_required` rounds one call may take (rmcp's default).
+const MAX_INPUT_ROUNDS: usize = rmcp::model::DEFAULT_MRTR_MAX_ROUNDS;
 
 impl Session {
     pub(super) fn new(
         live: Live,
         target: String,
         key: ServerKey,
+        handler: Handler,
         registry: LiveSessions,
         list_timeout: Duration,
         grace: Duration,
@@ -62,6 +72,7 @@ impl Session {
             key,
             registration,
             registry,
+            handler,
             list_timeout,
             grace,
         }
@@ -102,6 +113,11 @@ impl Session {
     /// [`Self::call_tool`] that also ends when `stop` completes (the caller
     /// went away). On the deadline or `stop`, the server is told with
     /// `notifications/cancelled` before this returns.
+    ///
+    /// A 2026-07-28 server may answer `input_required` (SEP-2322): the
+    /// session's handler fulfils the input requests (a streamed call asks its
+    /// caller) and the call is sent again with the answers and the server's
+    /// `requestState`, verbatim, for at most [`MAX_INPUT_ROUNDS`] rounds.
     pub(super) async fn call_tool_until(
         &self,
         name: &str,
@@ -109,47 +125,103 @@ impl Session {
         timeout: Duration,
         stop: impl std::future::Future<Output = ()>,
     ) -> Result<ToolCallResult, CallFailure> {
-        let params = CallToolRequestParams::new(name.to_owned()).with_arguments(arguments);
-        let request = ClientRequest::CallToolRequest(CallToolRequest::new(params));
-        let handle = self
-            .peer
-            .send_request_with_option(request, PeerRequestOptions::no_options())
-            .await
-            .map_err(|err| CallFailure::NotDelivered(self.call_error(&err)))?;
-        let mut abandoned = CancelOnDrop {
-            peer: self.peer.clone(),
-            request: Some(handle.id.clone()),
-        };
-        let answer = tokio::select! {
-            answer = tokio::time::timeout(timeout, handle.await_response()) => answer,
-            () = stop => {
-                abandoned.cancel_now().await;
-                return Err(CallFailure::Failed(McpError::Cancelled));
-            }
-        };
-        let Ok(answer) = answer else {
-            abandoned.cancel_now().await;
-            return Err(CallFailure::Failed(McpError::Timeout {
+        let until = Instant::now() + timeout;
+        let timed_out = || {
+            CallFailure::Failed(McpError::Timeout {
                 stage: Stage::CallTool,
                 after: timeout,
-            }));
+            })
         };
-        abandoned.request = None;
-        match answer {
-            Ok(ServerResult::CallToolResult(result)) => Ok(tool_call_result(&result)),
-            Ok(_) => Err(CallFailure::Failed(McpError::failed(
-                Stage::CallTool,
-                format!(
-                    "{} answered tools/call with something else than a tool result",
-                    self.target
-                ),
-            ))),
-            Err(ServiceError::McpError(data)) => Err(CallFailure::Failed(McpError::Rejected {
-                code: data.code.0,
-                message: describe::quoted(&data.message),
-            })),
-            Err(err) => Err(CallFailure::Failed(self.call_error(&err))),
+        tokio::pin!(stop);
+        let mut params = CallToolRequestParams::new(name.to_owned()).with_arguments(arguments);
+        for round in 0..MAX_INPUT_ROUNDS {
+            let request = ClientRequest::CallToolRequest(CallToolRequest::new(params.clone()));
+            let handle = match self
+                .peer
+                .send_request_with_option(request, PeerRequestOptions::no_options())
+                .await
+            {
+                Ok(handle) => handle,
+                // Only the first request is safe to send elsewhere: a later
+                // one answers input a server already asked for.
+                Err(err) if round == 0 => {
+                    return Err(CallFailure::NotDelivered(self.call_error(&err)));
+                }
+                Err(err) => return Err(CallFailure::Failed(self.call_error(&err))),
+            };
+            let mut abandoned = CancelOnDrop {
+                peer: self.peer.clone(),
+                request: Some(handle.id.clone()),
+            };
+            let answer = tokio::select! {
+                answer = tokio::time::timeout_at(until, handle.await_response()) => answer,
+                () = &mut stop => {
+                    abandoned.cancel_now().await;
+                    return Err(CallFailure::Failed(McpError::Cancelled));
+                }
+            };
+            let Ok(answer) = answer else {
+                abandoned.cancel_now().await;
+                return Err(timed_out());
+            };
+            abandoned.request = None;
+            let required = match answer {
+                Ok(ServerResult::CallToolResult(result)) => return Ok(tool_call_result(&result)),
+                Ok(ServerResult::InputRequiredResult(required)) => required,
+                Ok(_) => {
+                    return Err(CallFailure::Failed(McpError::failed(
+                        Stage::CallTool,
+                        format!(
+                            "{} answered tools/call with something else than a tool result",
+                            self.target
+                        ),
+                    )));
+                }
+                Err(ServiceError::McpError(data)) => {
+                    return Err(CallFailure::Failed(McpError::Rejected {
+                        code: data.code.0,
+                        message: describe::quoted(&data.message),
+                    }));
+                }
+                Err(err) => return Err(CallFailure::Failed(self.call_error(&err))),
+            };
+            // Input requests are answered by the caller: its answers may take
+            // as long as the call may, and the caller may leave meanwhile.
+            let responses = tokio::select! {
+                responses = tokio::time::timeout_at(until, self.fulfil(required.input_requests)) => {
+                    responses.map_err(|_| timed_out())?.map_err(CallFailure::Failed)?
+                }
+                () = &mut stop => return Err(CallFailure::Failed(McpError::Cancelled)),
+            };
+            params.input_responses = (!responses.is_empty()).then_some(responses);
+            params.request_state = required.request_state;
         }
+        Err(CallFailure::Failed(McpError::failed(
+            Stage::CallTool,
+            format!(
+                "{} still asked for input after {MAX_INPUT_ROUNDS} rounds (SEP-2322); mcpd gave up on the call",
+                self.target
+            ),
+        )))
+    }
+
+    /// The answers to an `input_required` result's requests, by their keys.
+    async fn fulfil(&self, requests: Option<InputRequests>) -> Result<InputResponses, McpError> {
+        let answers = requests
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(key, request)| async move {
+                match self.handler.input(&request).await {
+                    Ok(answer) => Ok((key, answer)),
+                    Err(data) => Err(McpError::NeedsInput(format!(
+                        "the tool asked for input mcpd could not give: {}",
+                        describe::quoted(&data.message)
+                    ))),
+                }
+            });
+        futures::future::try_join_all(answers)
+            .await
+            .map(|answers| answers.into_iter().collect())
     }
 
     fn call_error(&self, err: &ServiceError) -> McpError {

@@ -8,9 +8,10 @@ use std::sync::{
 use rmcp::{
     ErrorData as McpError, RoleServer, ServerHandler,
     model::{
-        CallToolRequestParams, CallToolResponse, CallToolResult, ContentBlock, Implementation,
-        InitializeRequestParams, InitializeResult, ListToolsResult, PaginatedRequestParams,
-        ServerCapabilities, ServerConfig,
+        CallToolRequestParams, CallToolResponse, CallToolResult, ContentBlock, DiscoverResult,
+        ElicitRequest, ElicitRequestParams, ErrorCode, Implementation, InitializeRequestParams,
+        InitializeResult, InputRequest, InputRequests, InputRequiredResult, ListToolsResult,
+        PaginatedRequestParams, ServerCapabilities, ServerConfig,
     },
     service::RequestContext,
 };
@@ -32,6 +33,9 @@ pub struct Calls {
     /// Where delayed calls are logged as `started <id>` and, when the client
     /// cancels them, `cancelled <id>` (`--cancel-log`).
     pub cancel_log: Option<std::path::PathBuf>,
+    /// Where `server/discover` and `initialize` are logged, one method name
+    /// per line (`--lifecycle-log`).
+    pub lifecycle_log: Option<std::path::PathBuf>,
 }
 
 pub struct TestServer {
@@ -52,6 +56,9 @@ pub struct TestServer {
     /// organization (tool names are unique per organization in mcpd).
     unique_per_session: bool,
     session_prefix: OnceLock<String>,
+    /// `--legacy`: refuse `server/discover` like a server written before
+    /// 2026-07-28, so clients fall back to `initialize` and a session.
+    legacy: bool,
 }
 
 /// Numbers sessions for `--unique-per-session`.
@@ -68,7 +75,13 @@ impl TestServer {
             crash_guard: OnceLock::new(),
             unique_per_session: false,
             session_prefix: OnceLock::new(),
+            legacy: false,
         }
+    }
+
+    pub fn legacy(mut self, on: bool) -> Self {
+        self.legacy = on;
+        self
     }
 
     pub fn calls(mut self, calls: Calls) -> Self {
@@ -101,6 +114,7 @@ impl TestServer {
             self.crash_on_session_close,
         )
         .unique_per_session(self.unique_per_session)
+        .legacy(self.legacy)
         .crash_during_list(self.crash_during_list)
         .calls(self.calls.clone())
     }
@@ -136,11 +150,39 @@ impl ServerHandler for TestServer {
             .with_instructions("Test server for mcpd: generated tools that echo their arguments.")
     }
 
+    async fn discover(
+        &self,
+        context: RequestContext<RoleServer>,
+    ) -> Result<DiscoverResult, McpError> {
+        if let (true, Some(log)) = (self.legacy, &self.calls.lifecycle_log) {
+            append(log, "server/discover (refused)");
+        }
+        if self.legacy {
+            // What a server that predates the method answers.
+            return Err(McpError::new(
+                ErrorCode::METHOD_NOT_FOUND,
+                "Method not found: server/discover",
+                None,
+            ));
+        }
+        let _ = context;
+        if let Some(log) = &self.calls.lifecycle_log {
+            append(log, "server/discover");
+        }
+        Ok(DiscoverResult::from_server_info(
+            self.supported_protocol_versions().into_owned(),
+            self.get_info(),
+        ))
+    }
+
     async fn initialize(
         &self,
         request: InitializeRequestParams,
         context: RequestContext<RoleServer>,
     ) -> Result<InitializeResult, McpError> {
+        if let Some(log) = &self.calls.lifecycle_log {
+            append(log, "initialize");
+        }
         if self.crash_on_session_close {
             let _ = self.crash_guard.set(CrashOnDrop);
         }
@@ -231,6 +273,20 @@ impl ServerHandler for TestServer {
             }
         }
         let arguments = request.arguments.clone().map_or(Value::Null, Value::Object);
+        // `{"ask": "<question>"}` needs an answer from the client's user
+        // first: a multi round-trip request (SEP-2322, 2026-07-28).
+        if let Some(question) = arguments.get("ask").and_then(Value::as_str) {
+            match (&request.input_responses, &request.request_state) {
+                (Some(responses), Some(state)) => {
+                    let echo =
+                        json!({ "tool": name, "answer": responses.get("answer"), "state": state });
+                    return Ok(
+                        CallToolResult::success(vec![ContentBlock::text(echo.to_string())]).into(),
+                    );
+                }
+                _ => return Ok(ask(question).into()),
+            }
+        }
         let echo = json!({ "tool": name, "arguments": arguments });
         let content = vec![ContentBlock::text(echo.to_string())];
         // `{"fail": true}` asks for a tool-level failure (`isError`).
@@ -238,6 +294,40 @@ impl ServerHandler for TestServer {
             return Ok(CallToolResult::error(content).into());
         }
         Ok(CallToolResult::success(content).into())
+    }
+}
+
+/// An `input_required` result asking the client for `{"name": string}`,
+/// with state the retry must echo.
+fn ask(question: &str) -> InputRequiredResult {
+    let requested_schema = serde_json::from_value(json!({
+        "type": "object",
+        "properties": { "name": { "type": "string" } },
+        "required": ["name"]
+    }))
+    .expect("a valid elicitation schema");
+    let request = InputRequest::Elicitation(ElicitRequest::new(
+        ElicitRequestParams::FormElicitationParams {
+            meta: None,
+            message: question.to_owned(),
+            requested_schema,
+        },
+    ));
+    let mut requests = InputRequests::new();
+    requests.insert("answer".to_owned(), request);
+    InputRequiredResult::new(Some(requests), Some(format!("asked:{question}")))
+}
+
+/// Appends a line to a log file.
+fn append(log: &std::path::Path, line: &str) {
+    use std::io::Write;
+    let written = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .and_then(|mut file| writeln!(file, "{line}"));
+    if let Err(err) = written {
+        eprintln!("mcp-test-server: writing {}: {err}", log.display());
     }
 }
 

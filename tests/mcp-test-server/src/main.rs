@@ -69,8 +69,15 @@ struct Cli {
     #[arg(long)]
     ignore_shutdown: bool,
     /// Give every session's tool names a prefix of their own (`s0000042_`).
+    /// Implies `--legacy`: only the stateful lifecycle has sessions.
     #[arg(long)]
     unique_per_session: bool,
+    /// Speak only the lifecycle of revisions before 2026-07-28: answer
+    /// `server/discover` with "method not found", so clients fall back to
+    /// `initialize` and a session. Implied by `--unique-per-session` and
+    /// `--crash-on-shutdown` (both act on sessions).
+    #[arg(long)]
+    legacy: bool,
     /// Spawn `sleep 1000` and write its PID, then ours, to this file.
     #[arg(long, value_name = "PIDFILE")]
     spawn_grandchild: Option<PathBuf>,
@@ -83,6 +90,10 @@ struct Cli {
     /// (`notifications/cancelled`) to this file.
     #[arg(long, value_name = "PATH")]
     cancel_log: Option<PathBuf>,
+    /// Append `server/discover` (or `server/discover (refused)` with
+    /// `--legacy`) and `initialize` to this file as they arrive.
+    #[arg(long, value_name = "PATH")]
+    lifecycle_log: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -137,9 +148,11 @@ async fn main() -> anyhow::Result<()> {
         malformed_list: cli.malformed_list,
     };
     let hang_list = cli.hang == Some(Hang::List);
+    let legacy = cli.legacy || cli.unique_per_session || cli.crash_on_shutdown;
     let calls = Calls {
         delay: std::time::Duration::from_millis(cli.call_delay_ms),
         cancel_log: cli.cancel_log.clone(),
+        lifecycle_log: cli.lifecycle_log.clone(),
     };
 
     match cli.transport {
@@ -148,6 +161,7 @@ async fn main() -> anyhow::Result<()> {
             // `stdio::run`, so the handler itself never crashes.
             let server = TestServer::new(catalog, hang_list, false)
                 .unique_per_session(cli.unique_per_session)
+                .legacy(legacy)
                 .crash_during_list(cli.crash_during_list)
                 .calls(calls);
             stdio::run(server, &behaviour).await
@@ -157,6 +171,7 @@ async fn main() -> anyhow::Result<()> {
             // handler would be too late, rmcp has sent the SSE headers by then.
             let server = TestServer::new(catalog, hang_list, cli.crash_on_shutdown)
                 .unique_per_session(cli.unique_per_session)
+                .legacy(legacy)
                 .calls(calls);
             http::run(server, cli.listen, &behaviour).await
         }

@@ -207,7 +207,14 @@ impl Store {
                 let mut config = ManagerConfig::default();
                 config.custom_setup = Box::new(|path| open_sqlite(path.to_owned()).boxed());
                 Backend::Sqlite {
+                    // No ping on check-out: an SQLite connection is a file
+                    // handle in this process and does not go away, and bb8
+                    // runs the ping inside the acquire timeout, where a ping
+                    // cut off is a cancelled `spawn_blocking` job of
+                    // diesel-async's sync wrapper whose drop blocks a runtime
+                    // thread (seen to hang the benchmark's fan-out baseline).
                     pool: pool_builder(&settings)
+                        .test_on_check_out(false)
                         .build_unchecked(SqliteManager::new_with_config(path.clone(), config)),
                     writer: Mutex::new(()),
                 }

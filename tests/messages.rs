@@ -86,6 +86,8 @@ async fn a_refused_connection_names_the_address() {
     daemon.stop().await;
 }
 
+/// HTTP 401 and 403 are FAILED_PRECONDITION naming the status, over both
+/// remote transports, with or without a `WWW-Authenticate` challenge.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http_refusals_carry_the_status_in_words() {
     let daemon = Daemon::start(Backend::Sqlite).await;
@@ -121,8 +123,18 @@ async fn http_refusals_carry_the_status_in_words() {
     ];
     for (name, transport, expected) in cases {
         let status = refused_create(&daemon, name, transport).await;
-        assert_eq!(status.code(), Code::Unavailable, "{name}: {status:?}");
+        // The server is up and refuses the credentials: retrying (what gRPC
+        // clients do with UNAVAILABLE) will not help until they change.
+        assert_eq!(
+            status.code(),
+            Code::FailedPrecondition,
+            "{name}: {status:?}"
+        );
         assert!(status.message().contains(expected), "{name}: {status:?}");
+        assert!(
+            status.message().contains("credentials"),
+            "{name}: {status:?}"
+        );
     }
     daemon.stop().await;
 }
@@ -193,5 +205,63 @@ async fn refusals_say_which_flag_if_any_can_change_them() {
         private.message().contains("--outbound-allow"),
         "{private:?}"
     );
+    daemon.stop().await;
+}
+
+/// A token revoked after registration: the next call is FAILED_PRECONDITION
+/// naming HTTP 401 (not UNAVAILABLE, which callers would retry), and a call
+/// works again once the credentials match.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revoked_credentials_fail_calls_with_failed_precondition() {
+    let daemon = Daemon::start(Backend::Postgres).await;
+    let acme = daemon.org("acme").await;
+    let dir = tempfile::tempdir().unwrap();
+    let token = dir.path().join("token");
+    std::fs::write(&token, "good").unwrap();
+    let server = HttpTestServer::start([
+        "--tools".to_owned(),
+        "1".to_owned(),
+        "--bearer-file".to_owned(),
+        token.to_string_lossy().into_owned(),
+    ])
+    .await;
+    let call = |id: &str| mcpd::proto::CallMcpToolRequest {
+        server_id: id.to_owned(),
+        tool_name: "tool_0000".to_owned(),
+        arguments_json: "{}".to_owned(),
+    };
+
+    let status = refused_create(&daemon, "no-token", streamable_http(&server.url)).await;
+    assert_eq!(status.code(), Code::FailedPrecondition, "{status:?}");
+    assert!(status.message().contains("HTTP 401"), "{status:?}");
+
+    let id = acme
+        .create(
+            "with-token",
+            streamable_http(&server.url).with("Authorization", "Bearer good"),
+        )
+        .await
+        .unwrap()
+        .server
+        .unwrap()
+        .id;
+    acme.raw().call_mcp_tool(acme.req(call(&id))).await.unwrap();
+
+    std::fs::write(&token, "rotated").unwrap();
+    let status = acme
+        .raw()
+        .call_mcp_tool(acme.req(call(&id)))
+        .await
+        .unwrap_err();
+    assert_readable(&status);
+    assert_eq!(status.code(), Code::FailedPrecondition, "{status:?}");
+    assert!(status.message().contains("HTTP 401"), "{status:?}");
+    assert!(
+        !status.message().contains("good"),
+        "no secret in {status:?}"
+    );
+
+    std::fs::write(&token, "good").unwrap();
+    acme.raw().call_mcp_tool(acme.req(call(&id))).await.unwrap();
     daemon.stop().await;
 }

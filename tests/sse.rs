@@ -22,7 +22,7 @@ use tokio::{
 };
 use tonic::Code;
 
-backend_tests!(sse_failures_are_unavailable_and_leave_nothing);
+backend_tests!(sse_failures_are_refused_and_leave_nothing);
 
 /// How the scripted server answers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -216,7 +216,7 @@ async fn hold_stream(socket: &mut TcpStream, events: &str) -> std::io::Result<()
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 
-async fn sse_failures_are_unavailable_and_leave_nothing(backend: Backend) {
+async fn sse_failures_are_refused_and_leave_nothing(backend: Backend) {
     let mut mcp = test_mcp_settings();
     mcp.connect_timeout = CONNECT_TIMEOUT;
     let daemon = Daemon::start_with(
@@ -238,8 +238,9 @@ async fn sse_failures_are_unavailable_and_leave_nothing(backend: Backend) {
     ] {
         let server = ScriptedServer::start(script).await;
         let (code, expected) = match script {
+            // Up, but refusing the credentials: not worth a retry.
             Script::Forbidden => (
-                Code::Unavailable,
+                Code::FailedPrecondition,
                 SseTransportError::ConnectStatus(StatusCode::FORBIDDEN).to_string(),
             ),
             Script::NotAnEventStream => (

@@ -61,7 +61,9 @@ impl From<McpError> for ManagerError {
             McpError::Settings(_) => ManagerError::InvalidArgument(err.to_string()),
             McpError::Refused(_) => ManagerError::PermissionDenied(err.to_string()),
             McpError::Busy(_) => ManagerError::ResourceExhausted(err.to_string()),
-            McpError::NeedsInput(_) => ManagerError::FailedPrecondition(err.to_string()),
+            McpError::NeedsInput(_) | McpError::Unauthorized { .. } => {
+                ManagerError::FailedPrecondition(err.to_string())
+            }
             McpError::Cancelled => ManagerError::Cancelled(err.to_string()),
             // Invalid params: the arguments (or the tool name) were wrong.
             McpError::Rejected { code: -32602, .. } => {

@@ -254,9 +254,10 @@ impl McpConnector {
                 .await
                 .map_err(|_| timed_out())?
                 .map_err(|e| {
-                    Failure::Final(McpError::failed(
+                    Failure::Final(McpError::remote(
                         Stage::Connect,
                         describe::transport(&e, &describe::target_of(url)),
+                        describe::refuses_credentials(&e),
                     ))
                 })?;
                 let transport = Tapped::new(transport, handler.events());
@@ -440,7 +441,9 @@ enum Failure {
 
 impl Failure {
     fn of(start: Start, cause: &ClientInitializeError, err: McpError) -> Failure {
-        if start == Start::Discover && lifecycle::may_be_legacy(cause) {
+        // Credentials refused for the probe are refused for `initialize` too.
+        let refused = matches!(err, McpError::Unauthorized { .. });
+        if start == Start::Discover && !refused && lifecycle::may_be_legacy(cause) {
             Failure::MaybeLegacy(err)
         } else {
             Failure::Final(err)
@@ -465,9 +468,10 @@ async fn initialize<T>(
     match timeout_at(deadline, fut).await {
         Ok(Ok(value)) => Ok(value),
         Ok(Err(err)) => {
-            let error = McpError::failed(
+            let error = McpError::remote(
                 Stage::Connect,
                 describe::initialize_failure(&err, &describe::target_of(url)),
+                describe::initialize_refuses_credentials(&err),
             );
             Err(Failure::of(start, &err, error))
         }

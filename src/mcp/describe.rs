@@ -42,6 +42,69 @@ pub(super) fn initialize_failure(err: &ClientInitializeError, target: &str) -> S
     }
 }
 
+/// Whether a failed session start was the server refusing mcpd's
+/// credentials (HTTP 401 or 403).
+pub(super) fn initialize_refuses_credentials(err: &ClientInitializeError) -> bool {
+    match err {
+        ClientInitializeError::TransportError { error, .. } => refuses_credentials(&*error.error),
+        ClientInitializeError::LegacyFallbackFailed { discover, fallback } => {
+            initialize_refuses_credentials(discover) || initialize_refuses_credentials(fallback)
+        }
+        _ => false,
+    }
+}
+
+/// Whether a failed request on an open session was the server refusing
+/// mcpd's credentials (HTTP 401 or 403): a token that expired or was revoked.
+pub(super) fn service_refuses_credentials(err: &ServiceError) -> bool {
+    match err {
+        ServiceError::TransportSend(error) => refuses_credentials(&*error.error),
+        _ => false,
+    }
+}
+
+/// Whether a transport error, whichever transport raised it, is an HTTP 401
+/// or 403: not a server that is down, but credentials to fix (gRPC clients
+/// retry UNAVAILABLE; this they must not).
+pub(super) fn refuses_credentials(err: &(dyn Error + 'static)) -> bool {
+    let status = if let Some(reason) = err.downcast_ref::<WorkerQuitReason<HttpError>>() {
+        match reason {
+            WorkerQuitReason::Fatal { error, .. } => streamable_http_status(error),
+            _ => None,
+        }
+    } else if let Some(error) = err.downcast_ref::<HttpError>() {
+        streamable_http_status(error)
+    } else if let Some(error) = err.downcast_ref::<SseTransportError>() {
+        match error {
+            SseTransportError::Http(inner) => inner.status().map(|s| s.as_u16()),
+            SseTransportError::ConnectStatus(status) | SseTransportError::PostStatus(status) => {
+                Some(status.as_u16())
+            }
+            _ => None,
+        }
+    } else if let Some(error) = err.downcast_ref::<reqwest::Error>() {
+        error.status().map(|s| s.as_u16())
+    } else {
+        None
+    };
+    matches!(status, Some(401 | 403))
+}
+
+fn streamable_http_status(err: &HttpError) -> Option<u16> {
+    match err {
+        HttpError::AuthRequired(_) => Some(401),
+        HttpError::InsufficientScope(_) => Some(403),
+        HttpError::HttpStatus(status) => Some(status.status),
+        HttpError::Client(inner) => inner.status().map(|s| s.as_u16()),
+        // rmcp words other refusals as "HTTP <status>: <body>".
+        HttpError::UnexpectedServerResponse(text) => text
+            .strip_prefix("HTTP ")
+            .and_then(|rest| rest.get(..3))
+            .and_then(|code| code.parse().ok()),
+        _ => None,
+    }
+}
+
 /// Why a request on an open session failed.
 pub(super) fn service_failure(err: &ServiceError, target: &str) -> String {
     match err {

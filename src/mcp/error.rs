@@ -36,6 +36,10 @@ pub enum McpError {
     /// The operator's policy does not allow this connection or command.
     #[error("{0}")]
     Refused(String),
+    /// The server refused mcpd's credentials (HTTP 401 or 403): it is up,
+    /// and retrying will not help until the credentials change.
+    #[error("the MCP server refused mcpd's credentials while {stage}: {detail}")]
+    Unauthorized { stage: Stage, detail: String },
     /// The server answered the request with a JSON-RPC error.
     #[error("the MCP server refused the call: {message} (JSON-RPC error {code})")]
     Rejected { code: i32, message: String },
@@ -56,6 +60,19 @@ impl McpError {
         McpError::Failed {
             stage,
             detail: detail.to_string(),
+        }
+    }
+
+    /// A remote failure: [`McpError::Unauthorized`] when the server refused
+    /// the credentials, [`McpError::Failed`] otherwise.
+    pub(super) fn remote(stage: Stage, detail: impl std::fmt::Display, unauthorized: bool) -> Self {
+        if unauthorized {
+            McpError::Unauthorized {
+                stage,
+                detail: detail.to_string(),
+            }
+        } else {
+            McpError::failed(stage, detail)
         }
     }
 }

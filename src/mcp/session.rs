@@ -82,14 +82,7 @@ impl Session {
     pub async fn list_tools(&self) -> Result<Vec<ListedTool>, McpError> {
         match tokio::time::timeout(self.list_timeout, self.peer.list_all_tools()).await {
             Ok(Ok(tools)) => Ok(tools.into_iter().map(ListedTool::from).collect()),
-            Ok(Err(err)) => {
-                // A garbled stream shows up here as a closed transport; say why.
-                let why = self.malformed.as_ref().and_then(Malformed::reason);
-                Err(McpError::failed(
-                    Stage::ListTools,
-                    why.unwrap_or_else(|| describe::service_failure(&err, &self.target)),
-                ))
-            }
+            Ok(Err(err)) => Err(self.remote_error(Stage::ListTools, &err)),
             Err(_) => Err(McpError::Timeout {
                 stage: Stage::ListTools,
                 after: self.list_timeout,
@@ -225,10 +218,16 @@ impl Session {
     }
 
     fn call_error(&self, err: &ServiceError) -> McpError {
+        self.remote_error(Stage::CallTool, err)
+    }
+
+    fn remote_error(&self, stage: Stage, err: &ServiceError) -> McpError {
+        // A garbled stream shows up as a closed transport; say why.
         let why = self.malformed.as_ref().and_then(Malformed::reason);
-        McpError::failed(
-            Stage::CallTool,
+        McpError::remote(
+            stage,
             why.unwrap_or_else(|| describe::service_failure(err, &self.target)),
+            describe::service_refuses_credentials(err),
         )
     }
 

@@ -69,6 +69,11 @@ pub async fn run(
             intercept_list(fault, request, next)
         }));
     }
+    if let Some(path) = behaviour.bearer_file.clone() {
+        router = router.layer(axum::middleware::from_fn(move |request, next| {
+            require_bearer(path.clone(), request, next)
+        }));
+    }
     // Without TCP_NODELAY small SSE writes meet delayed ACKs on loopback and
     // stall ~40 ms: that would be measured as the daemon's MCP time.
     let listener = listener.tap_io(|tcp| {
@@ -76,6 +81,27 @@ pub async fn run(
     });
     axum::serve(listener, router).await?;
     Ok(())
+}
+
+/// `--bearer-file`: every request must carry `Authorization: Bearer <the
+/// file's content>`, read anew for each request so a test can revoke the
+/// token; otherwise 401 with a `WWW-Authenticate` challenge.
+async fn require_bearer(path: std::path::PathBuf, request: Request, next: Next) -> Response {
+    let expected = std::fs::read_to_string(&path).unwrap_or_default();
+    let given = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    if given.is_some_and(|token| token == expected.trim()) {
+        return next.run(request).await;
+    }
+    (
+        StatusCode::UNAUTHORIZED,
+        [(header::WWW_AUTHENTICATE, r#"Bearer error="invalid_token""#)],
+        "mcp-test-server: a valid bearer token is required (--bearer-file)",
+    )
+        .into_response()
 }
 
 /// What [`intercept_list`] does to a POSTed `tools/list` request.

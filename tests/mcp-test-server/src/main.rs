@@ -94,6 +94,10 @@ struct Cli {
     /// `--legacy`) and `initialize` to this file as they arrive.
     #[arg(long, value_name = "PATH")]
     lifecycle_log: Option<PathBuf>,
+    /// HTTP only: require `Authorization: Bearer <the file's content>` on
+    /// every request (the file is read for each one); 401 otherwise.
+    #[arg(long, value_name = "PATH")]
+    bearer_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -117,6 +121,8 @@ pub struct Behaviour {
     /// [`TestServer::crash_during_list`]).
     pub crash_during_list: bool,
     pub malformed_list: bool,
+    /// Only over HTTP: the file holding the one bearer token accepted.
+    pub bearer_file: Option<PathBuf>,
 }
 
 #[tokio::main]
@@ -146,6 +152,7 @@ async fn main() -> anyhow::Result<()> {
         ignore_shutdown: cli.ignore_shutdown,
         crash_during_list: cli.crash_during_list,
         malformed_list: cli.malformed_list,
+        bearer_file: cli.bearer_file.clone(),
     };
     let hang_list = cli.hang == Some(Hang::List);
     let legacy = cli.legacy || cli.unique_per_session || cli.crash_on_shutdown;

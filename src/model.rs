@@ -26,6 +26,9 @@ pub enum Transport {
     StreamableHttp {
         url: url::Url,
         headers: BTreeMap<String, String>,
+        /// Rows written before OAuth existed have none.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        oauth: Option<OAuth>,
     },
     Sse {
         url: url::Url,
@@ -54,10 +57,69 @@ impl Transport {
     pub fn secret_names(&self) -> Vec<String> {
         match self {
             Transport::Stdio { env, .. } => env.keys().cloned().collect(),
-            Transport::StreamableHttp { headers, .. } | Transport::Sse { headers, .. } => {
-                headers.keys().cloned().collect()
+            Transport::StreamableHttp { headers, oauth, .. } => {
+                let mut names: Vec<String> = headers.keys().cloned().collect();
+                if let Some(credentials) =
+                    oauth.as_ref().and_then(|o| o.client_credentials.as_ref())
+                {
+                    names.push(credentials.secret.name().to_owned());
+                }
+                names.sort();
+                names
             }
+            Transport::Sse { headers, .. } => headers.keys().cloned().collect(),
         }
+    }
+}
+
+/// How mcpd obtains access tokens for a server behind the MCP authorization
+/// flow (OAuth 2.1).
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OAuth {
+    pub client_credentials: Option<ClientCredentials>,
+    /// Empty: the challenge's scope, else the server's `scopes_supported`.
+    pub scopes: Vec<String>,
+}
+
+/// A client registered with the authorization server for machine-to-machine
+/// access (the client credentials grant).
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClientCredentials {
+    pub client_id: String,
+    pub secret: ClientSecret,
+}
+
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ClientSecret {
+    /// client_secret_basic or client_secret_post.
+    Secret(String),
+    /// private_key_jwt: a PKCS#8 PEM key and its JWS algorithm.
+    PrivateKeyJwt { pem: String, algorithm: String },
+}
+
+impl ClientSecret {
+    /// What a response shows in place of the value.
+    pub fn name(&self) -> &'static str {
+        match self {
+            ClientSecret::Secret(_) => "oauth.client_secret",
+            ClientSecret::PrivateKeyJwt { .. } => "oauth.private_key_pem",
+        }
+    }
+}
+
+impl std::fmt::Debug for OAuth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OAuth")
+            .field(
+                "client_credentials",
+                &self
+                    .client_credentials
+                    .as_ref()
+                    .map(|c| (&c.client_id, c.secret.name())),
+            )
+            .field("scopes", &self.scopes)
+            .finish()
     }
 }
 
@@ -70,10 +132,15 @@ impl std::fmt::Debug for Transport {
                 .field("args", args)
                 .field("env", &env.keys().collect::<Vec<_>>())
                 .finish(),
-            Transport::StreamableHttp { url, headers } => f
+            Transport::StreamableHttp {
+                url,
+                headers,
+                oauth,
+            } => f
                 .debug_struct("StreamableHttp")
                 .field("url", &url.as_str())
                 .field("headers", &headers.keys().collect::<Vec<_>>())
+                .field("oauth", oauth)
                 .finish(),
             Transport::Sse { url, headers } => f
                 .debug_struct("Sse")

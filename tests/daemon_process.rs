@@ -329,9 +329,70 @@ async fn secrets_never_reach_the_log_even_at_trace() {
     assert_eq!(status.code(), Code::InvalidArgument);
     assert!(!status.message().contains(header_secret));
 
+    // OAuth: the client secret, and the access token granted for it.
+    let client_secret = "cc-s3cret-4e8d21";
+    let grants = tempfile::NamedTempFile::new().unwrap();
+    let protected = HttpTestServer::start([
+        "--tools".to_owned(),
+        "1".to_owned(),
+        "--tool-prefix".to_owned(),
+        "o_".to_owned(),
+        "--oauth-client".to_owned(),
+        format!("mcpd:{client_secret}"),
+        "--oauth-log".to_owned(),
+        grants.path().to_string_lossy().into_owned(),
+    ])
+    .await;
+    let oauth = mcpd::proto::OAuth {
+        client_credentials: Some(mcpd::proto::ClientCredentials {
+            client_id: "mcpd".to_owned(),
+            credential: Some(mcpd::proto::client_credentials::Credential::ClientSecret(
+                client_secret.to_owned(),
+            )),
+        }),
+        scopes: Vec::new(),
+    };
+    let id = acme
+        .create(
+            "with-oauth",
+            mcpd::proto::create_mcp_server_request::Transport::StreamableHttp(
+                mcpd::proto::StreamableHttpTransport {
+                    url: protected.url.clone(),
+                    headers: Default::default(),
+                    oauth: Some(oauth),
+                },
+            ),
+        )
+        .await
+        .expect("oauth create")
+        .server
+        .unwrap()
+        .id;
+    acme.raw()
+        .call_mcp_tool(acme.req(mcpd::proto::CallMcpToolRequest {
+            server_id: id,
+            tool_name: "o_0000".to_owned(),
+            arguments_json: "{}".to_owned(),
+        }))
+        .await
+        .expect("a call with the token");
+    let granted = std::fs::read_to_string(grants.path()).unwrap();
+    let tokens: Vec<&str> = granted
+        .lines()
+        .filter_map(|line| line.split("value=").nth(1))
+        .collect();
+    assert!(!tokens.is_empty(), "{granted}");
+
     let (status, log) = stop(daemon).await;
     assert!(status.success());
     assert!(log.contains("TRACE"), "the log really was at trace level");
+    assert!(
+        !log.contains(client_secret),
+        "an OAuth client secret leaked into the log"
+    );
+    for token in tokens {
+        assert!(!log.contains(token), "an access token leaked into the log");
+    }
     assert!(
         !log.contains(env_secret),
         "an env value leaked into the log"

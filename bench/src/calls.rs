@@ -164,6 +164,7 @@ impl Target {
             Kind::Http => Transport::StreamableHttp(proto::StreamableHttpTransport {
                 url: self.url().to_owned(),
                 headers: Default::default(),
+                oauth: None,
             }),
         };
         proto::CreateMcpServerRequest {

@@ -33,6 +33,7 @@ fn http_create(name: &str, url: &str) -> proto::CreateMcpServerRequest {
         transport: Some(Transport::StreamableHttp(proto::StreamableHttpTransport {
             url: url.to_owned(),
             headers: Default::default(),
+            oauth: None,
         })),
     }
 }

@@ -2,8 +2,9 @@
 
 use crate::{
     manager::{
-        CallEvent, CallTool, ClientAnswer, Content, ContentKind, FailedTool, ResourceContents,
-        Server, Tool, ToolCallResult, TransportKind, TransportRequest,
+        CallEvent, CallTool, ClientAnswer, ClientCredentialsRequest, ClientSecret, Content,
+        ContentKind, FailedTool, OAuthRequest, ResourceContents, Server, Tool, ToolCallResult,
+        TransportKind, TransportRequest,
     },
     proto,
 };
@@ -21,12 +22,30 @@ pub fn transport_request(
         Transport::StreamableHttp(h) => TransportRequest::StreamableHttp {
             url: h.url,
             headers: h.headers,
+            oauth: h.oauth.map(oauth_request),
         },
         Transport::Sse(h) => TransportRequest::Sse {
             url: h.url,
             headers: h.headers,
         },
     })
+}
+
+fn oauth_request(oauth: proto::OAuth) -> OAuthRequest {
+    use proto::client_credentials::Credential;
+    OAuthRequest {
+        client_credentials: oauth.client_credentials.map(|c| ClientCredentialsRequest {
+            client_id: c.client_id,
+            secret: c.credential.map(|credential| match credential {
+                Credential::ClientSecret(secret) => ClientSecret::Secret(secret),
+                Credential::PrivateKeyJwt(key) => ClientSecret::PrivateKeyJwt {
+                    pem: key.private_key_pem,
+                    algorithm: key.algorithm,
+                },
+            }),
+        }),
+        scopes: oauth.scopes,
+    }
 }
 
 pub fn server(server: Server) -> proto::McpServer {

@@ -60,8 +60,9 @@ proptest! {
         let http = validate::transport(Some(validate::TransportRequest::StreamableHttp {
             url: url.clone(),
             headers: headers.clone(),
+            oauth: None,
         }));
-        if let Ok(Transport::StreamableHttp { url, headers }) = http {
+        if let Ok(Transport::StreamableHttp { url, headers, .. }) = http {
             prop_assert!(matches!(url.scheme(), "http" | "https"));
             prop_assert!(url.username().is_empty() && url.password().is_none());
             prop_assert!(headers.len() <= validate::MAX_HEADERS);

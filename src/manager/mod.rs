@@ -15,12 +15,12 @@ use std::time::{Duration, Instant};
 pub use call::CallTool;
 pub use error::ManagerError;
 pub use keys::NewApiKey;
-pub use validate::TransportRequest;
+pub use validate::{ClientCredentialsRequest, OAuthRequest, TransportRequest};
 
 pub use crate::mcp::PoolStats as LiveStats;
 pub use crate::model::{
-    ApiKey, CallEvent, ClientAnswer, Content, ContentKind, ResourceContents, Server, Tool,
-    ToolAnnotations, ToolCallResult, TransportKind,
+    ApiKey, CallEvent, ClientAnswer, ClientSecret, Content, ContentKind, ResourceContents, Server,
+    Tool, ToolAnnotations, ToolCallResult, TransportKind,
 };
 use crate::{
     mcp::McpConnector,

@@ -3,7 +3,7 @@
 use std::collections::{BTreeMap, HashMap};
 
 use super::ManagerError;
-use crate::model::Transport;
+use crate::model::{ClientCredentials, ClientSecret, OAuth, Transport};
 
 pub const MAX_SERVER_NAME: usize = 64;
 pub const MAX_ORGANIZATION_ID: usize = 128;
@@ -41,12 +41,43 @@ pub enum TransportRequest {
     StreamableHttp {
         url: String,
         headers: HashMap<String, String>,
+        oauth: Option<OAuthRequest>,
     },
     Sse {
         url: String,
         headers: HashMap<String, String>,
     },
 }
+
+/// The `oauth` block of a streamable HTTP transport, as received.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct OAuthRequest {
+    pub client_credentials: Option<ClientCredentialsRequest>,
+    pub scopes: Vec<String>,
+}
+
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct ClientCredentialsRequest {
+    pub client_id: String,
+    pub secret: Option<ClientSecret>,
+}
+
+impl std::fmt::Debug for ClientCredentialsRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientCredentialsRequest")
+            .field("client_id", &self.client_id)
+            .field("secret", &self.secret.as_ref().map(ClientSecret::name))
+            .finish()
+    }
+}
+
+pub const MAX_CLIENT_ID: usize = 256;
+pub const MAX_CLIENT_SECRET: usize = 4 * 1024;
+pub const MAX_PRIVATE_KEY: usize = 16 * 1024;
+pub const MAX_SCOPES: usize = 32;
+pub const MAX_SCOPE: usize = 256;
+/// What rmcp signs private_key_jwt assertions with.
+pub const JWT_ALGORITHMS: [&str; 5] = ["RS256", "RS384", "RS512", "ES256", "ES384"];
 
 fn invalid(message: impl Into<String>) -> ManagerError {
     ManagerError::InvalidArgument(message.into())
@@ -158,15 +189,105 @@ pub fn transport(request: Option<TransportRequest>) -> Result<Transport, Manager
                 env: env.into_iter().collect(),
             })
         }
-        Some(TransportRequest::StreamableHttp { url, headers }) => Ok(Transport::StreamableHttp {
-            url: http_url("streamable_http.url", &url)?,
-            headers: http_headers("streamable_http.headers", headers)?,
-        }),
+        Some(TransportRequest::StreamableHttp {
+            url,
+            headers,
+            oauth,
+        }) => {
+            let headers = http_headers("streamable_http.headers", headers)?;
+            let oauth = oauth.map(oauth_settings).transpose()?;
+            if oauth.is_some() && headers.contains_key("authorization") {
+                return Err(invalid(
+                    "streamable_http: set either an Authorization header or oauth, not both (with oauth, mcpd sends the tokens it obtains)",
+                ));
+            }
+            Ok(Transport::StreamableHttp {
+                url: http_url("streamable_http.url", &url)?,
+                headers,
+                oauth,
+            })
+        }
         Some(TransportRequest::Sse { url, headers }) => Ok(Transport::Sse {
             url: http_url("sse.url", &url)?,
             headers: http_headers("sse.headers", headers)?,
         }),
     }
+}
+
+fn oauth_settings(request: OAuthRequest) -> Result<OAuth, ManagerError> {
+    const FIELD: &str = "streamable_http.oauth";
+    let Some(credentials) = request.client_credentials else {
+        return Err(invalid(format!(
+            "{FIELD}.client_credentials is required: mcpd obtains tokens with the client credentials grant (the browser-based authorization code flow is not supported yet)"
+        )));
+    };
+    let client_id = credentials.client_id;
+    if client_id.is_empty() {
+        return Err(invalid(format!(
+            "{FIELD}.client_credentials.client_id is required"
+        )));
+    }
+    if client_id.len() > MAX_CLIENT_ID || !client_id.chars().all(|c| c.is_ascii_graphic()) {
+        return Err(invalid(format!(
+            "{FIELD}.client_credentials.client_id must be at most {MAX_CLIENT_ID} visible ASCII characters"
+        )));
+    }
+    // Secrets are named, never quoted.
+    let secret = match credentials.secret {
+        None => {
+            return Err(invalid(format!(
+                "{FIELD}.client_credentials needs client_secret or private_key_jwt"
+            )));
+        }
+        Some(ClientSecret::Secret(secret)) => {
+            if secret.is_empty()
+                || secret.len() > MAX_CLIENT_SECRET
+                || !secret.chars().all(|c| c.is_ascii_graphic() || c == ' ')
+            {
+                return Err(invalid(format!(
+                    "{FIELD}.client_credentials.client_secret must be 1 to {MAX_CLIENT_SECRET} printable ASCII characters"
+                )));
+            }
+            ClientSecret::Secret(secret)
+        }
+        Some(ClientSecret::PrivateKeyJwt { pem, algorithm }) => {
+            if !JWT_ALGORITHMS.contains(&algorithm.as_str()) {
+                return Err(invalid(format!(
+                    "{FIELD}.client_credentials.private_key_jwt.algorithm must be one of {}",
+                    JWT_ALGORITHMS.join(", ")
+                )));
+            }
+            if pem.len() > MAX_PRIVATE_KEY || !pem.contains("-----BEGIN ") {
+                return Err(invalid(format!(
+                    "{FIELD}.client_credentials.private_key_jwt.private_key_pem must be a PEM key of at most {MAX_PRIVATE_KEY} bytes"
+                )));
+            }
+            ClientSecret::PrivateKeyJwt { pem, algorithm }
+        }
+    };
+    if request.scopes.len() > MAX_SCOPES {
+        return Err(invalid(format!(
+            "{FIELD}.scopes has {} entries; at most {MAX_SCOPES} are allowed",
+            request.scopes.len()
+        )));
+    }
+    for scope in &request.scopes {
+        // RFC 6749 scope-token: visible ASCII except '"' and '\\'.
+        let valid = !scope.is_empty()
+            && scope.len() <= MAX_SCOPE
+            && scope
+                .chars()
+                .all(|c| c.is_ascii_graphic() && c != '"' && c != '\\');
+        if !valid {
+            return Err(invalid(format!(
+                "{FIELD}.scopes: {scope:?} is not a scope (1 to {MAX_SCOPE} visible ASCII characters, no quotes or backslashes)"
+            )));
+        }
+    }
+    Ok(OAuth {
+        client_credentials: Some(ClientCredentials { client_id, secret }),
+        scopes: request.scopes,
+    })
 }
 
 fn bounded_text(field: &str, value: &str, max: usize) -> Result<(), ManagerError> {
@@ -269,6 +390,7 @@ mod tests {
             transport(Some(TransportRequest::StreamableHttp {
                 url: url.into(),
                 headers: HashMap::new(),
+                oauth: None,
             }))
         };
         assert!(http("http://127.0.0.1:8080/mcp").is_ok());

@@ -21,7 +21,8 @@ use super::{
     client::{self, Handler},
     describe,
     lifecycle::{self, LegacyTargets, Start},
-    live::{Live, LiveSessions},
+    live::{Live, LiveSessions, ServerKey},
+    oauth::{OAuthClient, PolicedHttp},
     pool::{PoolStats, SessionPool},
     session::CallFailure,
     session::teardown,
@@ -38,6 +39,7 @@ pub struct McpConnector {
     live: LiveSessions,
     pool: SessionPool,
     legacy: std::sync::Arc<LegacyTargets>,
+    oauth: OAuthClient,
 }
 
 impl McpConnector {
@@ -50,12 +52,17 @@ impl McpConnector {
             .apply(reqwest::Client::builder().connect_timeout(settings.connect_timeout))
             .build()
             .map_err(|e| McpError::Settings(format!("HTTP client: {e}")))?;
+        let oauth = OAuthClient::new(
+            PolicedHttp::new(settings.outbound.clone(), settings.connect_timeout)
+                .map_err(|e| McpError::Settings(format!("OAuth HTTP client: {e}")))?,
+        );
         Ok(McpConnector {
             http,
             pool: SessionPool::new(settings.pool),
             settings,
             live: LiveSessions::default(),
             legacy: Default::default(),
+            oauth,
         })
     }
 
@@ -109,44 +116,98 @@ impl McpConnector {
     ) -> Result<Session, McpError> {
         self.check_policy(spec).await?;
         let deadline = Instant::now() + self.settings.connect_timeout;
+        let key: ServerKey = (organization_id.to_owned(), server_id.to_owned());
         let target = match spec {
             Transport::Stdio { command, .. } => command.clone(),
             Transport::StreamableHttp { url, .. } | Transport::Sse { url, .. } => {
                 describe::target_of(url)
             }
         };
+        let oauth = match spec {
+            Transport::StreamableHttp {
+                url,
+                oauth: Some(oauth),
+                ..
+            } => Some((url, oauth)),
+            _ => None,
+        };
+        let mut token = oauth.and_then(|_| self.oauth.token(&key));
+        let mut renewed = false;
+        let live = loop {
+            let bearer = token.as_ref().map(|t| t.access.as_str());
+            match self.start(spec, &handler, deadline, bearer).await {
+                Ok(live) => break live,
+                // The server wants a (new) token: get one, once, and retry.
+                Err(Failure::Refused { challenge, .. }) if !renewed && oauth.is_some() => {
+                    let Some((url, settings)) = oauth else {
+                        unreachable!("guarded by oauth.is_some()");
+                    };
+                    renewed = true;
+                    let renewal = self.oauth.renew(&key, url, challenge.as_deref(), settings);
+                    match timeout_at(deadline, renewal).await {
+                        Ok(Ok(fresh)) => token = Some(fresh),
+                        Ok(Err(why)) => {
+                            return Err(McpError::Unauthorized {
+                                stage: Stage::Connect,
+                                detail: format!(
+                                    "{target} requires an OAuth access token and {why}"
+                                ),
+                            });
+                        }
+                        Err(_) => {
+                            return Err(McpError::Timeout {
+                                stage: Stage::Connect,
+                                after: self.settings.connect_timeout,
+                            });
+                        }
+                    }
+                }
+                Err(failure) => return Err(failure.into_error()),
+            }
+        };
+        Ok(Session::new(
+            live,
+            target,
+            key,
+            handler,
+            self.live.clone(),
+            self.settings.list_timeout,
+            self.settings.teardown_grace,
+        ))
+    }
+
+    /// Starts a session: discover first, then `initialize` on a fresh
+    /// transport when the server seems to predate `server/discover`.
+    async fn start(
+        &self,
+        spec: &Transport,
+        handler: &Handler,
+        deadline: Instant,
+        bearer: Option<&str>,
+    ) -> Result<Live, Failure> {
         let memory_key = lifecycle_key(spec);
         // The HTTP+SSE transport was retired before 2026-07-28 existed.
         let start = match spec {
             Transport::Sse { .. } => Start::Legacy,
             _ => self.legacy.start_for(&memory_key),
         };
-        let live = match self.open(spec, &handler, start, deadline).await {
+        let live = match self.open(spec, handler, start, deadline, bearer).await {
             Ok(live) => live,
             Err(Failure::MaybeLegacy(err)) if start == Start::Discover => {
-                tracing::debug!(server = %server_id, error = %err, "server/discover failed; starting over with initialize");
+                tracing::debug!(error = %err, "server/discover failed; starting over with initialize");
                 let live = self
-                    .open(spec, &handler, Start::Legacy, deadline)
-                    .await
-                    .map_err(Failure::into_error)?;
+                    .open(spec, handler, Start::Legacy, deadline, bearer)
+                    .await?;
                 self.legacy.remember(&memory_key);
                 live
             }
-            Err(failure) => return Err(failure.into_error()),
+            Err(failure) => return Err(failure),
         };
         // rmcp fell back to `initialize` in place: next time, skip the probe.
         if start == Start::Discover && live.negotiated_initialize() {
             self.legacy.remember(&memory_key);
         }
-        Ok(Session::new(
-            live,
-            target,
-            (organization_id.to_owned(), server_id.to_owned()),
-            handler,
-            self.live.clone(),
-            self.settings.list_timeout,
-            self.settings.teardown_grace,
-        ))
+        Ok(live)
     }
 
     /// One attempt to open a session on a fresh transport, by the deadline.
@@ -156,6 +217,7 @@ impl McpConnector {
         handler: &Handler,
         start: Start,
         deadline: Instant,
+        bearer: Option<&str>,
     ) -> Result<Live, Failure> {
         let timeout = self.settings.connect_timeout;
         let timed_out = || {
@@ -216,14 +278,20 @@ impl McpConnector {
                     }
                 }
             }
-            Transport::StreamableHttp { url, headers } => {
+            Transport::StreamableHttp { url, headers, .. } => {
+                let mut headers = header_map(headers).map_err(Failure::Final)?;
+                if let Some(token) = bearer {
+                    let mut value = HeaderValue::try_from(format!("Bearer {token}")).map_err(|_| {
+                        Failure::Final(McpError::Unauthorized {
+                            stage: Stage::Connect,
+                            detail: "the authorization server granted a token that is not a valid header value".into(),
+                        })
+                    })?;
+                    value.set_sensitive(true);
+                    headers.insert(http::header::AUTHORIZATION, value);
+                }
                 let config = StreamableHttpClientTransportConfig::with_uri(url.as_str())
-                    .custom_headers(
-                        header_map(headers)
-                            .map_err(Failure::Final)?
-                            .into_iter()
-                            .collect(),
-                    );
+                    .custom_headers(headers.into_iter().collect());
                 let transport = Tapped::new(
                     StreamableHttpClientTransport::with_client(self.http.clone(), config),
                     handler.events(),
@@ -315,6 +383,11 @@ impl McpConnector {
         }
     }
 
+    /// Drops the server's access token: the server refused it.
+    pub(super) fn forget_token(&self, key: &ServerKey) {
+        self.oauth.forget(key);
+    }
+
     pub(super) fn settings(&self) -> &McpSettings {
         &self.settings
     }
@@ -401,6 +474,7 @@ impl McpConnector {
     pub async fn close_server(&self, organization_id: &str, server_id: &str) {
         let key = (organization_id.to_owned(), server_id.to_owned());
         self.pool.remove(&key);
+        self.oauth.forget(&key);
         let grace = self.settings.teardown_grace;
         futures::future::join_all(
             self.live
@@ -434,6 +508,12 @@ impl McpConnector {
 enum Failure {
     /// Nothing another attempt would change.
     Final(McpError),
+    /// The server refused the credentials (HTTP 401/403), with the
+    /// `WWW-Authenticate` challenge it sent, if any: a new token may help.
+    Refused {
+        error: McpError,
+        challenge: Option<String>,
+    },
     /// A discover-first start failed the way a server that only knows
     /// `initialize` can: worth one legacy start on a fresh transport.
     MaybeLegacy(McpError),
@@ -442,8 +522,13 @@ enum Failure {
 impl Failure {
     fn of(start: Start, cause: &ClientInitializeError, err: McpError) -> Failure {
         // Credentials refused for the probe are refused for `initialize` too.
-        let refused = matches!(err, McpError::Unauthorized { .. });
-        if start == Start::Discover && !refused && lifecycle::may_be_legacy(cause) {
+        if matches!(err, McpError::Unauthorized { .. }) {
+            return Failure::Refused {
+                error: err,
+                challenge: cause.auth_challenge().map(str::to_owned),
+            };
+        }
+        if start == Start::Discover && lifecycle::may_be_legacy(cause) {
             Failure::MaybeLegacy(err)
         } else {
             Failure::Final(err)
@@ -452,7 +537,9 @@ impl Failure {
 
     fn into_error(self) -> McpError {
         match self {
-            Failure::Final(err) | Failure::MaybeLegacy(err) => err,
+            Failure::Final(err)
+            | Failure::MaybeLegacy(err)
+            | Failure::Refused { error: err, .. } => err,
         }
     }
 }

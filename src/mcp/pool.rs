@@ -160,6 +160,23 @@ impl SessionPool {
                 .await
             {
                 Ok(result) => Ok(result),
+                // The server refused the session's OAuth token (expired or
+                // revoked) and so did not run the call: retry once on a
+                // fresh session, which gets a new token.
+                Err(CallFailure::Failed(McpError::Unauthorized { .. }))
+                    if matches!(transport, Transport::StreamableHttp { oauth: Some(_), .. }) =>
+                {
+                    tracing::debug!(server = %key.1, "OAuth token refused; retrying with a new one");
+                    forget(&entry, &session).await;
+                    connector.forget_token(&key);
+                    let fresh = self
+                        .session(&entry, connector, &key, transport, deadline)
+                        .await?;
+                    fresh
+                        .call_tool(tool, arguments, remaining(deadline))
+                        .await
+                        .map_err(|(CallFailure::NotDelivered(err) | CallFailure::Failed(err))| err)
+                }
                 Err(CallFailure::Failed(err)) => {
                     if !session.is_open() {
                         forget(&entry, &session).await;

@@ -543,6 +543,7 @@ pub fn streamable_http(url: impl Into<String>) -> Transport {
     Transport::StreamableHttp(proto::StreamableHttpTransport {
         url: url.into(),
         headers: Default::default(),
+        oauth: None,
     })
 }
 

@@ -199,6 +199,13 @@ impl Session {
                 StreamableHttpTransport {
                     url: url.to_owned(),
                     headers: context_headers(context)?,
+                    // Machine-to-machine scenarios; the others (a browser
+                    // flow) wait for the authorization code flow.
+                    oauth: if scenario.starts_with("auth/client-credentials") {
+                        context_oauth(context)?
+                    } else {
+                        None
+                    },
                 },
             )),
         };
@@ -393,6 +400,33 @@ fn server_name(scenario: &str) -> String {
         })
         .collect();
     format!("conformance-{slug}-{}", std::process::id())
+}
+
+/// Client credentials the scenario gives (auth/client-credentials-*): a
+/// client id with a secret, or with a private key to sign JWTs with.
+fn context_oauth(context: &Value) -> anyhow::Result<Option<mcpd::proto::OAuth>> {
+    use mcpd::proto::{ClientCredentials, OAuth, PrivateKeyJwt, client_credentials::Credential};
+    let Some(client_id) = context.get("client_id").and_then(Value::as_str) else {
+        return Ok(None);
+    };
+    let text = |key: &str| context.get(key).and_then(Value::as_str).map(str::to_owned);
+    let credential = if let Some(secret) = text("client_secret") {
+        Credential::ClientSecret(secret)
+    } else if let Some(pem) = text("private_key_pem") {
+        Credential::PrivateKeyJwt(PrivateKeyJwt {
+            private_key_pem: pem,
+            algorithm: text("signing_algorithm").unwrap_or_else(|| "ES256".to_owned()),
+        })
+    } else {
+        bail!("MCP_CONFORMANCE_CONTEXT has a client_id but no client_secret or private_key_pem");
+    };
+    Ok(Some(OAuth {
+        client_credentials: Some(ClientCredentials {
+            client_id: client_id.to_owned(),
+            credential: Some(credential),
+        }),
+        scopes: Vec::new(),
+    }))
 }
 
 /// Request headers a scenario asks the client to send, from the context's

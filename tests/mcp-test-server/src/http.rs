@@ -74,6 +74,9 @@ pub async fn run(
             require_bearer(path.clone(), request, next)
         }));
     }
+    if let Some(settings) = behaviour.oauth.clone() {
+        router = crate::oauth::protect(router, settings, addr);
+    }
     // Without TCP_NODELAY small SSE writes meet delayed ACKs on loopback and
     // stall ~40 ms: that would be measured as the daemon's MCP time.
     let listener = listener.tap_io(|tcp| {

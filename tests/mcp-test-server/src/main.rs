@@ -7,6 +7,7 @@ mod catalog;
 mod handler;
 mod http;
 mod malformed;
+mod oauth;
 mod stdio;
 
 use std::{
@@ -98,6 +99,16 @@ struct Cli {
     /// every request (the file is read for each one); 401 otherwise.
     #[arg(long, value_name = "PATH")]
     bearer_file: Option<PathBuf>,
+    /// HTTP only: be an OAuth protected resource with its own authorization
+    /// server for the client credentials grant, accepting this client.
+    #[arg(long, value_name = "ID:SECRET")]
+    oauth_client: Option<String>,
+    /// With `--oauth-client`: how long an access token is valid.
+    #[arg(long, default_value_t = 3600)]
+    token_lifetime_secs: u64,
+    /// With `--oauth-client`: append each token grant to this file.
+    #[arg(long, value_name = "PATH")]
+    oauth_log: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -123,6 +134,8 @@ pub struct Behaviour {
     pub malformed_list: bool,
     /// Only over HTTP: the file holding the one bearer token accepted.
     pub bearer_file: Option<PathBuf>,
+    /// Only over HTTP: an OAuth protected resource (see [`oauth`]).
+    pub oauth: Option<oauth::OAuthSettings>,
 }
 
 #[tokio::main]
@@ -153,6 +166,17 @@ async fn main() -> anyhow::Result<()> {
         crash_during_list: cli.crash_during_list,
         malformed_list: cli.malformed_list,
         bearer_file: cli.bearer_file.clone(),
+        oauth: cli
+            .oauth_client
+            .as_deref()
+            .map(|client| {
+                oauth::OAuthSettings::parse(
+                    client,
+                    std::time::Duration::from_secs(cli.token_lifetime_secs),
+                    cli.oauth_log.clone(),
+                )
+            })
+            .transpose()?,
     };
     let hang_list = cli.hang == Some(Hang::List);
     let legacy = cli.legacy || cli.unique_per_session || cli.crash_on_shutdown;

@@ -1,0 +1,113 @@
+//! OAuth 2.1 for remote MCP servers (the MCP authorization spec): access
+//! tokens for the sessions mcpd opens. Today: the client credentials grant,
+//! machine to machine. Tokens live in memory only, by server; they are
+//! obtained again when they expire or the server refuses them (a client
+//! credentials grant needs nothing but the sealed client secret).
+
+mod client_credentials;
+mod http;
+
+use std::{collections::HashMap, sync::Arc, time::Duration};
+
+use rmcp::transport::OAuthHttpClient;
+use tokio::time::Instant;
+
+use super::live::ServerKey;
+use crate::model::OAuth;
+
+pub(crate) use http::PolicedHttp;
+
+/// An access token. `Debug` does not show it.
+#[derive(Clone)]
+pub(super) struct Token {
+    pub(super) access: String,
+    pub(super) expires_at: Option<Instant>,
+}
+
+impl std::fmt::Debug for Token {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Token")
+            .field("expires_at", &self.expires_at)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A token this close to its expiry is not used for a new session.
+const EXPIRY_MARGIN: Duration = Duration::from_secs(30);
+
+impl Token {
+    fn fresh(&self) -> bool {
+        self.expires_at
+            .is_none_or(|at| at.saturating_duration_since(Instant::now()) > EXPIRY_MARGIN)
+    }
+}
+
+/// Obtains and keeps tokens. Cheap to clone.
+#[derive(Clone)]
+pub(super) struct OAuthClient {
+    http: Arc<dyn OAuthHttpClient>,
+    tokens: Arc<std::sync::Mutex<HashMap<ServerKey, Token>>>,
+}
+
+impl OAuthClient {
+    pub(super) fn new(http: PolicedHttp) -> Self {
+        OAuthClient {
+            http: Arc::new(http),
+            tokens: Arc::default(),
+        }
+    }
+
+    /// The token to open a session with, if one is held and not about to
+    /// expire.
+    pub(super) fn token(&self, key: &ServerKey) -> Option<Token> {
+        let tokens = self.tokens.lock().ok()?;
+        tokens.get(key).filter(|t| t.fresh()).cloned()
+    }
+
+    /// Gets a new token (the server refused the last one, or there was
+    /// none) and keeps it. The error says why none was granted.
+    pub(super) async fn renew(
+        &self,
+        key: &ServerKey,
+        server: &url::Url,
+        challenge: Option<&str>,
+        oauth: &OAuth,
+    ) -> Result<Token, String> {
+        self.forget(key);
+        let Some(credentials) = &oauth.client_credentials else {
+            return Err("no OAuth client credentials are configured for this server".into());
+        };
+        // rmcp 3.11's token request future is not `Send` (its JWT branch
+        // keeps a form serializer across an await), so it cannot run on the
+        // daemon's tasks: it runs on a blocking thread of its own, driven by
+        // the runtime's handle (its I/O still runs on the runtime).
+        let http = self.http.clone();
+        let server = server.clone();
+        let challenge = challenge.map(str::to_owned);
+        let credentials = credentials.clone();
+        let scopes = oauth.scopes.clone();
+        let runtime = tokio::runtime::Handle::current();
+        let token = tokio::task::spawn_blocking(move || {
+            runtime.block_on(client_credentials::obtain(
+                http,
+                &server,
+                challenge.as_deref(),
+                &credentials,
+                &scopes,
+            ))
+        })
+        .await
+        .map_err(|e| format!("the token request failed: {e}"))??;
+        if let Ok(mut tokens) = self.tokens.lock() {
+            tokens.insert(key.clone(), token.clone());
+        }
+        Ok(token)
+    }
+
+    /// Drops the server's token (closed, or refused).
+    pub(super) fn forget(&self, key: &ServerKey) {
+        if let Ok(mut tokens) = self.tokens.lock() {
+            tokens.remove(key);
+        }
+    }
+}

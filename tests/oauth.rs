@@ -236,3 +236,64 @@ async fn oauth_settings_are_checked() {
     }
     daemon.stop().await;
 }
+
+/// Metadata documents are attacker-controlled input: a challenge naming a
+/// metadata URL the outbound policy refuses (here a loopback address other
+/// than the one allowed) is never fetched, and the create fails with the
+/// reason.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metadata_urls_go_through_the_outbound_policy() {
+    use std::sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    };
+    let daemon = Daemon::start_with(
+        Backend::Sqlite,
+        DaemonOptions {
+            mcp: mcpd::mcp::McpSettings {
+                outbound: mcpd::mcp::outbound::OutboundPolicy::new(
+                    &["127.0.0.1/32".to_owned()],
+                    &[],
+                )
+                .unwrap(),
+                ..test_mcp_settings()
+            },
+            ..DaemonOptions::default()
+        },
+    )
+    .await;
+    let acme = daemon.org("acme").await;
+    // Where the challenge points: it counts connections and answers none.
+    let elsewhere = tokio::net::TcpListener::bind("127.0.0.2:0").await.unwrap();
+    let elsewhere_addr = elsewhere.local_addr().unwrap();
+    let reached = Arc::new(AtomicUsize::new(0));
+    let counter = reached.clone();
+    tokio::spawn(async move {
+        while let Ok((_socket, _)) = elsewhere.accept().await {
+            counter.fetch_add(1, Ordering::SeqCst);
+        }
+    });
+    let server = HttpTestServer::start([
+        "--oauth-client".to_owned(),
+        format!("{CLIENT}:{SECRET}"),
+        "--resource-metadata-url".to_owned(),
+        format!("http://{elsewhere_addr}/.well-known/oauth-protected-resource/mcp"),
+    ])
+    .await;
+    let status = acme
+        .create("pointed-elsewhere", with_oauth(&server.url, SECRET))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::FailedPrecondition, "{status:?}");
+    assert!(
+        status.message().contains("127.0.0.2") && status.message().contains("--outbound-allow"),
+        "the refused address and the setting are named: {status:?}"
+    );
+    assert_eq!(
+        reached.load(Ordering::SeqCst),
+        0,
+        "the refused address was contacted"
+    );
+    assert!(daemon.registry().servers("acme").await.is_empty());
+    daemon.stop().await;
+}

@@ -29,6 +29,10 @@ pub(crate) struct PolicedHttp {
 }
 
 impl PolicedHttp {
+    pub(crate) fn policy(&self) -> &OutboundPolicy {
+        &self.policy
+    }
+
     pub(crate) fn new(policy: OutboundPolicy, connect_timeout: Duration) -> reqwest::Result<Self> {
         let follow = policy
             .apply(reqwest::Client::builder().connect_timeout(connect_timeout))

@@ -9,10 +9,10 @@ mod http;
 
 use std::{collections::HashMap, sync::Arc, time::Duration};
 
-use rmcp::transport::OAuthHttpClient;
+use rmcp::transport::{OAuthHttpClient, WWWAuthenticateParams};
 use tokio::time::Instant;
 
-use super::live::ServerKey;
+use super::{describe, live::ServerKey, outbound::OutboundPolicy};
 use crate::model::OAuth;
 
 pub(crate) use http::PolicedHttp;
@@ -46,12 +46,14 @@ impl Token {
 #[derive(Clone)]
 pub(super) struct OAuthClient {
     http: Arc<dyn OAuthHttpClient>,
+    policy: OutboundPolicy,
     tokens: Arc<std::sync::Mutex<HashMap<ServerKey, Token>>>,
 }
 
 impl OAuthClient {
     pub(super) fn new(http: PolicedHttp) -> Self {
         OAuthClient {
+            policy: http.policy().clone(),
             http: Arc::new(http),
             tokens: Arc::default(),
         }
@@ -77,6 +79,18 @@ impl OAuthClient {
         let Some(credentials) = &oauth.client_credentials else {
             return Err("no OAuth client credentials are configured for this server".into());
         };
+        // Every request below goes through the policy anyway; checking the
+        // URL the challenge names first gives the refusal in words.
+        if let Some(metadata) = challenge
+            .map(|header| WWWAuthenticateParams::parse(header, server))
+            .and_then(|params| params.resource_metadata_url)
+            && let Err(refusal) = self.policy.check_url(&metadata).await
+        {
+            return Err(format!(
+                "its challenge points at metadata on {}, which is refused: {refusal}; the operator sets --outbound-allow / --outbound-deny",
+                describe::target_of(&metadata)
+            ));
+        }
         // rmcp 3.11's token request future is not `Send` (its JWT branch
         // keeps a form serializer across an await), so it cannot run on the
         // daemon's tasks: it runs on a blocking thread of its own, driven by

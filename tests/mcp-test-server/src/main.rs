@@ -109,6 +109,10 @@ struct Cli {
     /// With `--oauth-client`: append each token grant to this file.
     #[arg(long, value_name = "PATH")]
     oauth_log: Option<PathBuf>,
+    /// With `--oauth-client`: the protected resource metadata URL the 401
+    /// challenge names, instead of this server's own.
+    #[arg(long, value_name = "URL")]
+    resource_metadata_url: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -175,6 +179,10 @@ async fn main() -> anyhow::Result<()> {
                     std::time::Duration::from_secs(cli.token_lifetime_secs),
                     cli.oauth_log.clone(),
                 )
+                .map(|settings| oauth::OAuthSettings {
+                    resource_metadata: cli.resource_metadata_url.clone(),
+                    ..settings
+                })
             })
             .transpose()?,
     };

@@ -38,6 +38,8 @@ pub struct OAuthSettings {
     pub client_secret: String,
     pub token_lifetime: Duration,
     pub log: Option<PathBuf>,
+    /// Named in the challenge instead of this server's own metadata URL.
+    pub resource_metadata: Option<String>,
 }
 
 impl OAuthSettings {
@@ -55,6 +57,7 @@ impl OAuthSettings {
             client_secret: secret.to_owned(),
             token_lifetime,
             log,
+            resource_metadata: None,
         })
     }
 }
@@ -113,10 +116,12 @@ async fn require_token(issuer: Issuer, request: Request, next: Next) -> Response
     if valid {
         return next.run(request).await;
     }
-    let challenge = format!(
-        r#"Bearer error="invalid_token", resource_metadata="{}/.well-known/oauth-protected-resource/mcp""#,
-        issuer.base
-    );
+    let metadata = issuer
+        .settings
+        .resource_metadata
+        .clone()
+        .unwrap_or_else(|| format!("{}/.well-known/oauth-protected-resource/mcp", issuer.base));
+    let challenge = format!(r#"Bearer error="invalid_token", resource_metadata="{metadata}""#);
     (
         StatusCode::UNAUTHORIZED,
         [(header::WWW_AUTHENTICATE, challenge)],

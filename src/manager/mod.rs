@@ -160,8 +160,27 @@ impl Manager {
         }
 
         let server_id = uuid::Uuid::now_v7().to_string();
+        let created = self
+            .register(org, &server_id, request.name, spec, stats)
+            .await;
+        if created.is_err() {
+            // Nothing was stored: nothing held for this id may stay either.
+            self.mcp.forget(org, &server_id);
+        }
+        created
+    }
+
+    /// Connects, lists and stores a server under the id chosen for it.
+    async fn register(
+        &self,
+        org: &str,
+        server_id: &str,
+        name: String,
+        spec: crate::model::Transport,
+        stats: &mut CallStats,
+    ) -> Result<Created, ManagerError> {
         let started = Instant::now();
-        let session = self.mcp.connect(org, &server_id, &spec).await?;
+        let session = self.mcp.connect(org, server_id, &spec).await?;
         let listed = session.list_tools().await;
         // The session is done with; its teardown overlaps the persistence.
         let teardown = tokio::spawn(session.close());
@@ -184,9 +203,9 @@ impl Manager {
 
         let (checked, mut failed_tools) = tools::check(listed);
         let server = NewServer {
-            id: server_id,
+            id: server_id.to_owned(),
             organization_id: org.to_owned(),
-            name: request.name,
+            name,
             transport: spec,
         };
         let persist_started = Instant::now();

@@ -383,6 +383,13 @@ impl McpConnector {
         }
     }
 
+    /// Drops what the daemon holds in memory for a server that was never
+    /// stored (a failed registration): its access token.
+    pub fn forget(&self, organization_id: &str, server_id: &str) {
+        self.oauth
+            .forget(&(organization_id.to_owned(), server_id.to_owned()));
+    }
+
     /// Drops the server's access token: the server refused it.
     pub(super) fn forget_token(&self, key: &ServerKey) {
         self.oauth.forget(key);

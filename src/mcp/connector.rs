@@ -296,19 +296,7 @@ impl McpConnector {
                     StreamableHttpClientTransport::with_client(self.http.clone(), config),
                     handler.events(),
                 );
-                let service = initialize(
-                    deadline,
-                    timeout,
-                    url,
-                    start,
-                    service.serve_with_lifecycle(transport, start.mode()),
-                )
-                .await?;
-                Ok(Live {
-                    service,
-                    child: None,
-                    malformed: None,
-                })
+                remote(deadline, timeout, url, start, service, transport).await
             }
             Transport::Sse { url, headers } => {
                 let headers: HeaderMap = header_map(headers)
@@ -329,19 +317,7 @@ impl McpConnector {
                     ))
                 })?;
                 let transport = Tapped::new(transport, handler.events());
-                let service = initialize(
-                    deadline,
-                    timeout,
-                    url,
-                    start,
-                    service.serve_with_lifecycle(transport, start.mode()),
-                )
-                .await?;
-                Ok(Live {
-                    service,
-                    child: None,
-                    malformed: None,
-                })
+                remote(deadline, timeout, url, start, service, transport).await
             }
         }
     }
@@ -549,6 +525,34 @@ impl Failure {
             | Failure::Refused { error: err, .. } => err,
         }
     }
+}
+
+/// A session with a remote server over `transport`, started by the deadline.
+async fn remote<T, E, A>(
+    deadline: Instant,
+    timeout: Duration,
+    url: &url::Url,
+    start: Start,
+    service: Box<dyn rmcp::service::DynService<rmcp::RoleClient>>,
+    transport: T,
+) -> Result<Live, Failure>
+where
+    T: rmcp::transport::IntoTransport<rmcp::RoleClient, E, A>,
+    E: std::error::Error + Send + Sync + 'static,
+{
+    let service = initialize(
+        deadline,
+        timeout,
+        url,
+        start,
+        service.serve_with_lifecycle(transport, start.mode()),
+    )
+    .await?;
+    Ok(Live {
+        service,
+        child: None,
+        malformed: None,
+    })
 }
 
 /// The session start with a remote server, by the deadline.

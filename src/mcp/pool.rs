@@ -155,46 +155,39 @@ impl SessionPool {
             let session = self
                 .session(&entry, connector, &key, transport, deadline)
                 .await?;
+            // Past this match the call is retried once, on a fresh session.
             match session
                 .call_tool(tool, arguments.clone(), remaining(deadline))
                 .await
             {
-                Ok(result) => Ok(result),
+                Ok(result) => return Ok(result),
+                Err(CallFailure::NotDelivered(err)) => {
+                    tracing::debug!(error = %err, "live MCP session was gone; retrying on a fresh one");
+                }
                 // The server refused the session's OAuth token (expired or
                 // revoked) and so did not run the call: retry once on a
                 // fresh session, which gets a new token.
-                Err(CallFailure::Failed(McpError::Unauthorized { .. }))
+                Err(CallFailure::Failed(err @ McpError::Unauthorized { .. }))
                     if matches!(transport, Transport::StreamableHttp { oauth: Some(_), .. }) =>
                 {
-                    tracing::debug!(server = %key.1, "OAuth token refused; retrying with a new one");
-                    forget(&entry, &session).await;
+                    tracing::debug!(server = %key.1, error = %err, "OAuth token refused; retrying with a new one");
                     connector.forget_token(&key);
-                    let fresh = self
-                        .session(&entry, connector, &key, transport, deadline)
-                        .await?;
-                    fresh
-                        .call_tool(tool, arguments, remaining(deadline))
-                        .await
-                        .map_err(|(CallFailure::NotDelivered(err) | CallFailure::Failed(err))| err)
                 }
                 Err(CallFailure::Failed(err)) => {
                     if !session.is_open() {
                         forget(&entry, &session).await;
                     }
-                    Err(err)
-                }
-                Err(CallFailure::NotDelivered(err)) => {
-                    tracing::debug!(error = %err, "live MCP session was gone; retrying on a fresh one");
-                    forget(&entry, &session).await;
-                    let fresh = self
-                        .session(&entry, connector, &key, transport, deadline)
-                        .await?;
-                    fresh
-                        .call_tool(tool, arguments, remaining(deadline))
-                        .await
-                        .map_err(|(CallFailure::NotDelivered(err) | CallFailure::Failed(err))| err)
+                    return Err(err);
                 }
             }
+            forget(&entry, &session).await;
+            let fresh = self
+                .session(&entry, connector, &key, transport, deadline)
+                .await?;
+            fresh
+                .call_tool(tool, arguments, remaining(deadline))
+                .await
+                .map_err(|(CallFailure::NotDelivered(err) | CallFailure::Failed(err))| err)
         }
         .await;
         entry.touch();

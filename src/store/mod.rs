@@ -3,6 +3,7 @@
 //! Two backends share one schema and one set of queries: [`with_conn!`]
 //! instantiates each query body once per backend, so the dispatch stays here.
 
+mod authorizations;
 mod batch;
 mod error;
 mod keys;
@@ -28,6 +29,7 @@ use diesel_async::{
 use futures::FutureExt;
 use tokio::sync::{Mutex, MutexGuard};
 
+pub use authorizations::PendingAuthorization;
 pub use error::StoreError;
 pub use keys::KeyMatch;
 pub use metrics::{PoolStats, track_connections};

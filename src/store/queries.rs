@@ -242,7 +242,7 @@ impl Store {
         })
     }
 
-    fn sealer(&self) -> Result<&Sealer, StoreError> {
+    pub(super) fn sealer(&self) -> Result<&Sealer, StoreError> {
         self.inner.settings.sealer.as_ref().ok_or_else(|| {
             StoreError::Sealing("no secret key is configured (--secret-key-file)".into())
         })

@@ -47,6 +47,17 @@ diesel::table! {
     }
 }
 
+diesel::table! {
+    oauth_authorizations (state_hash) {
+        state_hash -> Text,
+        organization_id -> Text,
+        server_id -> Text,
+        payload -> Text,
+        created_at -> BigInt,
+        expires_at -> BigInt,
+    }
+}
+
 diesel::joinable!(server_tools -> mcp_servers (server_id));
 diesel::joinable!(server_tools -> tools (tool_id));
 diesel::allow_tables_to_appear_in_same_query!(mcp_servers, tools, server_tools);

@@ -73,6 +73,9 @@ pub struct TestDb {
     pg_name: Option<String>,
     /// Scratch space for this test: the SQLite file, key files.
     dir: tempfile::TempDir,
+    /// The secret key of the daemons on this database: replicas share one,
+    /// as they share a `--secret-key-file`.
+    secret_key: [u8; 32],
 }
 
 impl TestDb {
@@ -99,6 +102,7 @@ impl TestDb {
                     )),
                     pg_name: Some(name),
                     dir: tempfile::tempdir().expect("temp dir"),
+                    secret_key: rand::random(),
                 }
             }
             Backend::Sqlite => {
@@ -108,6 +112,7 @@ impl TestDb {
                     url: DatabaseUrl::Sqlite(path.to_string_lossy().into_owned()),
                     pg_name: None,
                     dir,
+                    secret_key: rand::random(),
                 }
             }
         }
@@ -221,7 +226,7 @@ impl Daemon {
             url: db.url.clone(),
             pool_size: options.pool_size,
             acquire_timeout: options.pool_timeout,
-            sealer: Some(Sealer::from_key(rand::random())),
+            sealer: Some(Sealer::from_key(db.secret_key)),
         })
         .await
         .expect("open store");

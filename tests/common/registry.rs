@@ -40,6 +40,16 @@ pub struct StoredKey {
 }
 
 #[derive(Debug, Clone, QueryableByName)]
+pub struct StoredAuthorization {
+    #[diesel(sql_type = diesel::sql_types::Text)]
+    pub state_hash: String,
+    #[diesel(sql_type = diesel::sql_types::Text)]
+    pub server_id: String,
+    #[diesel(sql_type = diesel::sql_types::Text)]
+    pub payload: String,
+}
+
+#[derive(Debug, Clone, QueryableByName)]
 struct Counted {
     #[diesel(sql_type = diesel::sql_types::Text)]
     what: String,
@@ -90,6 +100,14 @@ impl Registry {
             .await,
         );
         by_org.get(org).copied().unwrap_or(0)
+    }
+
+    /// Authorizations in flight (OAuth), as stored.
+    pub async fn authorizations(&self) -> Vec<StoredAuthorization> {
+        self.load(
+            "SELECT state_hash, server_id, payload FROM oauth_authorizations ORDER BY state_hash",
+        )
+        .await
     }
 
     pub async fn api_keys(&self) -> Vec<StoredKey> {

@@ -138,9 +138,9 @@ impl McpConnector {
             match self.start(spec, &handler, deadline, bearer).await {
                 Ok(live) => break live,
                 // The server wants a (new) token: get one, once, and retry.
-                Err(Failure::Refused { challenge, .. }) if !renewed && oauth.is_some() => {
-                    let Some((url, settings)) = oauth else {
-                        unreachable!("guarded by oauth.is_some()");
+                Err(Failure::Refused { error, challenge }) => {
+                    let (Some((url, settings)), false) = (oauth, renewed) else {
+                        return Err(error);
                     };
                     renewed = true;
                     let renewal = self.oauth.renew(&key, url, challenge.as_deref(), settings);

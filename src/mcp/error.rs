@@ -44,8 +44,9 @@ pub enum McpError {
     #[error("the MCP server refused the call: {message} (JSON-RPC error {code})")]
     Rejected { code: i32, message: String },
     /// The tool asked for input (elicitation, sampling, roots) this call
-    /// cannot give: only a streamed call's caller answers.
-    #[error("{0}; only calls made with StreamMcpToolCall can answer a server's requests")]
+    /// could not give: a unary call has nobody to ask, or the streamed
+    /// call's caller answered with an error.
+    #[error("{0}")]
     NeedsInput(String),
     /// The caller went away; the server was told to stop.
     #[error("the call was cancelled by its caller")]

@@ -206,9 +206,19 @@ impl Session {
             .map(|(key, request)| async move {
                 match self.handler.input(&request).await {
                     Ok(answer) => Ok((key, answer)),
+                    // A unary call: nobody to ask.
+                    Err(data) if matches!(self.handler, Handler::Plain(_)) => Err(
+                        McpError::NeedsInput(format!(
+                            "the tool asked for input: {}",
+                            describe::quoted(&data.message)
+                        )),
+                    ),
+                    // MRTR has no way to hand an error back to the server:
+                    // the call ends here.
                     Err(data) => Err(McpError::NeedsInput(format!(
-                        "the tool asked for input mcpd could not give: {}",
-                        describe::quoted(&data.message)
+                        "the tool asked for input and the caller's answer was an error: {} (code {})",
+                        describe::quoted(&data.message),
+                        data.code.0
                     ))),
                 }
             });

@@ -610,3 +610,34 @@ fn header_map(
         })
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lifecycle_memory_keeps_no_query_and_tells_commands_apart() {
+        let http = |url: &str| Transport::StreamableHttp {
+            url: url::Url::parse(url).unwrap(),
+            headers: Default::default(),
+            oauth: None,
+        };
+        // A query may carry credentials: it is not kept, nor does it matter.
+        assert_eq!(
+            lifecycle_key(&http("https://mcp.example.com/mcp?token=s3cret#x")),
+            lifecycle_key(&http("https://mcp.example.com/mcp")),
+        );
+        assert!(
+            !lifecycle_key(&http("https://mcp.example.com/mcp?token=s3cret")).contains("s3cret")
+        );
+        let stdio = |args: &[&str]| Transport::Stdio {
+            command: "server".into(),
+            args: args.iter().map(|a| a.to_string()).collect(),
+            env: Default::default(),
+        };
+        assert_ne!(
+            lifecycle_key(&stdio(&["--legacy"])),
+            lifecycle_key(&stdio(&[]))
+        );
+    }
+}

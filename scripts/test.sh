@@ -29,4 +29,4 @@ fi
 echo "== Python client and grpcurl"
 bash clients/python/run-tests.sh
 echo "== MCP client conformance (official suite, baselines in tests/conformance)"; bash tests/conformance/run.sh
-bash scripts/walkthrough.sh  # the README walkthrough and the Python example as written (builds release)
+bash scripts/walkthrough.sh  # the README walkthrough and the Python example as written

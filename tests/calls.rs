@@ -30,14 +30,6 @@ fn everything_js() -> String {
     path.to_string_lossy().into_owned()
 }
 
-fn call(server_id: &str, tool: &str, arguments: serde_json::Value) -> proto::CallMcpToolRequest {
-    proto::CallMcpToolRequest {
-        server_id: server_id.to_owned(),
-        tool_name: tool.to_owned(),
-        arguments_json: arguments.to_string(),
-    }
-}
-
 async fn call_tool(
     client: &OrgClient,
     request: proto::CallMcpToolRequest,

@@ -15,26 +15,6 @@ use mcpd::proto::{
 use tokio::sync::mpsc;
 use tonic::Code;
 
-fn call(server_id: &str, tool: &str, arguments: serde_json::Value) -> proto::CallMcpToolRequest {
-    proto::CallMcpToolRequest {
-        server_id: server_id.to_owned(),
-        tool_name: tool.to_owned(),
-        arguments_json: arguments.to_string(),
-    }
-}
-
-fn text_of(result: &proto::CallMcpToolResponse) -> String {
-    result
-        .content
-        .iter()
-        .filter_map(|c| match &c.kind {
-            Some(proto::content::Kind::Text(t)) => Some(t.text.clone()),
-            _ => None,
-        })
-        .collect::<Vec<_>>()
-        .join("\n")
-}
-
 fn lines(log: &Path) -> Vec<String> {
     std::fs::read_to_string(log)
         .unwrap_or_default()

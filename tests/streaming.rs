@@ -85,26 +85,6 @@ async fn stream_call(
     }
 }
 
-fn call(server_id: &str, tool: &str, arguments: serde_json::Value) -> proto::CallMcpToolRequest {
-    proto::CallMcpToolRequest {
-        server_id: server_id.to_owned(),
-        tool_name: tool.to_owned(),
-        arguments_json: arguments.to_string(),
-    }
-}
-
-fn text_of(result: &proto::CallMcpToolResponse) -> String {
-    result
-        .content
-        .iter()
-        .filter_map(|c| match &c.kind {
-            Some(proto::content::Kind::Text(t)) => Some(t.text.clone()),
-            _ => None,
-        })
-        .collect::<Vec<_>>()
-        .join("\n")
-}
-
 fn no_requests(request: &proto::ServerRequest) -> Outcome {
     panic!("unexpected server request {request:?}")
 }

@@ -578,6 +578,32 @@ impl TransportExt for Transport {
     }
 }
 
+/// A CallMcpTool (or first StreamMcpToolCall) request.
+pub fn call(
+    server_id: &str,
+    tool: &str,
+    arguments: serde_json::Value,
+) -> proto::CallMcpToolRequest {
+    proto::CallMcpToolRequest {
+        server_id: server_id.to_owned(),
+        tool_name: tool.to_owned(),
+        arguments_json: arguments.to_string(),
+    }
+}
+
+/// The text blocks of a tool result, one per line.
+pub fn text_of(result: &proto::CallMcpToolResponse) -> String {
+    result
+        .content
+        .iter()
+        .filter_map(|c| match &c.kind {
+            Some(proto::content::Kind::Text(t)) => Some(t.text.clone()),
+            _ => None,
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
 pub fn create_request(name: &str, transport: Transport) -> proto::CreateMcpServerRequest {
     proto::CreateMcpServerRequest {
         server_name: name.to_owned(),

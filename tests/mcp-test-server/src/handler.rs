@@ -319,7 +319,7 @@ fn ask(question: &str) -> InputRequiredResult {
 }
 
 /// Appends a line to a log file.
-fn append(log: &std::path::Path, line: &str) {
+pub fn append(log: &std::path::Path, line: &str) {
     use std::io::Write;
     let written = std::fs::OpenOptions::new()
         .create(true)
@@ -333,13 +333,5 @@ fn append(log: &std::path::Path, line: &str) {
 
 /// Appends `<what> <request id>` to the `--cancel-log` file.
 fn record(log: &std::path::Path, what: &str, id: &rmcp::model::RequestId) {
-    use std::io::Write;
-    let written = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(log)
-        .and_then(|mut file| writeln!(file, "{what} {id}"));
-    if let Err(err) = written {
-        eprintln!("mcp-test-server: writing {}: {err}", log.display());
-    }
+    append(log, &format!("{what} {id}"));
 }

@@ -191,17 +191,12 @@ async fn token(
         Instant::now() + issuer.settings.token_lifetime,
     );
     if let Some(log) = &issuer.settings.log {
-        use std::io::Write;
         let line = format!(
-            "token {n} scope={} resource={} value={token}\n",
+            "token {n} scope={} resource={} value={token}",
             form.get("scope").map(String::as_str).unwrap_or("-"),
             form.get("resource").map(String::as_str).unwrap_or("-"),
         );
-        let _ = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(log)
-            .and_then(|mut f| f.write_all(line.as_bytes()));
+        crate::handler::append(log, &line);
     }
     Json(json!({
         "access_token": token,

@@ -132,9 +132,15 @@ struct Inner {
 }
 
 /// A checked-out connection, counted while it lives.
+///
+/// Fields drop in this order: the count first, then the connection goes
+/// back to the pool. The other way round, a caller waiting for the pool
+/// could take the connection and count it before this lease stopped
+/// counting it, and the figures would show more connections checked out
+/// than the pool has.
 pub(crate) struct Lease<'a, M: bb8::ManageConnection> {
-    conn: bb8::PooledConnection<'a, M>,
     _count: LeaseCount,
+    conn: bb8::PooledConnection<'a, M>,
     _writer: Option<MutexGuard<'a, ()>>,
 }
 
@@ -279,8 +285,8 @@ impl Store {
             }
         })?;
         Ok(Lease {
-            conn,
             _count: LeaseCount::new(self.inner.metrics.clone()),
+            conn,
             _writer: writer,
         })
     }

@@ -59,10 +59,8 @@ impl Transport {
             Transport::Stdio { env, .. } => env.keys().cloned().collect(),
             Transport::StreamableHttp { headers, oauth, .. } => {
                 let mut names: Vec<String> = headers.keys().cloned().collect();
-                if let Some(credentials) =
-                    oauth.as_ref().and_then(|o| o.client_credentials.as_ref())
-                {
-                    names.push(credentials.secret.name().to_owned());
+                if let Some(oauth) = oauth {
+                    names.extend(oauth.secret_names().map(str::to_owned));
                 }
                 names.sort();
                 names
@@ -74,11 +72,112 @@ impl Transport {
 
 /// How mcpd obtains access tokens for a server behind the MCP authorization
 /// flow (OAuth 2.1).
-#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct OAuth {
     pub client_credentials: Option<ClientCredentials>,
     /// Empty: the challenge's scope, else the server's `scopes_supported`.
     pub scopes: Vec<String>,
+    /// Authorization code flow: a client the operator registered with the
+    /// authorization server ahead of time.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client: Option<RegisteredClient>,
+    /// What the authorization code flow obtained; renewed in place.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grant: Option<OAuthGrant>,
+}
+
+/// A client of an authorization server.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RegisteredClient {
+    pub client_id: String,
+    /// None: a public client.
+    pub client_secret: Option<String>,
+}
+
+/// How a client authenticates at the token endpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TokenAuthMethod {
+    /// HTTP Basic with the client id and secret (client_secret_basic).
+    Basic,
+    /// Both in the form body (client_secret_post).
+    Post,
+    /// A public client: its id in the body, no secret.
+    None,
+}
+
+/// Where tokens come from and go to: enough to exchange a code or renew a
+/// token on any replica.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenEndpoint {
+    pub url: String,
+    pub client_id: String,
+    pub client_secret: Option<String>,
+    pub auth_method: TokenAuthMethod,
+    /// The resource indicator (RFC 8707), the same string in every request.
+    pub resource: String,
+    /// The authorization server's issuer, as its metadata names it.
+    pub issuer: Option<String>,
+}
+
+/// Tokens from the authorization code flow and how to renew them.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OAuthGrant {
+    pub endpoint: TokenEndpoint,
+    /// The scopes asked for (a step-up asks for these and more).
+    pub scopes: Vec<String>,
+    pub access_token: String,
+    pub refresh_token: Option<String>,
+    pub expires_at: Option<SystemTime>,
+}
+
+/// What finishing an authorization needs once the browser is back: sealed
+/// with the state that names it.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuthorizationFlow {
+    pub endpoint: TokenEndpoint,
+    pub scopes: Vec<String>,
+    pub redirect_uri: String,
+    pub pkce_verifier: String,
+    /// The authorization server promises an `iss` on its redirect (RFC 9207).
+    pub require_issuer: bool,
+}
+
+/// An authorization URL to show a person, and what its callback needs.
+#[derive(Clone)]
+pub struct AuthorizationStart {
+    pub url: String,
+    /// The `state` in the URL: the only key the callback gets.
+    pub state: String,
+    pub flow: AuthorizationFlow,
+}
+
+impl std::fmt::Debug for OAuthGrant {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OAuthGrant")
+            .field("token_endpoint", &self.endpoint.url)
+            .field("scopes", &self.scopes)
+            .field("expires_at", &self.expires_at)
+            .finish_non_exhaustive()
+    }
+}
+
+impl std::fmt::Debug for AuthorizationStart {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AuthorizationStart")
+            .field("token_endpoint", &self.flow.endpoint.url)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Whether mcpd can use a server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ServerState {
+    Ready,
+    /// Waiting for a person to grant access in a browser.
+    AuthorizationPending,
+    /// The authorization failed or was revoked.
+    Error,
 }
 
 /// A client registered with the authorization server for machine-to-machine
@@ -108,6 +207,20 @@ impl ClientSecret {
     }
 }
 
+impl OAuth {
+    /// What a response shows in place of the secrets this holds.
+    fn secret_names(&self) -> impl Iterator<Item = &'static str> {
+        let credentials = self.client_credentials.as_ref().map(|c| c.secret.name());
+        let client = self
+            .client
+            .as_ref()
+            .and_then(|c| c.client_secret.as_ref())
+            .map(|_| "oauth.client_secret");
+        let grant = self.grant.as_ref().map(|_| "oauth.tokens");
+        credentials.into_iter().chain(client).chain(grant)
+    }
+}
+
 impl std::fmt::Debug for OAuth {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("OAuth")
@@ -119,6 +232,8 @@ impl std::fmt::Debug for OAuth {
                     .map(|c| (&c.client_id, c.secret.name())),
             )
             .field("scopes", &self.scopes)
+            .field("client", &self.client.as_ref().map(|c| &c.client_id))
+            .field("grant", &self.grant)
             .finish()
     }
 }
@@ -172,6 +287,11 @@ pub struct Server {
     pub tool_count: u32,
     /// Header or env names; never their values.
     pub secret_names: Vec<String>,
+    pub state: ServerState,
+    /// Why the state is [`ServerState::Error`]; empty otherwise.
+    pub state_reason: String,
+    /// While [`ServerState::AuthorizationPending`]: where a person grants access.
+    pub authorization_url: Option<String>,
 }
 
 /// A tool that passed validation, about to be stored.

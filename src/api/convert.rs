@@ -3,7 +3,7 @@
 use crate::{
     manager::{
         CallEvent, CallTool, ClientAnswer, ClientCredentialsRequest, ClientSecret, Content,
-        ContentKind, FailedTool, OAuthRequest, ResourceContents, Server, Tool, ToolCallResult,
+        ContentKind, FailedTool, OAuthRequest, ResourceContents, Server, ServerState, Tool, ToolCallResult,
         TransportKind, TransportRequest,
     },
     proto,
@@ -45,6 +45,8 @@ fn oauth_request(oauth: proto::OAuth) -> OAuthRequest {
             }),
         }),
         scopes: oauth.scopes,
+        client_id: oauth.client_id,
+        client_secret: oauth.client_secret,
     }
 }
 
@@ -63,6 +65,14 @@ pub fn server(server: Server) -> proto::McpServer {
         tool_count: server.tool_count,
         endpoint: server.endpoint,
         secret_names: server.secret_names,
+        state: match server.state {
+            ServerState::Ready => proto::McpServerState::Ready,
+            ServerState::AuthorizationPending => proto::McpServerState::AuthorizationPending,
+            ServerState::Error => proto::McpServerState::Error,
+        }
+        .into(),
+        authorization_url: server.authorization_url.unwrap_or_default(),
+        state_reason: server.state_reason,
     }
 }
 

@@ -44,6 +44,7 @@ impl From<StoreError> for ManagerError {
             StoreError::ServerNotFound(_) | StoreError::ToolNotFound { .. } => {
                 ManagerError::NotFound(err.to_string())
             }
+            StoreError::ServerNotReady { .. } => ManagerError::FailedPrecondition(err.to_string()),
             StoreError::PoolExhausted(_) => ManagerError::ResourceExhausted(err.to_string()),
             StoreError::Unavailable(_) => ManagerError::Unavailable(err.to_string()),
             StoreError::InvalidUrl { .. }

@@ -20,7 +20,7 @@ pub use validate::{ClientCredentialsRequest, OAuthRequest, TransportRequest};
 pub use crate::mcp::PoolStats as LiveStats;
 pub use crate::model::{
     ApiKey, CallEvent, ClientAnswer, ClientSecret, Content, ContentKind, ResourceContents, Server,
-    Tool, ToolAnnotations, ToolCallResult, TransportKind,
+    ServerState, Tool, ToolAnnotations, ToolCallResult, TransportKind,
 };
 use crate::{
     mcp::McpConnector,

@@ -3,7 +3,7 @@
 use std::collections::{BTreeMap, HashMap};
 
 use super::ManagerError;
-use crate::model::{ClientCredentials, ClientSecret, OAuth, Transport};
+use crate::model::{ClientCredentials, ClientSecret, OAuth, RegisteredClient, Transport};
 
 pub const MAX_SERVER_NAME: usize = 64;
 pub const MAX_ORGANIZATION_ID: usize = 128;
@@ -54,6 +54,9 @@ pub enum TransportRequest {
 pub struct OAuthRequest {
     pub client_credentials: Option<ClientCredentialsRequest>,
     pub scopes: Vec<String>,
+    /// A pre-registered client for the authorization code flow; empty: none.
+    pub client_id: String,
+    pub client_secret: String,
 }
 
 #[derive(Clone, Default, PartialEq, Eq)]
@@ -216,55 +219,33 @@ pub fn transport(request: Option<TransportRequest>) -> Result<Transport, Manager
 
 fn oauth_settings(request: OAuthRequest) -> Result<OAuth, ManagerError> {
     const FIELD: &str = "streamable_http.oauth";
-    let Some(credentials) = request.client_credentials else {
-        return Err(invalid(format!(
-            "{FIELD}.client_credentials is required: mcpd obtains tokens with the client credentials grant (the browser-based authorization code flow is not supported yet)"
-        )));
-    };
-    let client_id = credentials.client_id;
-    if client_id.is_empty() {
-        return Err(invalid(format!(
-            "{FIELD}.client_credentials.client_id is required"
-        )));
-    }
-    if client_id.len() > MAX_CLIENT_ID || !client_id.chars().all(|c| c.is_ascii_graphic()) {
-        return Err(invalid(format!(
-            "{FIELD}.client_credentials.client_id must be at most {MAX_CLIENT_ID} visible ASCII characters"
-        )));
-    }
-    // Secrets are named, never quoted.
-    let secret = match credentials.secret {
-        None => {
+    let client_credentials = request
+        .client_credentials
+        .map(client_credentials)
+        .transpose()?;
+    let client = match (request.client_id.is_empty(), request.client_secret.is_empty()) {
+        (true, true) => None,
+        (true, false) => {
             return Err(invalid(format!(
-                "{FIELD}.client_credentials needs client_secret or private_key_jwt"
+                "{FIELD}.client_secret needs its client_id"
             )));
         }
-        Some(ClientSecret::Secret(secret)) => {
-            if secret.is_empty()
-                || secret.len() > MAX_CLIENT_SECRET
-                || !secret.chars().all(|c| c.is_ascii_graphic() || c == ' ')
-            {
-                return Err(invalid(format!(
-                    "{FIELD}.client_credentials.client_secret must be 1 to {MAX_CLIENT_SECRET} printable ASCII characters"
-                )));
-            }
-            ClientSecret::Secret(secret)
-        }
-        Some(ClientSecret::PrivateKeyJwt { pem, algorithm }) => {
-            if !JWT_ALGORITHMS.contains(&algorithm.as_str()) {
-                return Err(invalid(format!(
-                    "{FIELD}.client_credentials.private_key_jwt.algorithm must be one of {}",
-                    JWT_ALGORITHMS.join(", ")
-                )));
-            }
-            if pem.len() > MAX_PRIVATE_KEY || !pem.contains("-----BEGIN ") {
-                return Err(invalid(format!(
-                    "{FIELD}.client_credentials.private_key_jwt.private_key_pem must be a PEM key of at most {MAX_PRIVATE_KEY} bytes"
-                )));
-            }
-            ClientSecret::PrivateKeyJwt { pem, algorithm }
+        (false, _) => {
+            client_id(&format!("{FIELD}.client_id"), &request.client_id)?;
+            let secret = (!request.client_secret.is_empty())
+                .then(|| client_secret(&format!("{FIELD}.client_secret"), request.client_secret))
+                .transpose()?;
+            Some(RegisteredClient {
+                client_id: request.client_id,
+                client_secret: secret,
+            })
         }
     };
+    if client.is_some() && client_credentials.is_some() {
+        return Err(invalid(format!(
+            "{FIELD}: set client_credentials (machine to machine) or client_id (authorization code flow), not both"
+        )));
+    }
     if request.scopes.len() > MAX_SCOPES {
         return Err(invalid(format!(
             "{FIELD}.scopes has {} entries; at most {MAX_SCOPES} are allowed",
@@ -285,8 +266,70 @@ fn oauth_settings(request: OAuthRequest) -> Result<OAuth, ManagerError> {
         }
     }
     Ok(OAuth {
-        client_credentials: Some(ClientCredentials { client_id, secret }),
+        client_credentials,
         scopes: request.scopes,
+        client,
+        grant: None,
+    })
+}
+
+fn client_id(field: &str, id: &str) -> Result<(), ManagerError> {
+    if id.is_empty() {
+        return Err(invalid(format!("{field} is required")));
+    }
+    if id.len() > MAX_CLIENT_ID || !id.chars().all(|c| c.is_ascii_graphic()) {
+        return Err(invalid(format!(
+            "{field} must be at most {MAX_CLIENT_ID} visible ASCII characters"
+        )));
+    }
+    Ok(())
+}
+
+/// Secrets are named, never quoted.
+fn client_secret(field: &str, secret: String) -> Result<String, ManagerError> {
+    if secret.is_empty()
+        || secret.len() > MAX_CLIENT_SECRET
+        || !secret.chars().all(|c| c.is_ascii_graphic() || c == ' ')
+    {
+        return Err(invalid(format!(
+            "{field} must be 1 to {MAX_CLIENT_SECRET} printable ASCII characters"
+        )));
+    }
+    Ok(secret)
+}
+
+fn client_credentials(
+    credentials: ClientCredentialsRequest,
+) -> Result<ClientCredentials, ManagerError> {
+    const FIELD: &str = "streamable_http.oauth.client_credentials";
+    client_id(&format!("{FIELD}.client_id"), &credentials.client_id)?;
+    let secret = match credentials.secret {
+        None => {
+            return Err(invalid(format!(
+                "{FIELD} needs client_secret or private_key_jwt"
+            )));
+        }
+        Some(ClientSecret::Secret(secret)) => {
+            ClientSecret::Secret(client_secret(&format!("{FIELD}.client_secret"), secret)?)
+        }
+        Some(ClientSecret::PrivateKeyJwt { pem, algorithm }) => {
+            if !JWT_ALGORITHMS.contains(&algorithm.as_str()) {
+                return Err(invalid(format!(
+                    "{FIELD}.private_key_jwt.algorithm must be one of {}",
+                    JWT_ALGORITHMS.join(", ")
+                )));
+            }
+            if pem.len() > MAX_PRIVATE_KEY || !pem.contains("-----BEGIN ") {
+                return Err(invalid(format!(
+                    "{FIELD}.private_key_jwt.private_key_pem must be a PEM key of at most {MAX_PRIVATE_KEY} bytes"
+                )));
+            }
+            ClientSecret::PrivateKeyJwt { pem, algorithm }
+        }
+    };
+    Ok(ClientCredentials {
+        client_id: credentials.client_id,
+        secret,
     })
 }
 

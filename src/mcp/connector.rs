@@ -5,7 +5,10 @@ use std::{collections::HashMap, future::Future, time::Duration};
 use http::{HeaderMap, HeaderName, HeaderValue};
 use tokio::time::{Instant, timeout_at};
 
-use crate::model::{CallEvent, ClientAnswer, ToolCallResult, Transport};
+use crate::model::{
+    AuthorizationFlow, AuthorizationStart, CallEvent, ClientAnswer, OAuthGrant, ToolCallResult,
+    Transport,
+};
 use rmcp::{
     ClientServiceExt,
     service::ClientInitializeError,
@@ -22,7 +25,7 @@ use super::{
     describe,
     lifecycle::{self, LegacyTargets, Start},
     live::{Live, LiveSessions, ServerKey},
-    oauth::{OAuthClient, PolicedHttp},
+    oauth::{OAuthClient, PolicedHttp, TokenError},
     pool::{PoolStats, SessionPool},
     session::CallFailure,
     session::teardown,
@@ -123,35 +126,48 @@ impl McpConnector {
                 describe::target_of(url)
             }
         };
-        let oauth = match spec {
+        // A grant from the authorization code flow is used as it is (the
+        // manager renews it); client credentials are obtained here.
+        let (granted, credentials) = match spec {
             Transport::StreamableHttp {
                 url,
                 oauth: Some(oauth),
                 ..
-            } => Some((url, oauth)),
-            _ => None,
+            } => (
+                oauth.grant.as_ref().map(|g| g.access_token.clone()),
+                oauth.client_credentials.as_ref().map(|_| (url, oauth)),
+            ),
+            _ => (None, None),
         };
-        let mut token = oauth.and_then(|_| self.oauth.token(&key));
+        let mut token = granted.or_else(|| {
+            credentials
+                .and_then(|_| self.oauth.token(&key))
+                .map(|t| t.access)
+        });
         let mut renewed = false;
         let live = loop {
-            let bearer = token.as_ref().map(|t| t.access.as_str());
-            match self.start(spec, &handler, deadline, bearer).await {
+            match self.start(spec, &handler, deadline, token.as_deref()).await {
                 Ok(live) => break live,
                 // The server wants a (new) token: get one, once, and retry.
-                Err(Failure::Refused { error, challenge }) => {
-                    let (Some((url, settings)), false) = (oauth, renewed) else {
+                Err(Failure::Refused(error)) => {
+                    let (Some((url, settings)), false) = (credentials, renewed) else {
                         return Err(error);
                     };
                     renewed = true;
-                    let renewal = self.oauth.renew(&key, url, challenge.as_deref(), settings);
+                    let challenge = match &error {
+                        McpError::Unauthorized { challenge, .. } => challenge.as_deref(),
+                        _ => None,
+                    };
+                    let renewal = self.oauth.renew(&key, url, challenge, settings);
                     match timeout_at(deadline, renewal).await {
-                        Ok(Ok(fresh)) => token = Some(fresh),
+                        Ok(Ok(fresh)) => token = Some(fresh.access),
                         Ok(Err(why)) => {
                             return Err(McpError::Unauthorized {
                                 stage: Stage::Connect,
                                 detail: format!(
                                     "{target} requires an OAuth access token and {why}"
                                 ),
+                                challenge: None,
                             });
                         }
                         Err(_) => {
@@ -285,6 +301,7 @@ impl McpConnector {
                         Failure::Final(McpError::Unauthorized {
                             stage: Stage::Connect,
                             detail: "the authorization server granted a token that is not a valid header value".into(),
+                            challenge: None,
                         })
                     })?;
                     value.set_sensitive(true);
@@ -314,6 +331,7 @@ impl McpConnector {
                         Stage::Connect,
                         describe::transport(&e, &describe::target_of(url)),
                         describe::refuses_credentials(&e),
+                        None,
                     ))
                 })?;
                 let transport = Tapped::new(transport, handler.events());
@@ -357,6 +375,76 @@ impl McpConnector {
                 }
             }
         }
+    }
+
+    /// Starts the authorization code flow for a streamable HTTP server that
+    /// answered 401 with `challenge`: discovery, a client identity, and the
+    /// URL a person opens. `also_scopes` are asked for on top of the usual
+    /// selection (a step-up).
+    pub async fn begin_authorization(
+        &self,
+        spec: &Transport,
+        challenge: &str,
+        also_scopes: &[String],
+    ) -> Result<AuthorizationStart, McpError> {
+        let refused = |detail: String| McpError::Unauthorized {
+            stage: Stage::Connect,
+            detail,
+            challenge: None,
+        };
+        let Transport::StreamableHttp { url, oauth, .. } = spec else {
+            return Err(refused(
+                "only streamable HTTP servers can be authorized with OAuth".into(),
+            ));
+        };
+        let target = describe::target_of(url);
+        let Some(settings) = &self.settings.oauth else {
+            return Err(refused(format!(
+                "{target} requires OAuth authorization, and mcpd has no callback for it: the operator starts mcpd with --http-listen"
+            )));
+        };
+        let oauth = oauth.clone().unwrap_or_default();
+        let begun = self
+            .oauth
+            .begin(url, challenge, &oauth, also_scopes, settings);
+        match tokio::time::timeout(self.settings.connect_timeout, begun).await {
+            Ok(Ok(start)) => Ok(start),
+            Ok(Err(why)) => Err(refused(format!(
+                "{target} requires OAuth authorization and {why}"
+            ))),
+            Err(_) => Err(McpError::Timeout {
+                stage: Stage::Connect,
+                after: self.settings.connect_timeout,
+            }),
+        }
+    }
+
+    /// Exchanges the code a browser brought back for tokens.
+    pub async fn exchange_code(
+        &self,
+        flow: &AuthorizationFlow,
+        code: &str,
+    ) -> Result<OAuthGrant, TokenError> {
+        self.timed_token_request(self.oauth.exchange(flow, code)).await
+    }
+
+    /// Renews a grant with its refresh token.
+    pub async fn refresh_grant(&self, grant: &OAuthGrant) -> Result<OAuthGrant, TokenError> {
+        self.timed_token_request(self.oauth.refresh(grant)).await
+    }
+
+    async fn timed_token_request(
+        &self,
+        request: impl Future<Output = Result<OAuthGrant, TokenError>>,
+    ) -> Result<OAuthGrant, TokenError> {
+        let limit = self.settings.connect_timeout;
+        tokio::time::timeout(limit, request)
+            .await
+            .unwrap_or_else(|_| {
+                Err(TokenError::Failed(format!(
+                    "the authorization server did not answer within {limit:?}"
+                )))
+            })
     }
 
     /// Drops what the daemon holds in memory for a server that was never
@@ -491,12 +579,9 @@ impl McpConnector {
 enum Failure {
     /// Nothing another attempt would change.
     Final(McpError),
-    /// The server refused the credentials (HTTP 401/403), with the
-    /// `WWW-Authenticate` challenge it sent, if any: a new token may help.
-    Refused {
-        error: McpError,
-        challenge: Option<String>,
-    },
+    /// The server refused the credentials (HTTP 401/403): a new token may
+    /// help. The error carries the server's challenge, if any.
+    Refused(McpError),
     /// A discover-first start failed the way a server that only knows
     /// `initialize` can: worth one legacy start on a fresh transport.
     MaybeLegacy(McpError),
@@ -506,10 +591,7 @@ impl Failure {
     fn of(start: Start, cause: &ClientInitializeError, err: McpError) -> Failure {
         // Credentials refused for the probe are refused for `initialize` too.
         if matches!(err, McpError::Unauthorized { .. }) {
-            return Failure::Refused {
-                error: err,
-                challenge: cause.auth_challenge().map(str::to_owned),
-            };
+            return Failure::Refused(err);
         }
         if start == Start::Discover && lifecycle::may_be_legacy(cause) {
             Failure::MaybeLegacy(err)
@@ -520,9 +602,7 @@ impl Failure {
 
     fn into_error(self) -> McpError {
         match self {
-            Failure::Final(err)
-            | Failure::MaybeLegacy(err)
-            | Failure::Refused { error: err, .. } => err,
+            Failure::Final(err) | Failure::MaybeLegacy(err) | Failure::Refused(err) => err,
         }
     }
 }
@@ -570,6 +650,7 @@ async fn initialize<T>(
                 Stage::Connect,
                 describe::initialize_failure(&err, &describe::target_of(url)),
                 describe::initialize_refuses_credentials(&err),
+                err.auth_challenge(),
             );
             Err(Failure::of(start, &err, error))
         }

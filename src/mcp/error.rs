@@ -39,7 +39,13 @@ pub enum McpError {
     /// The server refused mcpd's credentials (HTTP 401 or 403): it is up,
     /// and retrying will not help until the credentials change.
     #[error("the MCP server refused mcpd's credentials while {stage}: {detail}")]
-    Unauthorized { stage: Stage, detail: String },
+    Unauthorized {
+        stage: Stage,
+        detail: String,
+        /// The `WWW-Authenticate` header of its answer, if it sent one: where
+        /// an OAuth flow starts.
+        challenge: Option<String>,
+    },
     /// The server answered the request with a JSON-RPC error.
     #[error("the MCP server refused the call: {message} (JSON-RPC error {code})")]
     Rejected { code: i32, message: String },
@@ -66,11 +72,17 @@ impl McpError {
 
     /// A remote failure: [`McpError::Unauthorized`] when the server refused
     /// the credentials, [`McpError::Failed`] otherwise.
-    pub(super) fn remote(stage: Stage, detail: impl std::fmt::Display, unauthorized: bool) -> Self {
+    pub(super) fn remote(
+        stage: Stage,
+        detail: impl std::fmt::Display,
+        unauthorized: bool,
+        challenge: Option<&str>,
+    ) -> Self {
         if unauthorized {
             McpError::Unauthorized {
                 stage,
                 detail: detail.to_string(),
+                challenge: challenge.map(str::to_owned),
             }
         } else {
             McpError::failed(stage, detail)

@@ -21,6 +21,7 @@ use std::time::Duration;
 
 pub use connector::McpConnector;
 pub use error::{McpError, Stage};
+pub use oauth::{OAuthSettings, TokenError};
 pub use pool::{PoolLimits, PoolStats};
 pub use session::Session;
 
@@ -78,6 +79,9 @@ pub struct McpSettings {
     pub pool: PoolLimits,
     /// Longest a tool call may take when its caller sets no deadline.
     pub call_timeout: Duration,
+    /// The authorization code flow's callback; without one, servers that
+    /// need a person to authorize mcpd cannot be registered.
+    pub oauth: Option<OAuthSettings>,
 }
 
 impl Default for McpSettings {
@@ -93,6 +97,7 @@ impl Default for McpSettings {
             outbound: outbound::OutboundPolicy::default(),
             pool: PoolLimits::default(),
             call_timeout: Duration::from_secs(600),
+            oauth: None,
         }
     }
 }

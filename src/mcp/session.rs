@@ -238,6 +238,7 @@ impl Session {
             stage,
             why.unwrap_or_else(|| describe::service_failure(err, &self.target)),
             describe::service_refuses_credentials(err),
+            err.auth_challenge(),
         )
     }
 

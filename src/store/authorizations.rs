@@ -34,7 +34,7 @@ impl std::fmt::Debug for PendingAuthorization {
 
 #[derive(Queryable, Selectable, Insertable)]
 #[diesel(table_name = oauth_authorizations)]
-struct AuthorizationRow {
+pub(super) struct AuthorizationRow {
     state_hash: String,
     organization_id: String,
     server_id: String,
@@ -58,22 +58,34 @@ impl Store {
         payload: &[u8],
         ttl: Duration,
     ) -> Result<(), StoreError> {
-        let hash = state_hash(state);
-        let now = SystemTime::now();
-        let row = AuthorizationRow {
-            payload: self.sealer()?.seal(payload, hash.as_bytes()),
-            state_hash: hash,
-            organization_id: organization_id.to_owned(),
-            server_id: server_id.to_owned(),
-            created_at: to_ms(now),
-            expires_at: to_ms(now + ttl),
-        };
+        let row = self.authorization_row(organization_id, server_id, state, payload, ttl)?;
         with_conn!(self, Access::Write, |conn| {
             diesel::insert_into(oauth_authorizations::table)
                 .values(&row)
                 .execute(conn)
                 .await?;
             Ok(())
+        })
+    }
+
+    /// The row of an authorization: the state hashed, the payload sealed.
+    pub(super) fn authorization_row(
+        &self,
+        organization_id: &str,
+        server_id: &str,
+        state: &str,
+        payload: &[u8],
+        ttl: Duration,
+    ) -> Result<AuthorizationRow, StoreError> {
+        let hash = state_hash(state);
+        let now = SystemTime::now();
+        Ok(AuthorizationRow {
+            payload: self.sealer()?.seal(payload, hash.as_bytes()),
+            state_hash: hash,
+            organization_id: organization_id.to_owned(),
+            server_id: server_id.to_owned(),
+            created_at: to_ms(now),
+            expires_at: to_ms(now + ttl),
         })
     }
 

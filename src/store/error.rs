@@ -17,6 +17,13 @@ pub enum StoreError {
     ServerNotFound(String),
     #[error("MCP server {server_id:?} provides no tool named {tool:?}")]
     ToolNotFound { server_id: String, tool: String },
+    /// The server waits for authorization or lost it.
+    #[error("{}", not_ready(server_id, *state, reason))]
+    ServerNotReady {
+        server_id: String,
+        state: crate::model::ServerState,
+        reason: String,
+    },
     #[error("invalid database URL {url:?}: {reason}")]
     InvalidUrl { url: String, reason: &'static str },
     #[error("database migrations failed: {0}")]
@@ -27,6 +34,17 @@ pub enum StoreError {
     /// walks the chain would print it twice.
     #[error("database query failed: {0}")]
     Query(DieselError),
+}
+
+fn not_ready(server_id: &str, state: crate::model::ServerState, reason: &str) -> String {
+    match state {
+        crate::model::ServerState::AuthorizationPending => format!(
+            "MCP server {server_id:?} is waiting for authorization: a person must open its authorization_url (GetMcpServer) and grant access"
+        ),
+        _ => format!(
+            "MCP server {server_id:?} cannot be used: {reason}; close it and create it again to authorize anew"
+        ),
+    }
 }
 
 /// SQLite's result text for SQLITE_BUSY. diesel reports SQLite errors by

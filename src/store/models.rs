@@ -7,7 +7,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use diesel::prelude::*;
 
 use super::schema::{api_keys, mcp_servers, server_tools, tools};
-use crate::model::{ApiKey, NewTool, Server, Tool, ToolAnnotations, TransportKind};
+use crate::model::{ApiKey, NewTool, ServerState, Tool, ToolAnnotations, TransportKind};
 
 #[derive(Debug, Clone, PartialEq, Eq, Queryable, Selectable, Insertable)]
 #[diesel(table_name = mcp_servers)]
@@ -23,6 +23,11 @@ pub(super) struct ServerRow {
     pub created_at: i64,
     /// JSON array of the header/env names whose values `transport_config` seals.
     pub secret_names: String,
+    /// See [`state_column`].
+    pub state: String,
+    pub state_reason: String,
+    /// Sealed, bound to the row like `transport_config`.
+    pub authorization_url: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Queryable, Selectable, Insertable)]
@@ -86,16 +91,38 @@ fn from_ms(ms: i64) -> SystemTime {
     UNIX_EPOCH + Duration::from_millis(u64::try_from(ms).unwrap_or_default())
 }
 
-impl From<ServerRow> for Server {
-    fn from(row: ServerRow) -> Self {
-        Server {
-            transport: transport_kind(&row.transport),
-            id: row.id,
-            name: row.name,
-            endpoint: row.endpoint,
-            created_at: from_ms(row.created_at),
-            tool_count: u32::try_from(row.tool_count).unwrap_or_default(),
-            secret_names: serde_json::from_str(&row.secret_names).unwrap_or_default(),
+pub(super) fn state_column(state: ServerState) -> &'static str {
+    match state {
+        ServerState::Ready => "ready",
+        ServerState::AuthorizationPending => "authorization_pending",
+        ServerState::Error => "error",
+    }
+}
+
+pub(super) fn server_state(column: &str) -> ServerState {
+    match column {
+        "ready" => ServerState::Ready,
+        "authorization_pending" => ServerState::AuthorizationPending,
+        // A state this build does not know is not one it can use.
+        _ => ServerState::Error,
+    }
+}
+
+impl ServerRow {
+    /// The domain view; `authorization_url` is the unsealed URL, which only
+    /// the store (holding the key) can give.
+    pub(super) fn into_server(self, authorization_url: Option<String>) -> crate::model::Server {
+        crate::model::Server {
+            transport: transport_kind(&self.transport),
+            state: server_state(&self.state),
+            id: self.id,
+            name: self.name,
+            endpoint: self.endpoint,
+            created_at: from_ms(self.created_at),
+            tool_count: u32::try_from(self.tool_count).unwrap_or_default(),
+            secret_names: serde_json::from_str(&self.secret_names).unwrap_or_default(),
+            state_reason: self.state_reason,
+            authorization_url,
         }
     }
 }

@@ -10,11 +10,11 @@ use super::{
     Access, Sealer, Store, StoreError,
     batch::{InsertMappings, InsertToolsReturningStored},
     error::is_unique_violation,
-    models::{MappingRow, ServerRow, ToolRow, to_ms, transport_kind_column},
-    schema::{mcp_servers, server_tools, tools},
+    models::{MappingRow, ServerRow, ToolRow, server_state, state_column, to_ms, transport_kind_column},
+    schema::{mcp_servers, oauth_authorizations, server_tools, tools},
     with_conn,
 };
-use crate::model::{CallTarget, NewServer, NewTool, Server, Tool, Transport};
+use crate::model::{CallTarget, NewServer, NewTool, Server, ServerState, Tool, Transport};
 
 /// Rows per multi-row INSERT: big enough to make round trips rare, small
 /// enough to stay far below SQLite's and PostgreSQL's bind-parameter limits.
@@ -23,6 +23,25 @@ const BATCH_ROWS: usize = 500;
 /// SQL LIKE pattern of a sealed value, whatever its format version.
 fn sealed_pattern() -> String {
     format!("{}%", super::sealer::FAMILY_PREFIX)
+}
+
+/// Inserts a server row; a name the organization already uses is
+/// [`StoreError::ServerNameTaken`]. A macro: its body is instantiated for
+/// each backend's connection, like the bodies of `with_conn!`.
+macro_rules! insert_server {
+    ($conn:expr, $row:expr) => {
+        diesel::insert_into(mcp_servers::table)
+            .values($row)
+            .execute($conn)
+            .await
+            .map_err(|err| {
+                if is_unique_violation(&err) {
+                    StoreError::ServerNameTaken($row.name.clone())
+                } else {
+                    StoreError::from(err)
+                }
+            })?;
+    };
 }
 
 /// What [`Store::create_server`] wrote.
@@ -64,46 +83,226 @@ impl Store {
         server: NewServer,
         new_tools: Vec<NewTool>,
     ) -> Result<CreatedServer, StoreError> {
-        let sealer = self.sealer()?;
-        let config = serde_json::to_string(&server.transport)
-            .map_err(|e| StoreError::Sealing(format!("encoding the transport: {e}")))?;
-        let now = to_ms(std::time::SystemTime::now());
-        let server = ServerRow {
+        let row = self.server_row(server, ServerState::Ready, None)?;
+        self.persist(ServerWrite::Insert(row), new_tools).await
+    }
+
+    /// Stores a server that waits for a person to authorize mcpd, with no
+    /// tools yet, and the authorization the callback will take back, in one
+    /// transaction.
+    pub async fn create_pending_server(
+        &self,
+        server: NewServer,
+        authorization_url: &str,
+        state: &str,
+        flow: &[u8],
+        ttl: std::time::Duration,
+    ) -> Result<Server, StoreError> {
+        let sealed_url = self
+            .sealer()?
+            .seal(authorization_url.as_bytes(), server.id.as_bytes());
+        let row = self.server_row(server, ServerState::AuthorizationPending, Some(sealed_url))?;
+        let authorization = self.authorization_row(&row.organization_id, &row.id, state, flow, ttl)?;
+        let row = &row;
+        let authorization = &authorization;
+        with_conn!(self, Access::Write, |conn| {
+            conn.transaction::<_, StoreError, _>(async |conn| {
+                insert_server!(conn, row);
+                diesel::insert_into(oauth_authorizations::table)
+                    .values(authorization)
+                    .execute(conn)
+                    .await?;
+                Ok(())
+            })
+            .await
+        })?;
+        Ok(row.clone().into_server(Some(authorization_url.to_owned())))
+    }
+
+    /// Finishes a pending server: the transport (now holding its grant)
+    /// replaces the stored one, its tools and mappings are written, and it
+    /// becomes ready, in one transaction. A server no longer pending (closed,
+    /// or finished by another callback) is not found.
+    pub async fn complete_authorization(
+        &self,
+        org: &str,
+        server_id: &str,
+        transport: &Transport,
+        new_tools: Vec<NewTool>,
+    ) -> Result<CreatedServer, StoreError> {
+        let write = ServerWrite::Authorized {
+            id: server_id.to_owned(),
+            organization_id: org.to_owned(),
+            transport_config: self.seal_transport(server_id, transport)?,
+            secret_names: secret_names_column(transport),
+        };
+        self.persist(write, new_tools).await
+    }
+
+    /// Replaces a server's transport (renewed OAuth tokens), sealed.
+    pub async fn update_transport(
+        &self,
+        org: &str,
+        server_id: &str,
+        transport: &Transport,
+    ) -> Result<(), StoreError> {
+        let sealed = self.seal_transport(server_id, transport)?;
+        let names = secret_names_column(transport);
+        let updated = with_conn!(self, Access::Write, |conn| {
+            Ok(diesel::update(
+                mcp_servers::table
+                    .filter(mcp_servers::organization_id.eq(org))
+                    .filter(mcp_servers::id.eq(server_id)),
+            )
+            .set((
+                mcp_servers::transport_config.eq(&sealed),
+                mcp_servers::secret_names.eq(&names),
+            ))
+            .execute(conn)
+            .await?)
+        })?;
+        if updated == 0 {
+            return Err(StoreError::ServerNotFound(server_id.to_owned()));
+        }
+        Ok(())
+    }
+
+    /// Puts the server in [`ServerState::Error`] with `reason`; any
+    /// authorization still in flight for it is dropped.
+    pub async fn fail_server(
+        &self,
+        org: &str,
+        server_id: &str,
+        reason: &str,
+    ) -> Result<(), StoreError> {
+        with_conn!(self, Access::Write, |conn| {
+            conn.transaction::<_, StoreError, _>(async |conn| {
+                diesel::update(
+                    mcp_servers::table
+                        .filter(mcp_servers::organization_id.eq(org))
+                        .filter(mcp_servers::id.eq(server_id)),
+                )
+                .set((
+                    mcp_servers::state.eq(state_column(ServerState::Error)),
+                    mcp_servers::state_reason.eq(reason),
+                    mcp_servers::authorization_url.eq(None::<String>),
+                ))
+                .execute(conn)
+                .await?;
+                diesel::delete(
+                    oauth_authorizations::table
+                        .filter(oauth_authorizations::server_id.eq(server_id)),
+                )
+                .execute(conn)
+                .await?;
+                Ok(())
+            })
+            .await
+        })
+    }
+
+    /// A server's transport (unsealed) and state.
+    pub async fn server_transport(
+        &self,
+        org: &str,
+        server_id: &str,
+    ) -> Result<(Transport, ServerState), StoreError> {
+        let found: Option<(String, String)> = with_conn!(self, Access::Read, |conn| {
+            Ok(mcp_servers::table
+                .filter(mcp_servers::organization_id.eq(org))
+                .filter(mcp_servers::id.eq(server_id))
+                .select((mcp_servers::transport_config, mcp_servers::state))
+                .first(conn)
+                .await
+                .optional()?)
+        })?;
+        let (sealed, state) = found.ok_or_else(|| StoreError::ServerNotFound(server_id.to_owned()))?;
+        Ok((self.unseal_transport(server_id, &sealed)?, server_state(&state)))
+    }
+
+    fn server_row(
+        &self,
+        server: NewServer,
+        state: ServerState,
+        authorization_url: Option<String>,
+    ) -> Result<ServerRow, StoreError> {
+        Ok(ServerRow {
             transport: transport_kind_column(server.transport.kind()).to_owned(),
             endpoint: server.transport.endpoint(),
-            secret_names: serde_json::to_string(&server.transport.secret_names())
-                .unwrap_or_else(|_| "[]".into()),
-            // Bound to the row: a sealed config copied to another server
-            // does not open.
-            transport_config: sealer.seal(config.as_bytes(), server.id.as_bytes()),
+            secret_names: secret_names_column(&server.transport),
+            transport_config: self.seal_transport(&server.id, &server.transport)?,
             tool_count: 0,
-            created_at: now,
+            created_at: to_ms(std::time::SystemTime::now()),
             id: server.id,
             organization_id: server.organization_id,
             name: server.name,
+            state: state_column(state).to_owned(),
+            state_reason: String::new(),
+            authorization_url,
+        })
+    }
+
+    fn seal_transport(&self, server_id: &str, transport: &Transport) -> Result<String, StoreError> {
+        let config = serde_json::to_string(transport)
+            .map_err(|e| StoreError::Sealing(format!("encoding the transport: {e}")))?;
+        // Bound to the row: a sealed config copied to another server does
+        // not open.
+        Ok(self.sealer()?.seal(config.as_bytes(), server_id.as_bytes()))
+    }
+
+    /// The server row, then its tools and mappings, in one transaction.
+    async fn persist(
+        &self,
+        write: ServerWrite,
+        new_tools: Vec<NewTool>,
+    ) -> Result<CreatedServer, StoreError> {
+        let (server_id, org) = match &write {
+            ServerWrite::Insert(row) => (row.id.clone(), row.organization_id.clone()),
+            ServerWrite::Authorized { id, organization_id, .. } => (id.clone(), organization_id.clone()),
         };
+        let now = to_ms(std::time::SystemTime::now());
         let mut new_tools: Vec<ToolRow> = new_tools
             .into_iter()
-            .map(|tool| ToolRow::new(&server.organization_id, tool, now))
+            .map(|tool| ToolRow::new(&org, tool, now))
             .collect();
         // A stable order makes concurrent creates that share tool names take
         // their row locks in the same order: they wait, never deadlock.
         new_tools.sort_by(|a, b| a.name.cmp(&b.name));
-        let server = &server;
+        let write = &write;
+        let server_id = &server_id;
         let new_tools = &new_tools;
-        with_conn!(self, Access::Write, |conn| {
+        let (row, stored, name_conflicts) = with_conn!(self, Access::Write, |conn| {
             conn.transaction::<_, StoreError, _>(async |conn| {
-                diesel::insert_into(mcp_servers::table)
-                    .values(server)
-                    .execute(conn)
-                    .await
-                    .map_err(|err| {
-                        if is_unique_violation(&err) {
-                            StoreError::ServerNameTaken(server.name.clone())
-                        } else {
-                            err.into()
+                match write {
+                    ServerWrite::Insert(row) => {
+                        insert_server!(conn, row);
+                    }
+                    ServerWrite::Authorized {
+                        id,
+                        organization_id,
+                        transport_config,
+                        secret_names,
+                    } => {
+                        let updated = diesel::update(
+                            mcp_servers::table
+                                .filter(mcp_servers::organization_id.eq(organization_id))
+                                .filter(mcp_servers::id.eq(id))
+                                .filter(mcp_servers::state.eq(state_column(ServerState::AuthorizationPending))),
+                        )
+                        .set((
+                            mcp_servers::transport_config.eq(transport_config),
+                            mcp_servers::secret_names.eq(secret_names),
+                            mcp_servers::state.eq(state_column(ServerState::Ready)),
+                            mcp_servers::state_reason.eq(""),
+                            mcp_servers::authorization_url.eq(None::<String>),
+                        ))
+                        .execute(conn)
+                        .await?;
+                        if updated == 0 {
+                            return Err(StoreError::ServerNotFound(id.clone()));
                         }
-                    })?;
+                    }
+                }
 
                 let mut stored = Vec::with_capacity(new_tools.len());
                 let mut name_conflicts = Vec::new();
@@ -117,7 +316,7 @@ impl Store {
                         .iter()
                         .filter(|tool| inserted.contains(&tool.id))
                         .map(|tool| MappingRow {
-                            server_id: server.id.clone(),
+                            server_id: server_id.clone(),
                             tool_id: tool.id.clone(),
                         })
                         .collect();
@@ -134,20 +333,33 @@ impl Store {
                 }
 
                 let tool_count = i32::try_from(stored.len()).unwrap_or(i32::MAX);
-                diesel::update(mcp_servers::table.find(&server.id))
-                    .set(mcp_servers::tool_count.eq(tool_count))
-                    .execute(conn)
-                    .await?;
-                Ok(CreatedServer {
-                    server: Server::from(ServerRow {
-                        tool_count,
-                        ..server.clone()
-                    }),
-                    tools: stored,
-                    name_conflicts,
-                })
+                let row = match write {
+                    ServerWrite::Insert(row) => {
+                        diesel::update(mcp_servers::table.find(server_id))
+                            .set(mcp_servers::tool_count.eq(tool_count))
+                            .execute(conn)
+                            .await?;
+                        ServerRow {
+                            tool_count,
+                            ..row.clone()
+                        }
+                    }
+                    ServerWrite::Authorized { .. } => {
+                        diesel::update(mcp_servers::table.find(server_id))
+                            .set(mcp_servers::tool_count.eq(tool_count))
+                            .returning(ServerRow::as_returning())
+                            .get_result(conn)
+                            .await?
+                    }
+                };
+                Ok((row, stored, name_conflicts))
             })
             .await
+        })?;
+        Ok(CreatedServer {
+            server: row.into_server(None),
+            tools: stored,
+            name_conflicts,
         })
     }
 
@@ -186,7 +398,7 @@ impl Store {
     }
 
     pub async fn get_server(&self, org: &str, id: &str) -> Result<Server, StoreError> {
-        with_conn!(self, Access::Read, |conn| {
+        let row: ServerRow = with_conn!(self, Access::Read, |conn| {
             mcp_servers::table
                 .filter(mcp_servers::organization_id.eq(org))
                 .filter(mcp_servers::id.eq(id))
@@ -194,9 +406,23 @@ impl Store {
                 .first(conn)
                 .await
                 .optional()?
-                .map(Server::from)
                 .ok_or_else(|| StoreError::ServerNotFound(id.to_owned()))
-        })
+        })?;
+        self.server_of(row)
+    }
+
+    /// The domain view of a row, its authorization URL unsealed.
+    fn server_of(&self, row: ServerRow) -> Result<Server, StoreError> {
+        let url = match &row.authorization_url {
+            Some(sealed) => {
+                let plain = self.sealer()?.open(sealed, row.id.as_bytes()).map_err(|e| {
+                    StoreError::Sealing(format!("opening the authorization URL of {}: {e}", row.id))
+                })?;
+                Some(String::from_utf8_lossy(&plain).into_owned())
+            }
+            None => None,
+        };
+        Ok(row.into_server(url))
     }
 
     /// What a call of `tool` on the server needs, in one short checkout: the
@@ -207,35 +433,58 @@ impl Store {
         server_id: &str,
         tool: &str,
     ) -> Result<CallTarget, StoreError> {
-        let found: Option<(String, String)> = with_conn!(self, Access::Read, |conn| {
+        let found: Option<(String, String, String)> = with_conn!(self, Access::Read, |conn| {
             let found = mcp_servers::table
                 .inner_join(server_tools::table.inner_join(tools::table))
                 .filter(mcp_servers::organization_id.eq(org))
                 .filter(mcp_servers::id.eq(server_id))
                 .filter(tools::name.eq(tool))
-                .select((mcp_servers::transport_config, tools::input_schema))
+                .select((
+                    mcp_servers::transport_config,
+                    mcp_servers::state,
+                    tools::input_schema,
+                ))
                 .first(conn)
                 .await
                 .optional()?;
             if found.is_none() {
-                // Which of the two is missing decides the message.
-                let server_exists = diesel::select(exists(
-                    mcp_servers::table
-                        .filter(mcp_servers::organization_id.eq(org))
-                        .filter(mcp_servers::id.eq(server_id)),
-                ))
-                .get_result::<bool>(conn)
-                .await?;
-                if !server_exists {
-                    return Err(StoreError::ServerNotFound(server_id.to_owned()));
+                // Which of the two is missing decides the message; a server
+                // waiting for authorization has no tools yet.
+                let state: Option<(String, String)> = mcp_servers::table
+                    .filter(mcp_servers::organization_id.eq(org))
+                    .filter(mcp_servers::id.eq(server_id))
+                    .select((mcp_servers::state, mcp_servers::state_reason))
+                    .first(conn)
+                    .await
+                    .optional()?;
+                match state {
+                    None => return Err(StoreError::ServerNotFound(server_id.to_owned())),
+                    Some((state, reason)) if server_state(&state) != ServerState::Ready => {
+                        return Err(StoreError::ServerNotReady {
+                            server_id: server_id.to_owned(),
+                            state: server_state(&state),
+                            reason,
+                        });
+                    }
+                    Some(_) => {}
                 }
             }
             Ok(found)
         })?;
-        let (sealed, input_schema_json) = found.ok_or_else(|| StoreError::ToolNotFound {
-            server_id: server_id.to_owned(),
-            tool: tool.to_owned(),
-        })?;
+        let (sealed, state, input_schema_json) =
+            found.ok_or_else(|| StoreError::ToolNotFound {
+                server_id: server_id.to_owned(),
+                tool: tool.to_owned(),
+            })?;
+        if server_state(&state) != ServerState::Ready {
+            // Its reason is read again only on this rare path.
+            let reason = self.get_server(org, server_id).await?.state_reason;
+            return Err(StoreError::ServerNotReady {
+                server_id: server_id.to_owned(),
+                state: server_state(&state),
+                reason,
+            });
+        }
         Ok(CallTarget {
             transport: self.unseal_transport(server_id, &sealed)?,
             input_schema_json,
@@ -276,7 +525,7 @@ impl Store {
             }
             Ok(query.load(conn).await?)
         })?;
-        Ok(rows.into_iter().map(Server::from).collect())
+        rows.into_iter().map(|row| self.server_of(row)).collect()
     }
 
     /// Tools of one server by name, after `after_name`.
@@ -360,4 +609,21 @@ impl Store {
             .await
         })
     }
+}
+
+/// How [`Store::persist`] writes the server row.
+enum ServerWrite {
+    /// A new server.
+    Insert(ServerRow),
+    /// A server whose authorization just completed: its row exists, pending.
+    Authorized {
+        id: String,
+        organization_id: String,
+        transport_config: String,
+        secret_names: String,
+    },
+}
+
+fn secret_names_column(transport: &Transport) -> String {
+    serde_json::to_string(&transport.secret_names()).unwrap_or_else(|_| "[]".into())
 }

@@ -12,6 +12,9 @@ diesel::table! {
         tool_count -> Integer,
         created_at -> BigInt,
         secret_names -> Text,
+        state -> Text,
+        state_reason -> Text,
+        authorization_url -> Nullable<Text>,
     }
 }
 
@@ -60,4 +63,5 @@ diesel::table! {
 
 diesel::joinable!(server_tools -> mcp_servers (server_id));
 diesel::joinable!(server_tools -> tools (tool_id));
-diesel::allow_tables_to_appear_in_same_query!(mcp_servers, tools, server_tools);
+diesel::joinable!(oauth_authorizations -> mcp_servers (server_id));
+diesel::allow_tables_to_appear_in_same_query!(mcp_servers, tools, server_tools, oauth_authorizations);

@@ -59,40 +59,54 @@ fn boxed(error: impl std::error::Error + Send + Sync + 'static) -> OAuthHttpClie
 #[error("the response of {0} is larger than {MAX_BODY} bytes")]
 struct TooLarge(String);
 
+impl PolicedHttp {
+    /// Sends `request` under the policy, following redirects or not, and
+    /// reads at most [`MAX_BODY`] of the answer.
+    pub(super) async fn send(
+        &self,
+        request: http::Request<Vec<u8>>,
+        follow_redirects: bool,
+        timeout: Option<Duration>,
+    ) -> Result<http::Response<Vec<u8>>, OAuthHttpClientError> {
+        let client = if follow_redirects {
+            &self.follow
+        } else {
+            &self.stop
+        };
+        let mut request = reqwest::Request::try_from(request).map_err(boxed)?;
+        *request.timeout_mut() = Some(timeout.unwrap_or(DEFAULT_TIMEOUT));
+        // IP literals never reach the resolver: check the URL first.
+        self.policy.check_url(request.url()).await.map_err(boxed)?;
+        let target = format!(
+            "{}://{}",
+            request.url().scheme(),
+            request.url().host_str().unwrap_or_default()
+        );
+        let response = client.execute(request).await.map_err(boxed)?;
+        let mut answer = http::Response::builder()
+            .status(response.status())
+            .version(response.version());
+        for (name, value) in response.headers() {
+            answer = answer.header(name, value);
+        }
+        let mut body = Vec::new();
+        let mut chunks = response.bytes_stream();
+        while let Some(chunk) = chunks.next().await {
+            let chunk = chunk.map_err(boxed)?;
+            if body.len() + chunk.len() > MAX_BODY {
+                return Err(boxed(TooLarge(target)));
+            }
+            body.extend_from_slice(&chunk);
+        }
+        answer.body(body).map_err(boxed)
+    }
+}
+
 impl OAuthHttpClient for PolicedHttp {
     fn execute(&self, request: OAuthHttpRequest) -> OAuthHttpClientFuture<'_> {
         Box::pin(async move {
-            let client = match request.redirect_policy {
-                OAuthHttpRedirectPolicy::Stop => &self.stop,
-                _ => &self.follow,
-            };
-            let timeout = request.timeout.unwrap_or(DEFAULT_TIMEOUT);
-            let mut request = reqwest::Request::try_from(request.request).map_err(boxed)?;
-            *request.timeout_mut() = Some(timeout);
-            // IP literals never reach the resolver: check the URL first.
-            self.policy.check_url(request.url()).await.map_err(boxed)?;
-            let target = format!(
-                "{}://{}",
-                request.url().scheme(),
-                request.url().host_str().unwrap_or_default()
-            );
-            let response = client.execute(request).await.map_err(boxed)?;
-            let mut answer = http::Response::builder()
-                .status(response.status())
-                .version(response.version());
-            for (name, value) in response.headers() {
-                answer = answer.header(name, value);
-            }
-            let mut body = Vec::new();
-            let mut chunks = response.bytes_stream();
-            while let Some(chunk) = chunks.next().await {
-                let chunk = chunk.map_err(boxed)?;
-                if body.len() + chunk.len() > MAX_BODY {
-                    return Err(boxed(TooLarge(target)));
-                }
-                body.extend_from_slice(&chunk);
-            }
-            answer.body(body).map_err(boxed)
+            let follow = !matches!(request.redirect_policy, OAuthHttpRedirectPolicy::Stop);
+            self.send(request.request, follow, request.timeout).await
         })
     }
 }

@@ -1,21 +1,42 @@
 //! OAuth 2.1 for remote MCP servers (the MCP authorization spec): access
-//! tokens for the sessions mcpd opens. Today: the client credentials grant,
-//! machine to machine. Tokens live in memory only, by server; they are
-//! obtained again when they expire or the server refuses them (a client
-//! credentials grant needs nothing but the sealed client secret).
+//! tokens for the sessions mcpd opens.
+//!
+//! - Client credentials (machine to machine): tokens live in memory only,
+//!   by server; they are obtained again when they expire or the server
+//!   refuses them (the grant needs nothing but the sealed client secret).
+//! - Authorization code with PKCE ([`authorization_code`]): a person grants
+//!   access in a browser; the tokens (a grant) are sealed in the database
+//!   with the server's transport, and renewed with the refresh token.
 
+mod authorization_code;
 mod client_credentials;
 mod http;
 
 use std::{collections::HashMap, sync::Arc, time::Duration};
 
 use rmcp::transport::{OAuthHttpClient, WWWAuthenticateParams};
+
+use crate::model::{AuthorizationFlow, AuthorizationStart, OAuthGrant};
 use tokio::time::Instant;
 
 use super::{describe, live::ServerKey, outbound::OutboundPolicy};
 use crate::model::OAuth;
 
+pub use authorization_code::TokenError;
 pub(crate) use http::PolicedHttp;
+
+/// Where the authorization code flow sends browsers back to, and how mcpd
+/// introduces itself to authorization servers.
+#[derive(Debug, Clone)]
+pub struct OAuthSettings {
+    /// `<public URL>/oauth/callback`, exactly.
+    pub redirect_uri: url::Url,
+    /// mcpd's client ID metadata document, used as its client id where the
+    /// authorization server supports that (it must be https).
+    pub client_metadata_url: Option<url::Url>,
+    /// The `client_name` of dynamic registrations.
+    pub client_name: String,
+}
 
 /// An access token. `Debug` does not show it.
 #[derive(Clone)]
@@ -45,7 +66,7 @@ impl Token {
 /// Obtains and keeps tokens. Cheap to clone.
 #[derive(Clone)]
 pub(super) struct OAuthClient {
-    http: Arc<dyn OAuthHttpClient>,
+    http: Arc<PolicedHttp>,
     policy: OutboundPolicy,
     tokens: Arc<std::sync::Mutex<HashMap<ServerKey, Token>>>,
 }
@@ -95,7 +116,7 @@ impl OAuthClient {
         // keeps a form serializer across an await), so it cannot run on the
         // daemon's tasks: it runs on a blocking thread of its own, driven by
         // the runtime's handle (its I/O still runs on the runtime).
-        let http = self.http.clone();
+        let http: Arc<dyn OAuthHttpClient> = self.http.clone();
         let server = server.clone();
         let challenge = challenge.map(str::to_owned);
         let credentials = credentials.clone();
@@ -116,6 +137,39 @@ impl OAuthClient {
             tokens.insert(key.clone(), token.clone());
         }
         Ok(token)
+    }
+
+    /// Starts an authorization code flow for the server at `server`, which
+    /// answered with `challenge`.
+    pub(super) async fn begin(
+        &self,
+        server: &url::Url,
+        challenge: &str,
+        oauth: &OAuth,
+        also_scopes: &[String],
+        settings: &OAuthSettings,
+    ) -> Result<AuthorizationStart, String> {
+        authorization_code::begin(
+            self.http.clone(),
+            server,
+            challenge,
+            oauth,
+            also_scopes,
+            settings,
+        )
+        .await
+    }
+
+    pub(super) async fn exchange(
+        &self,
+        flow: &AuthorizationFlow,
+        code: &str,
+    ) -> Result<OAuthGrant, TokenError> {
+        authorization_code::exchange(&self.http, flow, code).await
+    }
+
+    pub(super) async fn refresh(&self, grant: &OAuthGrant) -> Result<OAuthGrant, TokenError> {
+        authorization_code::refresh(&self.http, grant).await
     }
 
     /// Drops the server's token (closed, or refused).

@@ -113,6 +113,21 @@ struct Cli {
     /// challenge names, instead of this server's own.
     #[arg(long, value_name = "URL")]
     resource_metadata_url: Option<String>,
+    /// With `--oauth-client`: also grant authorization codes (PKCE), refresh
+    /// tokens and dynamic client registration.
+    #[arg(long, requires = "oauth_client")]
+    oauth_code: bool,
+    /// With `--oauth-code`: `/authorize` shows a consent page first.
+    #[arg(long, requires = "oauth_code")]
+    oauth_consent: bool,
+    /// With `--oauth-code`: `/authorize` answers `error=access_denied`.
+    #[arg(long, requires = "oauth_code")]
+    oauth_deny: bool,
+    /// With `--oauth-client`: a `tools/call` of TOOL needs a token granted
+    /// SCOPE, else 403 `insufficient_scope`. Repeatable.
+    #[arg(long, value_name = "TOOL=SCOPE", requires = "oauth_client",
+          value_parser = oauth::parse_tool_scope)]
+    oauth_tool_scope: Vec<(String, String)>,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -181,6 +196,10 @@ async fn main() -> anyhow::Result<()> {
                 )
                 .map(|settings| oauth::OAuthSettings {
                     resource_metadata: cli.resource_metadata_url.clone(),
+                    code: cli.oauth_code,
+                    consent: cli.oauth_consent,
+                    deny: cli.oauth_deny,
+                    tool_scopes: cli.oauth_tool_scope.clone(),
                     ..settings
                 })
             })

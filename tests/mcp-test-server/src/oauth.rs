@@ -1,17 +1,45 @@
 //! `--oauth-client ID:SECRET`: the server is an OAuth 2.1 protected resource
-//! with its own authorization server on the same address, for the client
-//! credentials grant (the MCP OAuth client credentials extension):
+//! with its own authorization server (AS) on the same address. Without
+//! `--oauth-code` the AS knows only the client credentials grant (the MCP
+//! OAuth client credentials extension):
 //!
-//! - `/mcp` wants `Authorization: Bearer <a token it issued, not expired>`,
-//!   else 401 with a `WWW-Authenticate` challenge naming its metadata;
+//! - `/mcp` wants `Authorization: Bearer <a token it issued, not expired, not
+//!   revoked>`, else 401 with a `WWW-Authenticate` challenge naming its
+//!   metadata (or `--resource-metadata-url`);
 //! - protected resource metadata (RFC 9728) at
 //!   `/.well-known/oauth-protected-resource/mcp`;
 //! - authorization server metadata (RFC 8414) at
 //!   `/.well-known/oauth-authorization-server`;
-//! - `POST /token`: `grant_type=client_credentials`, the client
-//!   authenticated with HTTP Basic or in the body; tokens live
-//!   `--token-lifetime-secs`. Each grant is appended to `--oauth-log` as
-//!   `token <n> scope=<scope> resource=<resource> value=<the token>`.
+//! - `POST /token`: `grant_type=client_credentials` for the `--oauth-client`
+//!   client, authenticated with HTTP Basic or in the body; tokens live
+//!   `--token-lifetime-secs` and are granted the requested `scope`. Each grant
+//!   is appended to `--oauth-log` as
+//!   `token <n> scope=<scope> resource=<resource> value=<the token>`;
+//! - `POST /oauth-test/revoke`: forgets every access and refresh token issued
+//!   so far, as if the user revoked the grant (204, logs `revoke`).
+//!
+//! `--oauth-code` adds the authorization code grant with PKCE (S256 only),
+//! for the `--oauth-client` client (confidential) and for clients registered
+//! at run time:
+//!
+//! - `POST /register`: dynamic client registration (RFC 7591), see
+//!   [`register`];
+//! - `GET /authorize`: redirects at once with a code, or with `--oauth-consent`
+//!   first shows a consent page whose form posts to `POST /authorize/consent`;
+//!   `--oauth-deny` makes the answer `error=access_denied`. See [`authorize`];
+//! - `POST /token` also takes `grant_type=authorization_code` and
+//!   `grant_type=refresh_token` (refresh tokens rotate on every use). See
+//!   [`token`].
+//!
+//! `--oauth-tool-scope TOOL=SCOPE` (repeatable) asks for step-up
+//! authorization: a `tools/call` of TOOL with a token not granted SCOPE gets
+//! 403 `insufficient_scope` naming SCOPE (logged as
+//! `forbidden tool=<TOOL> scope=<SCOPE>`).
+
+mod authorize;
+mod guard;
+mod register;
+mod token;
 
 use std::{
     collections::HashMap,
@@ -22,15 +50,16 @@ use std::{
 };
 
 use axum::{
-    Form, Json, Router,
-    extract::{Request, State},
-    http::{HeaderMap, StatusCode, header},
-    middleware::Next,
+    Json, Router,
+    extract::State,
+    http::StatusCode,
     response::{IntoResponse, Response},
     routing::{get, post},
 };
-use base64::Engine;
 use serde_json::json;
+
+/// How long an authorization code, or a request waiting for consent, lasts.
+const CODE_LIFETIME: Duration = Duration::from_secs(600);
 
 #[derive(Debug, Clone)]
 pub struct OAuthSettings {
@@ -40,6 +69,14 @@ pub struct OAuthSettings {
     pub log: Option<PathBuf>,
     /// Named in the challenge instead of this server's own metadata URL.
     pub resource_metadata: Option<String>,
+    /// `--oauth-code`: also the authorization code grant, refresh and DCR.
+    pub code: bool,
+    /// `--oauth-consent`: `/authorize` asks first.
+    pub consent: bool,
+    /// `--oauth-deny`: `/authorize` always answers `access_denied`.
+    pub deny: bool,
+    /// `--oauth-tool-scope`: (tool, scope a `tools/call` of it needs).
+    pub tool_scopes: Vec<(String, String)>,
 }
 
 impl OAuthSettings {
@@ -58,29 +95,149 @@ impl OAuthSettings {
             token_lifetime,
             log,
             resource_metadata: None,
+            code: false,
+            consent: false,
+            deny: false,
+            tool_scopes: Vec::new(),
         })
+    }
+}
+
+/// `TOOL=SCOPE`, for clap.
+pub fn parse_tool_scope(value: &str) -> Result<(String, String), String> {
+    match value.split_once('=') {
+        Some((tool, scope)) if !tool.is_empty() && !scope.is_empty() => {
+            Ok((tool.to_owned(), scope.to_owned()))
+        }
+        _ => Err("expected TOOL=SCOPE".to_owned()),
     }
 }
 
 #[derive(Clone)]
 struct Issuer {
-    settings: OAuthSettings,
+    settings: Arc<OAuthSettings>,
+    /// `http://<addr>`: the issuer identifier and every endpoint's base.
     base: String,
-    tokens: Arc<Mutex<HashMap<String, Instant>>>,
-    issued: Arc<Mutex<u64>>,
+    tables: Arc<Mutex<Tables>>,
+}
+
+#[derive(Default)]
+struct Tables {
+    /// Token grants so far, of every kind: the `<n>` of `token <n>`.
+    issued: u64,
+    /// Clients registered so far.
+    registered: u64,
+    access: HashMap<String, AccessToken>,
+    refresh: HashMap<String, RefreshToken>,
+    codes: HashMap<String, Code>,
+    /// Requests shown on the consent page, by the page's request id.
+    pending: HashMap<String, (Authorization, Instant)>,
+    /// Registered through `/register`, by client id.
+    clients: HashMap<String, Client>,
+}
+
+struct AccessToken {
+    expires: Instant,
+    scopes: Vec<String>,
+}
+
+struct RefreshToken {
+    client_id: String,
+    scope: Option<String>,
+    resource: Option<String>,
+    /// False once rotated or revoked: kept to tell reuse from a made-up token.
+    live: bool,
+}
+
+/// An `/authorize` request that passed validation.
+#[derive(Debug, Clone)]
+struct Authorization {
+    client_id: String,
+    redirect_uri: String,
+    code_challenge: String,
+    scope: Option<String>,
+    resource: Option<String>,
+    state: Option<String>,
+}
+
+struct Code {
+    authorization: Authorization,
+    created: Instant,
+    used: bool,
+}
+
+struct Client {
+    /// None for `token_endpoint_auth_method: none` (a public client).
+    secret: Option<String>,
+    redirect_uris: Vec<String>,
+}
+
+impl Issuer {
+    fn protected_resource_metadata_url(&self) -> String {
+        self.settings
+            .resource_metadata
+            .clone()
+            .unwrap_or_else(|| format!("{}/.well-known/oauth-protected-resource/mcp", self.base))
+    }
+
+    fn log(&self, line: &str) {
+        if let Some(log) = &self.settings.log {
+            crate::handler::append(log, line);
+        }
+    }
+
+    /// Issues an access token granted `scope` and returns `(n, token)`.
+    fn issue_access_token(&self, scope: Option<&str>) -> (u64, String) {
+        let mut tables = self.tables.lock().unwrap();
+        tables.issued += 1;
+        let n = tables.issued;
+        // Unique across servers too: tests run several at once and a token
+        // one of them accepted must mean nothing to another.
+        let token = format!("tok-{n}-{:x}", std::process::id());
+        tables.access.insert(
+            token.clone(),
+            AccessToken {
+                expires: Instant::now() + self.settings.token_lifetime,
+                scopes: split_scope(scope),
+            },
+        );
+        (n, token)
+    }
+}
+
+fn split_scope(scope: Option<&str>) -> Vec<String> {
+    scope
+        .unwrap_or_default()
+        .split(' ')
+        .filter(|s| !s.is_empty())
+        .map(str::to_owned)
+        .collect()
+}
+
+/// `bytes` random bytes, hex-encoded.
+fn random_hex(bytes: usize) -> String {
+    let random: Vec<u8> = (0..bytes).map(|_| rand::random::<u8>()).collect();
+    hex::encode(random)
+}
+
+/// An OAuth error answer (RFC 6749 §5.2, RFC 7591 §3.2.2).
+fn oauth_error(status: StatusCode, error: &str, description: &str) -> Response {
+    (
+        status,
+        Json(json!({ "error": error, "error_description": description })),
+    )
+        .into_response()
 }
 
 /// The authorization server's routes, and a layer that guards `/mcp`.
 pub fn protect(router: Router, settings: OAuthSettings, addr: SocketAddr) -> Router {
     let issuer = Issuer {
-        settings,
+        settings: Arc::new(settings),
         base: format!("http://{addr}"),
-        tokens: Arc::default(),
-        issued: Arc::default(),
+        tables: Arc::default(),
     };
     let guard = issuer.clone();
-    // Layered before the merge: only `/mcp` is guarded.
-    let authorization_server_routes = Router::new()
+    let mut authorization_server_routes = Router::new()
         .route(
             "/.well-known/oauth-protected-resource/mcp",
             get(protected_resource),
@@ -89,45 +246,20 @@ pub fn protect(router: Router, settings: OAuthSettings, addr: SocketAddr) -> Rou
             "/.well-known/oauth-authorization-server",
             get(authorization_server),
         )
-        .route("/token", post(token))
-        .with_state(issuer);
+        .route("/token", post(token::token))
+        .route("/oauth-test/revoke", post(revoke));
+    if issuer.settings.code {
+        authorization_server_routes = authorization_server_routes
+            .route("/register", post(register::register))
+            .route("/authorize", get(authorize::authorize))
+            .route("/authorize/consent", post(authorize::consent));
+    }
+    // Layered before the merge: only `/mcp` is guarded.
     router
         .layer(axum::middleware::from_fn(move |request, next| {
-            require_token(guard.clone(), request, next)
+            guard::require_token(guard.clone(), request, next)
         }))
-        .merge(authorization_server_routes)
-}
-
-async fn require_token(issuer: Issuer, request: Request, next: Next) -> Response {
-    let given = request
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::to_owned);
-    let valid = given.is_some_and(|token| {
-        issuer
-            .tokens
-            .lock()
-            .unwrap()
-            .get(&token)
-            .is_some_and(|expires| Instant::now() < *expires)
-    });
-    if valid {
-        return next.run(request).await;
-    }
-    let metadata = issuer
-        .settings
-        .resource_metadata
-        .clone()
-        .unwrap_or_else(|| format!("{}/.well-known/oauth-protected-resource/mcp", issuer.base));
-    let challenge = format!(r#"Bearer error="invalid_token", resource_metadata="{metadata}""#);
-    (
-        StatusCode::UNAUTHORIZED,
-        [(header::WWW_AUTHENTICATE, challenge)],
-        "mcp-test-server: a valid access token is required (--oauth-client)",
-    )
-        .into_response()
+        .merge(authorization_server_routes.with_state(issuer))
 }
 
 async fn protected_resource(State(issuer): State<Issuer>) -> Json<serde_json::Value> {
@@ -140,68 +272,39 @@ async fn protected_resource(State(issuer): State<Issuer>) -> Json<serde_json::Va
 
 async fn authorization_server(State(issuer): State<Issuer>) -> Json<serde_json::Value> {
     let base = &issuer.base;
+    if !issuer.settings.code {
+        return Json(json!({
+            "issuer": base,
+            "authorization_endpoint": format!("{base}/authorize"),
+            "token_endpoint": format!("{base}/token"),
+            "response_types_supported": ["code"],
+            "grant_types_supported": ["client_credentials"],
+            "token_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post"],
+        }));
+    }
     Json(json!({
         "issuer": base,
         "authorization_endpoint": format!("{base}/authorize"),
         "token_endpoint": format!("{base}/token"),
+        "registration_endpoint": format!("{base}/register"),
         "response_types_supported": ["code"],
-        "grant_types_supported": ["client_credentials"],
-        "token_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post"],
+        "grant_types_supported": ["authorization_code", "refresh_token", "client_credentials"],
+        "code_challenge_methods_supported": ["S256"],
+        "token_endpoint_auth_methods_supported":
+            ["client_secret_basic", "client_secret_post", "none"],
+        "scopes_supported": ["tools", "admin", "offline_access"],
+        "authorization_response_iss_parameter_supported": true,
     }))
 }
 
-async fn token(
-    State(issuer): State<Issuer>,
-    headers: HeaderMap,
-    Form(form): Form<HashMap<String, String>>,
-) -> Response {
-    let refuse =
-        |status: StatusCode, error: &str| (status, Json(json!({ "error": error }))).into_response();
-    if form.get("grant_type").map(String::as_str) != Some("client_credentials") {
-        return refuse(StatusCode::BAD_REQUEST, "unsupported_grant_type");
+async fn revoke(State(issuer): State<Issuer>) -> StatusCode {
+    {
+        let mut tables = issuer.tables.lock().unwrap();
+        tables.access.clear();
+        for refresh in tables.refresh.values_mut() {
+            refresh.live = false;
+        }
     }
-    let basic = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Basic "))
-        .and_then(|v| base64::engine::general_purpose::STANDARD.decode(v).ok())
-        .and_then(|v| String::from_utf8(v).ok())
-        .and_then(|v| {
-            v.split_once(':')
-                .map(|(id, secret)| (id.to_owned(), secret.to_owned()))
-        });
-    let (id, secret) = match basic {
-        Some(credentials) => credentials,
-        None => (
-            form.get("client_id").cloned().unwrap_or_default(),
-            form.get("client_secret").cloned().unwrap_or_default(),
-        ),
-    };
-    if id != issuer.settings.client_id || secret != issuer.settings.client_secret {
-        return refuse(StatusCode::UNAUTHORIZED, "invalid_client");
-    }
-    let n = {
-        let mut issued = issuer.issued.lock().unwrap();
-        *issued += 1;
-        *issued
-    };
-    let token = format!("tok-{n}-{:x}", std::process::id());
-    issuer.tokens.lock().unwrap().insert(
-        token.clone(),
-        Instant::now() + issuer.settings.token_lifetime,
-    );
-    if let Some(log) = &issuer.settings.log {
-        let line = format!(
-            "token {n} scope={} resource={} value={token}",
-            form.get("scope").map(String::as_str).unwrap_or("-"),
-            form.get("resource").map(String::as_str).unwrap_or("-"),
-        );
-        crate::handler::append(log, &line);
-    }
-    Json(json!({
-        "access_token": token,
-        "token_type": "Bearer",
-        "expires_in": issuer.settings.token_lifetime.as_secs(),
-    }))
-    .into_response()
+    issuer.log("revoke");
+    StatusCode::NO_CONTENT
 }

@@ -7,7 +7,7 @@ use clap::{Args, Parser, Subcommand};
 use crate::{
     manager::Limits,
     mcp::{
-        McpSettings, PoolLimits,
+        McpSettings, OAuthSettings, PoolLimits,
         outbound::{OutboundPolicy, PolicyError},
     },
     store::{DatabaseUrl, StoreError, StoreSettings},
@@ -129,6 +129,23 @@ pub struct ServeArgs {
     /// Most calls in flight on one MCP server; more are RESOURCE_EXHAUSTED.
     #[arg(long, env = "MCPD_MAX_CALLS_PER_SERVER", default_value_t = 32)]
     pub max_calls_per_server: usize,
+    /// Address of the HTTP listener: the OAuth callback
+    /// (`GET /oauth/callback`) and mcpd's client ID metadata document.
+    #[arg(long, env = "MCPD_HTTP_LISTEN", default_value = "127.0.0.1:50052")]
+    pub http_listen: SocketAddr,
+    /// The URL browsers reach the HTTP listener at, when a proxy stands in
+    /// front of it (the redirect URI is `<public URL>/oauth/callback`).
+    /// Default: `http://<--http-listen, as bound>`.
+    #[arg(long, env = "MCPD_PUBLIC_URL")]
+    pub public_url: Option<url::Url>,
+    /// mcpd's client ID metadata document URL, offered as its client id to
+    /// authorization servers that support them. Default:
+    /// `<public URL>/oauth/client-metadata.json` when the public URL is https.
+    #[arg(long, env = "MCPD_OAUTH_CLIENT_METADATA_URL")]
+    pub oauth_client_metadata_url: Option<url::Url>,
+    /// How long an authorization URL stays good.
+    #[arg(long, env = "MCPD_OAUTH_STATE_TTL", default_value = "10m", value_parser = humantime::parse_duration)]
+    pub oauth_state_ttl: Duration,
 }
 
 impl DatabaseArgs {
@@ -165,9 +182,33 @@ impl ServeArgs {
         })
     }
 
+    /// The OAuth callback's settings, once the HTTP listener is bound at
+    /// `bound`.
+    pub fn oauth_settings(&self, bound: SocketAddr) -> Result<OAuthSettings, String> {
+        let public = match &self.public_url {
+            Some(url) => url.clone(),
+            None => url::Url::parse(&format!("http://{bound}"))
+                .map_err(|e| format!("the HTTP listener's address: {e}"))?,
+        };
+        let redirect_uri = public
+            .join("oauth/callback")
+            .map_err(|e| format!("--public-url: {e}"))?;
+        let client_metadata_url = match &self.oauth_client_metadata_url {
+            Some(url) => Some(url.clone()),
+            None if public.scheme() == "https" => public.join("oauth/client-metadata.json").ok(),
+            None => None,
+        };
+        Ok(OAuthSettings {
+            redirect_uri,
+            client_metadata_url,
+            client_name: "mcpd".into(),
+        })
+    }
+
     pub fn limits(&self) -> Limits {
         Limits {
             max_tools_per_server: self.max_tools_per_server,
+            authorization_ttl: self.oauth_state_ttl,
         }
     }
 }

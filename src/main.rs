@@ -44,13 +44,26 @@ async fn main() -> anyhow::Result<()> {
                 ..settings
             })
             .await?;
-            let mcp = McpConnector::new(args.mcp_settings()?)?;
+            let http = tokio::net::TcpListener::bind(args.http_listen)
+                .await
+                .with_context(|| format!("binding {} (--http-listen)", args.http_listen))?;
+            let oauth = args
+                .oauth_settings(http.local_addr()?)
+                .map_err(anyhow::Error::msg)?;
+            let mcp = McpConnector::new(McpSettings {
+                oauth: Some(oauth.clone()),
+                ..args.mcp_settings()?
+            })?;
             let manager = Manager::new(store, mcp, args.limits());
             let listener = tokio::net::TcpListener::bind(args.listen)
                 .await
                 .with_context(|| format!("binding {}", args.listen))?;
             api::serve(
                 listener,
+                Some(api::HttpEdge {
+                    listener: http,
+                    oauth,
+                }),
                 manager,
                 ServeOptions {
                     drain_timeout: args.shutdown_timeout,

@@ -505,6 +505,7 @@ async fn too_many_tools_are_resource_exhausted(backend: Backend) {
         DaemonOptions {
             limits: Limits {
                 max_tools_per_server: 7,
+                ..Limits::default()
             },
             ..Default::default()
         },

@@ -351,6 +351,7 @@ async fn secrets_never_reach_the_log_even_at_trace() {
             )),
         }),
         scopes: Vec::new(),
+        ..Default::default()
     };
     let id = acme
         .create(

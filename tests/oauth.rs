@@ -31,6 +31,7 @@ fn with_oauth(url: &str, secret: &str) -> Transport {
                 credential: Some(Credential::ClientSecret(secret.to_owned())),
             }),
             scopes: Vec::new(),
+            ..Default::default()
         }),
     })
 }
@@ -204,6 +205,7 @@ async fn oauth_settings_are_checked() {
                     credential: Some(Credential::ClientSecret(SECRET.into())),
                 }),
                 scopes: vec![],
+                ..Default::default()
             }),
             "client_id is required",
         ),
@@ -214,6 +216,7 @@ async fn oauth_settings_are_checked() {
                     algorithm: "HS256".into(),
                 }))),
                 scopes: vec![],
+                ..Default::default()
             }),
             "must be one of RS256",
         ),
@@ -221,8 +224,31 @@ async fn oauth_settings_are_checked() {
             base(OAuth {
                 client_credentials: Some(credentials(Credential::ClientSecret(SECRET.into()))),
                 scopes: vec!["two words".into()],
+                ..Default::default()
             }),
             "is not a scope",
+        ),
+        (
+            base(OAuth {
+                client_secret: "s3cret".into(),
+                ..Default::default()
+            }),
+            "client_secret needs its client_id",
+        ),
+        (
+            base(OAuth {
+                client_credentials: Some(credentials(Credential::ClientSecret(SECRET.into()))),
+                client_id: "also-this".into(),
+                ..Default::default()
+            }),
+            "not both",
+        ),
+        (
+            base(OAuth {
+                client_id: "has space".into(),
+                ..Default::default()
+            }),
+            "oauth.client_id must be at most 256 visible ASCII characters",
         ),
         (
             with_oauth("http://127.0.0.1:9/mcp", SECRET).with("Authorization", "Bearer x"),

@@ -5,6 +5,7 @@ mod admin;
 mod auth;
 mod convert;
 mod deadline;
+mod http;
 mod limits;
 mod service;
 mod status;
@@ -17,6 +18,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::transport::{Server, server::TcpIncoming};
 
 pub use auth::AUTHORIZATION_HEADER;
+pub use http::HttpEdge;
 pub use service::{MCP_US_HEADER, McpServerApi, PEAK_CONNECTIONS_HEADER, PERSIST_US_HEADER};
 
 use crate::{manager::Manager, proto};
@@ -29,9 +31,11 @@ pub struct ServeOptions {
 
 /// Serves until `shutdown` completes, then stops accepting calls, lets the
 /// in-flight ones finish (bounded by `drain_timeout`), and tears down every
-/// MCP session and child process the daemon still holds.
+/// MCP session and child process the daemon still holds. `http`, when
+/// given, serves the OAuth callback beside gRPC until the same moment.
 pub async fn serve(
     listener: TcpListener,
+    http: Option<HttpEdge>,
     manager: Manager,
     options: ServeOptions,
     shutdown: impl Future<Output = ()> + Send + 'static,
@@ -55,6 +59,7 @@ pub async fn serve(
         .expect("the embedded descriptor sets are valid");
 
     let stopping = CancellationToken::new();
+    let http = http.map(|edge| tokio::spawn(http::serve(edge, manager.clone(), stopping.clone())));
     let signal = {
         let stopping = stopping.clone();
         let health = health_reporter.clone();
@@ -102,6 +107,10 @@ pub async fn serve(
             Ok(())
         }
     };
+    stopping.cancel();
+    if let Some(http) = http {
+        let _ = http.await;
+    }
     manager.shutdown().await;
     tracing::info!("mcpd stopped");
     result

@@ -12,7 +12,7 @@ use std::{
 use serde_json::{Map, Value};
 use tokio::sync::mpsc;
 
-use super::{CallStats, Manager, ManagerError, validate};
+use super::{CallStats, Manager, ManagerError, authorize, validate};
 use crate::{
     mcp::McpError,
     model::{CallEvent, CallTarget, ClientAnswer, ToolCallResult},
@@ -48,24 +48,33 @@ impl Manager {
         call: CallTool,
         deadline: Option<Duration>,
     ) -> (Result<ToolCallResult, ManagerError>, CallStats) {
-        self.run_call(
-            org,
-            &call,
-            deadline,
-            async |arguments, target, remaining| {
-                self.mcp
-                    .call_tool(
-                        org,
-                        &call.server_id,
-                        &target.transport,
-                        &call.tool_name,
-                        arguments,
-                        remaining,
-                    )
-                    .await
-            },
-        )
-        .await
+        let started = Instant::now();
+        let unary = async |arguments, target: CallTarget, remaining| {
+            self.mcp
+                .call_tool(
+                    org,
+                    &call.server_id,
+                    &target.transport,
+                    &call.tool_name,
+                    arguments,
+                    remaining,
+                )
+                .await
+        };
+        let (result, stats, renewed) = self.run_call_once(org, &call, deadline, unary).await;
+        if !renewed {
+            return (result, stats);
+        }
+        // The server refused an access token that is now renewed: the call
+        // never ran, so it goes once more.
+        let remaining = deadline.map(|d| d.saturating_sub(started.elapsed()));
+        let (result, again, _) = self.run_call_once(org, &call, remaining, unary).await;
+        let stats = CallStats {
+            peak_connections: stats.peak_connections.max(again.peak_connections),
+            mcp: stats.mcp + again.mcp,
+            persist: stats.persist + again.persist,
+        };
+        (result, stats)
     }
 
     /// A call whose caller follows it: progress, log messages and the
@@ -114,19 +123,47 @@ impl Manager {
             Option<Duration>,
         ) -> Result<ToolCallResult, McpError>,
     ) -> (Result<ToolCallResult, ManagerError>, CallStats) {
+        let (result, stats, _) = self.run_call_once(org, call, deadline, mcp_call).await;
+        (result, stats)
+    }
+
+    /// [`Self::run_call`], and whether the server refused the OAuth access
+    /// token and it was renewed (then a repeated call may go through).
+    async fn run_call_once(
+        &self,
+        org: &str,
+        call: &CallTool,
+        deadline: Option<Duration>,
+        mcp_call: impl AsyncFnOnce(
+            Map<String, Value>,
+            CallTarget,
+            Option<Duration>,
+        ) -> Result<ToolCallResult, McpError>,
+    ) -> (Result<ToolCallResult, ManagerError>, CallStats, bool) {
         let started = Instant::now();
         let mut stats = CallStats::default();
+        let mut renewed = false;
         let (result, peak) = track_connections(async {
             let (arguments, target) = self.prepare(org, call).await?;
+            let transport = target.transport.clone();
             let mcp_started = Instant::now();
             let remaining = deadline.map(|d| d.saturating_sub(started.elapsed()));
             let result = mcp_call(arguments, target, remaining).await;
             stats.mcp = mcp_started.elapsed();
+            if let Err(err) = &result
+                && let Some(stale) = authorize::refused_grant(&transport, err)
+            {
+                self.renew_grant(org, &call.server_id, stale).await?;
+                renewed = true;
+                return Err(ManagerError::Unavailable(format!(
+                    "the MCP server refused mcpd's access token; mcpd renewed it: retry the call ({err})"
+                )));
+            }
             Ok(result?)
         })
         .await;
         stats.peak_connections = peak;
-        (result, stats)
+        (result, stats, renewed)
     }
 
     /// Validation and the one short checkout, before any MCP traffic.
@@ -139,11 +176,14 @@ impl Manager {
         validate::server_id(&call.server_id)?;
         validate::tool_name(&call.tool_name)?;
         let arguments = parse_arguments(&call.arguments_json)?;
-        let target = self
+        let mut target = self
             .store
             .call_target(org, &call.server_id, &call.tool_name)
             .await?;
         self.schemas.check(&target.input_schema_json, &arguments)?;
+        target.transport = self
+            .fresh_transport(org, &call.server_id, target.transport)
+            .await?;
         Ok((arguments, target))
     }
 }

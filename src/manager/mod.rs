@@ -1,6 +1,7 @@
 //! The use cases: create, close, get and list MCP servers. Each takes at most
 //! one pooled connection at a time and never holds one across MCP traffic.
 
+mod authorize;
 mod call;
 mod error;
 #[cfg(test)]
@@ -12,6 +13,7 @@ mod validate;
 
 use std::time::{Duration, Instant};
 
+pub use authorize::{Authorized, Callback};
 pub use call::CallTool;
 pub use error::ManagerError;
 pub use keys::NewApiKey;
@@ -23,7 +25,7 @@ pub use crate::model::{
     ServerState, Tool, ToolAnnotations, ToolCallResult, TransportKind,
 };
 use crate::{
-    mcp::McpConnector,
+    mcp::{McpConnector, McpError},
     model::NewServer,
     store::{PoolStats, Store, track_connections},
 };
@@ -73,12 +75,15 @@ pub struct Page<T> {
 #[derive(Debug, Clone)]
 pub struct Limits {
     pub max_tools_per_server: usize,
+    /// How long an authorization URL stays good (its `state`).
+    pub authorization_ttl: Duration,
 }
 
 impl Default for Limits {
     fn default() -> Self {
         Limits {
             max_tools_per_server: 10_000,
+            authorization_ttl: Duration::from_secs(600),
         }
     }
 }
@@ -96,6 +101,7 @@ pub struct Manager {
     mcp: McpConnector,
     limits: Limits,
     schemas: std::sync::Arc<call::SchemaCache>,
+    renewals: std::sync::Arc<authorize::Renewals>,
 }
 
 impl Manager {
@@ -105,6 +111,7 @@ impl Manager {
             mcp,
             limits,
             schemas: Default::default(),
+            renewals: Default::default(),
         }
     }
 
@@ -170,7 +177,8 @@ impl Manager {
         created
     }
 
-    /// Connects, lists and stores a server under the id chosen for it.
+    /// Connects, lists and stores a server under the id chosen for it; a
+    /// server that wants OAuth authorization is stored waiting for it.
     async fn register(
         &self,
         org: &str,
@@ -179,29 +187,15 @@ impl Manager {
         spec: crate::model::Transport,
         stats: &mut CallStats,
     ) -> Result<Created, ManagerError> {
-        let started = Instant::now();
-        let session = self.mcp.connect(org, server_id, &spec).await?;
-        let listed = session.list_tools().await;
-        // The session is done with; its teardown overlaps the persistence.
-        let teardown = tokio::spawn(session.close());
-        stats.mcp = started.elapsed();
-        let listed = match listed {
-            Ok(listed) => listed,
-            Err(err) => {
-                let _ = teardown.await;
-                return Err(err.into());
+        let listed = match self.connect_and_list(org, server_id, &spec, stats).await {
+            Err(Listing::Refused(challenge)) if authorization_applies(&spec) => {
+                return self
+                    .await_authorization(org, server_id, name, spec, &challenge)
+                    .await;
             }
+            Err(err) => return Err(err.into()),
+            Ok(listed) => listed,
         };
-        if listed.len() > self.limits.max_tools_per_server {
-            let _ = teardown.await;
-            return Err(ManagerError::ResourceExhausted(format!(
-                "the MCP server offers {} tools; at most {} per server are allowed",
-                listed.len(),
-                self.limits.max_tools_per_server
-            )));
-        }
-
-        let (checked, mut failed_tools) = tools::check(listed);
         let server = NewServer {
             id: server_id.to_owned(),
             organization_id: org.to_owned(),
@@ -209,22 +203,61 @@ impl Manager {
             transport: spec,
         };
         let persist_started = Instant::now();
-        let persisted = self.store.create_server(server, checked).await;
+        let persisted = self.store.create_server(server, listed.tools).await;
         stats.persist = persist_started.elapsed();
-        if let Err(err) = teardown.await {
-            tracing::debug!(error = %err, "MCP session teardown task failed");
-        }
+        listed.teardown.await;
         let created = persisted?;
-        failed_tools.extend(created.name_conflicts.into_iter().map(|name| FailedTool {
-            reason: format!(
-                "another MCP server of this organization already provides a tool named {name:?}"
-            ),
-            name,
-        }));
+        let mut failed_tools = listed.failed;
+        failed_tools.extend(conflicts(created.name_conflicts));
         Ok(Created {
             server: created.server,
             tools: created.tools,
             failed_tools,
+        })
+    }
+
+    /// Connects and lists every tool, then checks them. The session's
+    /// teardown runs on while the caller persists.
+    async fn connect_and_list(
+        &self,
+        org: &str,
+        server_id: &str,
+        spec: &crate::model::Transport,
+        stats: &mut CallStats,
+    ) -> Result<Listed, Listing> {
+        let started = Instant::now();
+        let session = match self.mcp.connect(org, server_id, spec).await {
+            Ok(session) => session,
+            Err(McpError::Unauthorized {
+                challenge: Some(challenge),
+                ..
+            }) => return Err(Listing::Refused(challenge)),
+            Err(err) => return Err(Listing::Failed(err.into())),
+        };
+        let listed = session.list_tools().await;
+        // The session is done with; its teardown overlaps the persistence.
+        let teardown = Teardown(tokio::spawn(session.close()));
+        stats.mcp = started.elapsed();
+        let listed = match listed {
+            Ok(listed) => listed,
+            Err(err) => {
+                teardown.await;
+                return Err(Listing::Failed(err.into()));
+            }
+        };
+        if listed.len() > self.limits.max_tools_per_server {
+            teardown.await;
+            return Err(Listing::Failed(ManagerError::ResourceExhausted(format!(
+                "the MCP server offers {} tools; at most {} per server are allowed",
+                listed.len(),
+                self.limits.max_tools_per_server
+            ))));
+        }
+        let (tools, failed) = tools::check(listed);
+        Ok(Listed {
+            tools,
+            failed,
+            teardown,
         })
     }
 
@@ -307,6 +340,72 @@ impl Manager {
             next_page_token,
         })
     }
+}
+
+/// Tools listed and checked, with the teardown of the session that listed
+/// them still running.
+struct Listed {
+    tools: Vec<crate::model::NewTool>,
+    failed: Vec<FailedTool>,
+    teardown: Teardown,
+}
+
+/// Why [`Manager::connect_and_list`] listed nothing.
+enum Listing {
+    /// The server refused mcpd with this `WWW-Authenticate` challenge.
+    Refused(String),
+    Failed(ManagerError),
+}
+
+impl From<Listing> for ManagerError {
+    fn from(listing: Listing) -> Self {
+        match listing {
+            Listing::Refused(challenge) => ManagerError::FailedPrecondition(format!(
+                "the MCP server refused mcpd's credentials and asks for authorization ({})",
+                challenge.chars().take(200).collect::<String>()
+            )),
+            Listing::Failed(err) => err,
+        }
+    }
+}
+
+/// A session teardown in flight; awaiting it never fails the caller.
+struct Teardown(tokio::task::JoinHandle<()>);
+
+impl std::future::IntoFuture for Teardown {
+    type Output = ();
+    type IntoFuture = futures::future::BoxFuture<'static, ()>;
+
+    fn into_future(self) -> Self::IntoFuture {
+        Box::pin(async move {
+            if let Err(err) = self.0.await {
+                tracing::debug!(error = %err, "MCP session teardown task failed");
+            }
+        })
+    }
+}
+
+/// A server that refuses mcpd with a challenge gets the authorization code
+/// flow, unless the caller brought credentials of its own (an Authorization
+/// header, or client credentials).
+fn authorization_applies(spec: &crate::model::Transport) -> bool {
+    match spec {
+        crate::model::Transport::StreamableHttp { headers, oauth, .. } => {
+            !headers.contains_key("authorization")
+                && oauth.as_ref().is_none_or(|o| o.client_credentials.is_none())
+        }
+        _ => false,
+    }
+}
+
+/// Tools not stored because another server of the organization has them.
+fn conflicts(names: Vec<String>) -> impl Iterator<Item = FailedTool> {
+    names.into_iter().map(|name| FailedTool {
+        reason: format!(
+            "another MCP server of this organization already provides a tool named {name:?}"
+        ),
+        name,
+    })
 }
 
 fn next_token<T>(rows: &mut Vec<T>, limit: i64, token: impl Fn(&T) -> String) -> String {

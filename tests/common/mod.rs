@@ -18,7 +18,7 @@ use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use mcpd::{
     api::{self, ServeOptions},
     manager::{Limits, Manager},
-    mcp::{McpConnector, McpSettings, outbound::OutboundPolicy},
+    mcp::{McpConnector, McpSettings, OAuthSettings, outbound::OutboundPolicy},
     proto::{
         self, create_mcp_server_request::Transport,
         mcp_server_service_client::McpServerServiceClient,
@@ -204,6 +204,8 @@ pub struct Daemon {
     pub store: Store,
     pub manager: Manager,
     pub addr: std::net::SocketAddr,
+    /// The HTTP listener (OAuth callback).
+    pub http_addr: std::net::SocketAddr,
     stop: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<()>>,
 }
@@ -230,9 +232,22 @@ impl Daemon {
         })
         .await
         .expect("open store");
+        // The OAuth callback's listener, bound first: the redirect URI
+        // names its port.
+        let http = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let http_addr = http.local_addr().unwrap();
+        let oauth = options.mcp.oauth.clone().unwrap_or_else(|| OAuthSettings {
+            redirect_uri: format!("http://{http_addr}/oauth/callback").parse().unwrap(),
+            client_metadata_url: None,
+            client_name: "mcpd".into(),
+        });
         let manager = Manager::new(
             store.clone(),
-            McpConnector::new(options.mcp).expect("mcp connector"),
+            McpConnector::new(McpSettings {
+                oauth: Some(oauth.clone()),
+                ..options.mcp
+            })
+            .expect("mcp connector"),
             options.limits,
         );
         let keys = Keys::create(&manager).await;
@@ -245,6 +260,10 @@ impl Daemon {
             async move {
                 api::serve(
                     listener,
+                    Some(api::HttpEdge {
+                        listener: http,
+                        oauth,
+                    }),
                     manager,
                     ServeOptions {
                         drain_timeout: Duration::from_secs(10),
@@ -263,6 +282,7 @@ impl Daemon {
             store,
             manager,
             addr,
+            http_addr,
             stop: Some(stop),
             task: Some(task),
         }

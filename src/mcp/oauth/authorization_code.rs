@@ -311,37 +311,7 @@ async fn request(
     endpoint: &TokenEndpoint,
     params: &[(&str, &str)],
 ) -> Result<TokenAnswer, TokenError> {
-    let mut form = url::form_urlencoded::Serializer::new(String::new());
-    form.extend_pairs(params.iter().copied());
-    form.append_pair("resource", &endpoint.resource);
-    let mut builder = http::Request::post(&endpoint.url)
-        .header(http::header::CONTENT_TYPE, "application/x-www-form-urlencoded")
-        .header(http::header::ACCEPT, "application/json");
-    match (endpoint.auth_method, endpoint.client_secret.as_deref()) {
-        (TokenAuthMethod::Basic, Some(secret)) => {
-            // RFC 6749 §2.3.1: each part form-encoded before Basic.
-            let encode =
-                |s: &str| url::form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>();
-            let pair = format!("{}:{}", encode(&endpoint.client_id), encode(secret));
-            builder = builder.header(
-                http::header::AUTHORIZATION,
-                format!(
-                    "Basic {}",
-                    base64::engine::general_purpose::STANDARD.encode(pair)
-                ),
-            );
-        }
-        (TokenAuthMethod::Post, Some(secret)) => {
-            form.append_pair("client_id", &endpoint.client_id);
-            form.append_pair("client_secret", secret);
-        }
-        _ => {
-            form.append_pair("client_id", &endpoint.client_id);
-        }
-    }
-    let request = builder
-        .body(form.finish().into_bytes())
-        .map_err(|e| TokenError::Failed(format!("the token endpoint URL is unusable: {e}")))?;
+    let request = token_request(endpoint, params)?;
     let target = url::Url::parse(&endpoint.url)
         .map(|u| describe::target_of(&u))
         .unwrap_or_else(|_| endpoint.url.clone());
@@ -371,6 +341,45 @@ async fn request(
             "{target} answered HTTP {status}"
         ))),
     }
+}
+
+/// The POST of one token request (the form serializer is not `Send`, so it
+/// lives outside the future).
+fn token_request(
+    endpoint: &TokenEndpoint,
+    params: &[(&str, &str)],
+) -> Result<http::Request<Vec<u8>>, TokenError> {
+    let mut form = url::form_urlencoded::Serializer::new(String::new());
+    form.extend_pairs(params.iter().copied());
+    form.append_pair("resource", &endpoint.resource);
+    let mut builder = http::Request::post(&endpoint.url)
+        .header(http::header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+        .header(http::header::ACCEPT, "application/json");
+    match (endpoint.auth_method, endpoint.client_secret.as_deref()) {
+        (TokenAuthMethod::Basic, Some(secret)) => {
+            // RFC 6749 §2.3.1: each part form-encoded before Basic.
+            let encode =
+                |s: &str| url::form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>();
+            let pair = format!("{}:{}", encode(&endpoint.client_id), encode(secret));
+            builder = builder.header(
+                http::header::AUTHORIZATION,
+                format!(
+                    "Basic {}",
+                    base64::engine::general_purpose::STANDARD.encode(pair)
+                ),
+            );
+        }
+        (TokenAuthMethod::Post, Some(secret)) => {
+            form.append_pair("client_id", &endpoint.client_id);
+            form.append_pair("client_secret", secret);
+        }
+        _ => {
+            form.append_pair("client_id", &endpoint.client_id);
+        }
+    }
+    builder
+        .body(form.finish().into_bytes())
+        .map_err(|e| TokenError::Failed(format!("the token endpoint URL is unusable: {e}")))
 }
 
 #[cfg(test)]

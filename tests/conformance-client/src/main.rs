@@ -426,6 +426,7 @@ fn context_oauth(context: &Value) -> anyhow::Result<Option<mcpd::proto::OAuth>> 
             credential: Some(credential),
         }),
         scopes: Vec::new(),
+        ..Default::default()
     }))
 }
 

@@ -410,7 +410,7 @@ impl McpConnector {
         match tokio::time::timeout(self.settings.connect_timeout, begun).await {
             Ok(Ok(start)) => Ok(start),
             Ok(Err(why)) => Err(refused(format!(
-                "{target} requires OAuth authorization and {why}"
+                "{target} refused mcpd without credentials (HTTP 401) and asks for OAuth authorization; {why}"
             ))),
             Err(_) => Err(McpError::Timeout {
                 stage: Stage::Connect,

@@ -47,6 +47,8 @@ fn serve_command(db: &TestDb, rust_log: &str) -> Command {
         .env("RUST_LOG", rust_log)
         .args([
             "serve",
+            "--http-listen",
+            "127.0.0.1:0",
             "--database-url",
             &db.cli_url(),
             "--stdio-allow",
@@ -468,6 +470,8 @@ async fn stdio_children_get_a_clean_environment() {
         .env("AWS_SECRET_ACCESS_KEY", "daemon-secret-e9d1")
         .args([
             "serve",
+            "--http-listen",
+            "127.0.0.1:0",
             "--mcp-list-timeout",
             "30s",
             "--shutdown-timeout",
@@ -697,6 +701,8 @@ async fn sealed_secrets_need_their_key_at_start_up() {
                 .args([
                     "serve",
                     "--listen",
+                    "127.0.0.1:0",
+                    "--http-listen",
                     "127.0.0.1:0",
                     "--database-url",
                     &db_url,

@@ -197,7 +197,6 @@ async fn oauth_settings_are_checked() {
         credential: Some(credential),
     };
     let cases = [
-        (base(OAuth::default()), "client_credentials is required"),
         (
             base(OAuth {
                 client_credentials: Some(ClientCredentials {

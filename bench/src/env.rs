@@ -203,6 +203,7 @@ impl Daemon {
         let child = Command::new(bin)
             .env("RUST_LOG", "warn")
             .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
+            .args(["--http-listen", "127.0.0.1:0"])
             .args([
                 "--database-url",
                 &db.url,

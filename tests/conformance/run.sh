@@ -67,7 +67,12 @@ trap cleanup EXIT
 DB=sqlite://$TMP/mcpd.db
 # Text logs at info whatever the caller's environment says: the address is
 # read from the "mcpd listening" line.
+# The OAuth callback listens on a port of its own; the client ID metadata
+# document URL is the one the suite's authorization servers expect (they
+# never fetch it).
 RUST_LOG=info "$MCPD" --log-format text serve --listen 127.0.0.1:0 --database-url "$DB" \
+  --http-listen 127.0.0.1:0 \
+  --oauth-client-metadata-url https://conformance-test.local/client-metadata.json \
   --secret-key-file "$TMP/k" --outbound-allow 127.0.0.0/8,::1/128 2>"$TMP/mcpd.log" &
 DAEMON=$!
 ADDR=

@@ -159,6 +159,8 @@ def daemon(tmp_path_factory) -> Iterator[Daemon]:
                 "serve",
                 "--listen",
                 address,
+                "--http-listen",
+                "127.0.0.1:0",
                 "--database-url",
                 f"sqlite://{workdir / 'mcpd.db'}",
                 "--secret-key-file",

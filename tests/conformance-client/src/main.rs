@@ -20,7 +20,7 @@ use std::{collections::BTreeMap, future::Future, process::ExitCode, time::Durati
 use anyhow::{Context as _, anyhow, bail};
 use mcpd::proto::{
     CallMcpToolRequest, CallMcpToolResponse, CloseMcpServerRequest, Content,
-    CreateMcpServerRequest, FailedTool, ListMcpServerToolsRequest, McpError, ServerRequest,
+    CreateMcpServerRequest, FailedTool, GetMcpServerRequest, McpServer, McpServerState, ListMcpServerToolsRequest, McpError, ServerRequest,
     ServerRequestAnswer, StreamMcpToolCallRequest, StreamableHttpTransport, Tool, content,
     create_mcp_server_request, mcp_server_service_client::McpServerServiceClient,
     server_request_answer, stream_mcp_tool_call_request, stream_mcp_tool_call_response,
@@ -199,12 +199,12 @@ impl Session {
                 StreamableHttpTransport {
                     url: url.to_owned(),
                     headers: context_headers(context)?,
-                    // Machine-to-machine scenarios; the others (a browser
-                    // flow) wait for the authorization code flow.
+                    // Machine-to-machine scenarios get client credentials;
+                    // a pre-registered client goes with the browser flow.
                     oauth: if scenario.starts_with("auth/client-credentials") {
                         context_oauth(context)?
                     } else {
-                        None
+                        context_client(context)
                     },
                 },
             )),
@@ -214,23 +214,28 @@ impl Session {
             .await
             .map_err(|s| rpc_error("CreateMcpServer", &s))?
             .into_inner();
-        let server = created
+        let mut server = created
             .server
             .context("CreateMcpServer answered without a server")?;
+        let mut failed_tools = created.failed_tools;
+        if server.state() == McpServerState::AuthorizationPending {
+            log(scenario, "waits for authorization");
+            server = authorize(&mut client, scenario, server).await?;
+            failed_tools.clear();
+        }
         log(
             scenario,
             format!(
                 "registered as {} with {} tool(s) stored{}",
                 server.id,
-                created.tools.len(),
-                if created.failed_tools.is_empty() {
+                server.tool_count,
+                if failed_tools.is_empty() {
                     String::new()
                 } else {
                     format!(
                         ", {} refused: {}",
-                        created.failed_tools.len(),
-                        created
-                            .failed_tools
+                        failed_tools.len(),
+                        failed_tools
                             .iter()
                             .map(|f| format!("{} ({})", f.name, f.reason))
                             .collect::<Vec<_>>()
@@ -243,7 +248,7 @@ impl Session {
             client,
             scenario: scenario.to_owned(),
             server_id: server.id,
-            failed_tools: created.failed_tools,
+            failed_tools,
         })
     }
 
@@ -428,6 +433,85 @@ fn context_oauth(context: &Value) -> anyhow::Result<Option<mcpd::proto::OAuth>> 
         scopes: Vec::new(),
         ..Default::default()
     }))
+}
+
+/// A client registered ahead of time (auth/pre-registration): for the
+/// authorization code flow.
+fn context_client(context: &Value) -> Option<mcpd::proto::OAuth> {
+    let text = |key: &str| context.get(key).and_then(Value::as_str).map(str::to_owned);
+    Some(mcpd::proto::OAuth {
+        client_id: text("client_id")?,
+        client_secret: text("client_secret").unwrap_or_default(),
+        ..Default::default()
+    })
+}
+
+/// Most authorization URLs one run follows (a step-up asks again).
+const MAX_AUTHORIZATIONS: usize = 4;
+/// How long mcpd gets to finish an authorization after the browser is back.
+const AUTHORIZATION_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// What a person does with a server waiting for authorization: open its
+/// authorization URL in a browser. The suite's authorization servers
+/// approve at once and redirect to mcpd's callback, so following every
+/// redirect with a plain HTTP client lands there; then GetMcpServer shows
+/// how it ended. Returns the server once READY.
+async fn authorize(
+    client: &mut Client,
+    scenario: &str,
+    mut server: McpServer,
+) -> anyhow::Result<McpServer> {
+    let browser = reqwest::Client::builder()
+        .timeout(AUTHORIZATION_TIMEOUT)
+        .build()
+        .context("an HTTP client")?;
+    for _ in 0..MAX_AUTHORIZATIONS {
+        match server.state() {
+            McpServerState::Ready => return Ok(server),
+            McpServerState::Error => bail!(
+                "mcpd could not authorize the server: {}",
+                server.state_reason
+            ),
+            _ => {}
+        }
+        let url = server.authorization_url.clone();
+        if url.is_empty() {
+            bail!("the server waits for authorization but mcpd gave no authorization URL");
+        }
+        log(scenario, "opening the authorization URL");
+        match browser.get(&url).send().await {
+            Ok(page) => log(
+                scenario,
+                format!("the browser landed on {} (HTTP {})", page.url(), page.status()),
+            ),
+            Err(err) => log(scenario, format!("the browser failed: {err}")),
+        }
+        let deadline = tokio::time::Instant::now() + AUTHORIZATION_TIMEOUT;
+        loop {
+            server = client
+                .get_mcp_server(with_timeout(
+                    GetMcpServerRequest {
+                        server_id: server.id.clone(),
+                    },
+                    CALL_TIMEOUT,
+                ))
+                .await
+                .map_err(|s| rpc_error("GetMcpServer", &s))?
+                .into_inner()
+                .server
+                .context("GetMcpServer answered without a server")?;
+            let moved = server.state() != McpServerState::AuthorizationPending
+                || server.authorization_url != url;
+            if moved {
+                break;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                bail!("the server still waits for authorization {AUTHORIZATION_TIMEOUT:?} after the browser came back");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    bail!("mcpd asked for authorization more than {MAX_AUTHORIZATIONS} times")
 }
 
 /// Request headers a scenario asks the client to send, from the context's

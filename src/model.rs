@@ -129,6 +129,10 @@ pub struct OAuthGrant {
     pub access_token: String,
     pub refresh_token: Option<String>,
     pub expires_at: Option<SystemTime>,
+    /// Authorizations for more scope since the first (each asks for more
+    /// than the last: bounded).
+    #[serde(default)]
+    pub step_ups: u32,
 }
 
 /// What finishing an authorization needs once the browser is back: sealed
@@ -141,6 +145,12 @@ pub struct AuthorizationFlow {
     pub pkce_verifier: String,
     /// The authorization server promises an `iss` on its redirect (RFC 9207).
     pub require_issuer: bool,
+    /// The server's tools are stored already (a step-up): finishing renews
+    /// the grant only.
+    #[serde(default)]
+    pub reauthorize: bool,
+    #[serde(default)]
+    pub step_ups: u32,
 }
 
 /// An authorization URL to show a person, and what its callback needs.

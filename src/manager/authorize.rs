@@ -10,14 +10,18 @@ use std::{
     time::{Duration, SystemTime},
 };
 
-use super::{CallStats, Created, FailedTool, Manager, ManagerError};
+use super::{CallStats, Created, FailedTool, Listing, Manager, ManagerError};
 use crate::{
-    mcp::{McpError, TokenError},
-    model::{AuthorizationFlow, NewServer, OAuthGrant, Server, ServerState, Transport},
+    mcp::{McpError, TokenError, insufficient_scope},
+    model::{
+        AuthorizationFlow, NewServer, OAuthGrant, RegisteredClient, Server, ServerState, Transport,
+    },
 };
 
 /// A grant this close to its expiry is renewed before a call uses it.
 const RENEW_MARGIN: Duration = Duration::from_secs(30);
+/// Most authorizations for more scope after the first.
+const MAX_STEP_UPS: u32 = 2;
 
 /// What the authorization server sent the browser back with (the query of
 /// `GET /oauth/callback`).
@@ -39,7 +43,8 @@ pub enum Authorized {
         server: Server,
         failed_tools: Vec<FailedTool>,
     },
-    /// The authorization failed; the server is in state ERROR for this reason.
+    /// The server is not ready, for this reason: in state ERROR, or
+    /// waiting for a person to grant more scope.
     Failed { server_name: String, reason: String },
 }
 
@@ -164,9 +169,30 @@ impl Manager {
             )));
         }
         set_grant(&mut transport, grant);
+        if flow.reauthorize {
+            let server = self.store.reauthorized(org, server_id, &transport).await?;
+            tracing::info!(server = %server_id, "MCP server authorized again");
+            return Ok(Authorized::Ready {
+                server,
+                failed_tools: Vec::new(),
+            });
+        }
         let mut stats = CallStats::default();
         let listed = match self.connect_and_list(org, server_id, &transport, &mut stats).await {
             Ok(listed) => listed,
+            // Authorized, and yet not allowed to list: more scope, once.
+            Err(Listing::Refused(challenge)) => {
+                return match self
+                    .step_up(org, server_id, &transport, &challenge, true)
+                    .await
+                {
+                    ManagerError::FailedPrecondition(reason) => Ok(Authorized::Failed {
+                        server_name: server.name.clone(),
+                        reason,
+                    }),
+                    other => Err(other),
+                };
+            }
             Err(err) => return fail(ManagerError::from(err).to_string()).await,
         };
         let persisted = self
@@ -244,6 +270,113 @@ impl Manager {
         }
     }
 
+    /// The server refused the grant's token for lack of scope (`challenge`
+    /// says which): a person must authorize mcpd for more. Each step-up
+    /// asks for everything granted so far and the scope challenged (SEP-2350),
+    /// so a server that refuses a scope it was granted, or keeps asking, ends
+    /// in ERROR instead of sending people round in circles. `relist`: the
+    /// server's tools are not stored yet. Answers what the caller is told.
+    pub(super) async fn step_up(
+        &self,
+        org: &str,
+        server_id: &str,
+        transport: &Transport,
+        challenge: &str,
+        relist: bool,
+    ) -> ManagerError {
+        match self
+            .try_step_up(org, server_id, transport, challenge, relist)
+            .await
+        {
+            Ok(reason) | Err(ManagerError::FailedPrecondition(reason)) => {
+                ManagerError::FailedPrecondition(reason)
+            }
+            Err(other) => other,
+        }
+    }
+
+    async fn try_step_up(
+        &self,
+        org: &str,
+        server_id: &str,
+        transport: &Transport,
+        challenge: &str,
+        relist: bool,
+    ) -> Result<String, ManagerError> {
+        let Some(grant) = grant_of(transport) else {
+            return Err(ManagerError::FailedPrecondition(
+                "the MCP server refused mcpd's credentials for lack of scope".into(),
+            ));
+        };
+        // A token refused outright (not for scope) right after it was
+        // granted, with no refresh token: the server may have moved to
+        // another authorization server (SEP-2352). Start over from its
+        // challenge, without the client registered at the old one.
+        let wanted = insufficient_scope(challenge);
+        let new: Vec<&String> = wanted
+            .iter()
+            .flatten()
+            .filter(|s| !grant.scopes.contains(s))
+            .collect();
+        let refusal = match &wanted {
+            Some(wanted) if new.is_empty() => Some(format!(
+                "the MCP server refuses mcpd for lack of scope {:?} although it was granted {:?}",
+                wanted.join(" "),
+                grant.scopes.join(" ")
+            )),
+            _ if grant.step_ups >= MAX_STEP_UPS => Some(format!(
+                "the MCP server asked mcpd to authorize again {} times; the last time: {}",
+                grant.step_ups + 1,
+                challenge.chars().take(200).collect::<String>()
+            )),
+            _ => None,
+        };
+        if let Some(reason) = refusal {
+            tracing::info!(server = %server_id, %reason, "MCP server authorization failed");
+            self.store.fail_server(org, server_id, &reason).await?;
+            return Err(ManagerError::FailedPrecondition(reason));
+        }
+        // For more scope, the client mcpd is already known as goes on asking.
+        let mut asking = transport.clone();
+        if let Transport::StreamableHttp {
+            oauth: Some(oauth), ..
+        } = &mut asking
+        {
+            oauth.grant = None;
+            if wanted.is_some() && oauth.client.is_none() {
+                oauth.client = Some(RegisteredClient {
+                    client_id: grant.endpoint.client_id.clone(),
+                    client_secret: grant.endpoint.client_secret.clone(),
+                });
+            }
+        }
+        let mut start = self
+            .mcp
+            .begin_authorization(&asking, challenge, &grant.scopes)
+            .await?;
+        start.flow.reauthorize = !relist;
+        start.flow.step_ups = grant.step_ups + 1;
+        self.store
+            .reopen_authorization(
+                org,
+                server_id,
+                &start.url,
+                &start.state,
+                &encode_flow(&start.flow)?,
+                self.limits.authorization_ttl,
+            )
+            .await?;
+        tracing::info!(server = %server_id, scope = %start.flow.scopes.join(" "), "MCP server waits for more authorization");
+        Ok(if wanted.is_some() {
+            format!(
+                "the MCP server needs more permission (scope {:?}): a person must open the server's authorization_url (GetMcpServer) and grant it, then call again",
+                new.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(" ")
+            )
+        } else {
+            "the MCP server no longer accepts mcpd's authorization: a person must open the server's authorization_url (GetMcpServer) and authorize mcpd again, then call again".to_owned()
+        })
+    }
+
     /// Whether another replica rotated the refresh token in the meantime
     /// (then ours was refused because it was spent, not revoked).
     async fn renewed_elsewhere(&self, org: &str, server_id: &str, used: &OAuthGrant) -> bool {
@@ -256,12 +389,26 @@ impl Manager {
     }
 }
 
-/// Whether a failed call may go through with a renewed grant: the server
-/// refused the grant's token.
-pub(super) fn refused_grant<'t>(transport: &'t Transport, err: &McpError) -> Option<&'t str> {
-    match err {
-        McpError::Unauthorized { .. } => grant_of(transport).map(|g| g.access_token.as_str()),
-        _ => None,
+/// What a failed call on a server with a grant calls for.
+pub(super) enum Refusal<'t> {
+    /// The token was refused (expired or revoked): renew this one.
+    Renew(&'t str),
+    /// A person must authorize again (more scope, or the token is refused
+    /// and cannot be renewed): this challenge says why.
+    Reauthorize(&'t str),
+}
+
+pub(super) fn refusal<'t>(transport: &'t Transport, err: &'t McpError) -> Option<Refusal<'t>> {
+    let McpError::Unauthorized { challenge, .. } = err else {
+        return None;
+    };
+    let grant = grant_of(transport)?;
+    match challenge.as_deref() {
+        Some(challenge) if insufficient_scope(challenge).is_some() => {
+            Some(Refusal::Reauthorize(challenge))
+        }
+        Some(challenge) if grant.refresh_token.is_none() => Some(Refusal::Reauthorize(challenge)),
+        _ => Some(Refusal::Renew(&grant.access_token)),
     }
 }
 

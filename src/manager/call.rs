@@ -150,14 +150,22 @@ impl Manager {
             let remaining = deadline.map(|d| d.saturating_sub(started.elapsed()));
             let result = mcp_call(arguments, target, remaining).await;
             stats.mcp = mcp_started.elapsed();
-            if let Err(err) = &result
-                && let Some(stale) = authorize::refused_grant(&transport, err)
-            {
-                self.renew_grant(org, &call.server_id, stale).await?;
-                renewed = true;
-                return Err(ManagerError::Unavailable(format!(
-                    "the MCP server refused mcpd's access token; mcpd renewed it: retry the call ({err})"
-                )));
+            if let Err(err) = &result {
+                match authorize::refusal(&transport, err) {
+                    Some(authorize::Refusal::Renew(stale)) => {
+                        self.renew_grant(org, &call.server_id, stale).await?;
+                        renewed = true;
+                        return Err(ManagerError::Unavailable(format!(
+                            "the MCP server refused mcpd's access token; mcpd renewed it: retry the call ({err})"
+                        )));
+                    }
+                    Some(authorize::Refusal::Reauthorize(challenge)) => {
+                        return Err(self
+                            .step_up(org, &call.server_id, &transport, challenge, false)
+                            .await);
+                    }
+                    None => {}
+                }
             }
             Ok(result?)
         })

@@ -240,6 +240,14 @@ impl Manager {
         stats.mcp = started.elapsed();
         let listed = match listed {
             Ok(listed) => listed,
+            // Some servers let a session start and refuse the listing.
+            Err(McpError::Unauthorized {
+                challenge: Some(challenge),
+                ..
+            }) => {
+                teardown.await;
+                return Err(Listing::Refused(challenge));
+            }
             Err(err) => {
                 teardown.await;
                 return Err(Listing::Failed(err.into()));
@@ -351,7 +359,7 @@ struct Listed {
 }
 
 /// Why [`Manager::connect_and_list`] listed nothing.
-enum Listing {
+pub(super) enum Listing {
     /// The server refused mcpd with this `WWW-Authenticate` challenge.
     Refused(String),
     Failed(ManagerError),

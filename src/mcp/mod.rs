@@ -21,7 +21,7 @@ use std::time::Duration;
 
 pub use connector::McpConnector;
 pub use error::{McpError, Stage};
-pub use oauth::{OAuthSettings, TokenError};
+pub use oauth::{OAuthSettings, TokenError, insufficient_scope};
 pub use pool::{PoolLimits, PoolStats};
 pub use session::Session;
 

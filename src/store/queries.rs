@@ -139,6 +139,93 @@ impl Store {
         self.persist(write, new_tools).await
     }
 
+    /// Puts a stored server back to waiting for authorization (it needs
+    /// more scope) with a new URL and the authorization its callback will
+    /// take back, in one transaction.
+    pub async fn reopen_authorization(
+        &self,
+        org: &str,
+        server_id: &str,
+        authorization_url: &str,
+        state: &str,
+        flow: &[u8],
+        ttl: std::time::Duration,
+    ) -> Result<(), StoreError> {
+        let sealed_url = self
+            .sealer()?
+            .seal(authorization_url.as_bytes(), server_id.as_bytes());
+        let authorization = self.authorization_row(org, server_id, state, flow, ttl)?;
+        let authorization = &authorization;
+        let sealed_url = &sealed_url;
+        with_conn!(self, Access::Write, |conn| {
+            conn.transaction::<_, StoreError, _>(async |conn| {
+                let updated = diesel::update(
+                    mcp_servers::table
+                        .filter(mcp_servers::organization_id.eq(org))
+                        .filter(mcp_servers::id.eq(server_id)),
+                )
+                .set((
+                    mcp_servers::state.eq(state_column(ServerState::AuthorizationPending)),
+                    mcp_servers::state_reason.eq(""),
+                    mcp_servers::authorization_url.eq(sealed_url),
+                ))
+                .execute(conn)
+                .await?;
+                if updated == 0 {
+                    return Err(StoreError::ServerNotFound(server_id.to_owned()));
+                }
+                // One authorization in flight per server: the newest.
+                diesel::delete(
+                    oauth_authorizations::table
+                        .filter(oauth_authorizations::server_id.eq(server_id)),
+                )
+                .execute(conn)
+                .await?;
+                diesel::insert_into(oauth_authorizations::table)
+                    .values(authorization)
+                    .execute(conn)
+                    .await?;
+                Ok(())
+            })
+            .await
+        })
+    }
+
+    /// A server whose tools are stored is authorized again: its transport
+    /// (with the new grant) replaces the stored one and it is ready.
+    pub async fn reauthorized(
+        &self,
+        org: &str,
+        server_id: &str,
+        transport: &Transport,
+    ) -> Result<Server, StoreError> {
+        let sealed = self.seal_transport(server_id, transport)?;
+        let names = secret_names_column(transport);
+        let row: Option<ServerRow> = with_conn!(self, Access::Write, |conn| {
+            Ok(diesel::update(
+                mcp_servers::table
+                    .filter(mcp_servers::organization_id.eq(org))
+                    .filter(mcp_servers::id.eq(server_id))
+                    .filter(
+                        mcp_servers::state.eq(state_column(ServerState::AuthorizationPending)),
+                    ),
+            )
+            .set((
+                mcp_servers::transport_config.eq(&sealed),
+                mcp_servers::secret_names.eq(&names),
+                mcp_servers::state.eq(state_column(ServerState::Ready)),
+                mcp_servers::state_reason.eq(""),
+                mcp_servers::authorization_url.eq(None::<String>),
+            ))
+            .returning(ServerRow::as_returning())
+            .get_result(conn)
+            .await
+            .optional()?)
+        })?;
+        let row = row.ok_or_else(|| StoreError::ServerNotFound(server_id.to_owned()))?;
+        Ok(row.into_server(None))
+    }
+
     /// Replaces a server's transport (renewed OAuth tokens), sealed.
     pub async fn update_transport(
         &self,

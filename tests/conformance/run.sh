@@ -89,6 +89,9 @@ if [[ -z $ADDR ]]; then
 fi
 KEY=$("$MCPD" keys create --org conformance --database-url "$DB" 2>/dev/null)
 export MCPD_ADDRESS=http://$ADDR MCPD_API_KEY=$KEY
+# Each scenario acts as an organization of its own (the client makes its
+# key): scenarios run at once and several offer a tool named test-tool.
+export MCPD_KEYS_COMMAND=$MCPD MCPD_DATABASE_URL=$DB
 echo "== mcpd listening on $ADDR (pid $DAEMON)"
 
 rm -rf "$RESULTS"

@@ -152,6 +152,8 @@ pub(super) async fn begin(
             redirect_uri,
             pkce_verifier: state.pkce_verifier.clone(),
             require_issuer: state.require_issuer,
+            reauthorize: false,
+            step_ups: 0,
         },
     })
 }
@@ -246,6 +248,7 @@ pub(super) async fn exchange(
         expires_at: answer.expires_at(),
         access_token: answer.access_token,
         refresh_token: answer.refresh_token,
+        step_ups: flow.step_ups,
     })
 }
 
@@ -276,6 +279,7 @@ pub(super) async fn refresh(
         expires_at: answer.expires_at(),
         access_token: answer.access_token,
         refresh_token: answer.refresh_token.or_else(|| grant.refresh_token.clone()),
+        step_ups: grant.step_ups,
     })
 }
 

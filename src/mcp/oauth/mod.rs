@@ -25,6 +25,23 @@ use crate::model::OAuth;
 pub use authorization_code::TokenError;
 pub(crate) use http::PolicedHttp;
 
+/// The scopes a `WWW-Authenticate` challenge says are missing, when it is
+/// an `insufficient_scope` refusal (RFC 6750 §3.1).
+pub fn insufficient_scope(challenge: &str) -> Option<Vec<String>> {
+    // The base URL only resolves a relative resource_metadata; unused here.
+    let base = url::Url::parse("http://mcp.invalid/").ok()?;
+    let params = WWWAuthenticateParams::parse(challenge, &base);
+    params.is_insufficient_scope().then(|| {
+        params
+            .scope
+            .as_deref()
+            .unwrap_or_default()
+            .split_whitespace()
+            .map(str::to_owned)
+            .collect()
+    })
+}
+
 /// Where the authorization code flow sends browsers back to, and how mcpd
 /// introduces itself to authorization servers.
 #[derive(Debug, Clone)]

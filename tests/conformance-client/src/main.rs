@@ -5,7 +5,8 @@
 //! URL as its last argument, the scenario's name in `MCP_CONFORMANCE_SCENARIO`
 //! and, for some scenarios, data in `MCP_CONFORMANCE_CONTEXT` (JSON). This
 //! binary speaks no MCP itself: it registers the URL with a running mcpd
-//! (`MCPD_ADDRESS`, `MCPD_API_KEY`) through `CreateMcpServer`, does what the
+//! (`MCPD_ADDRESS`, and `MCPD_API_KEY` or an organization of its own, see
+//! [`api_key`]) through `CreateMcpServer`, does what the
 //! suite's reference client (`examples/clients/typescript/everything-client.ts`)
 //! does for the scenario through `CallMcpTool` or `StreamMcpToolCall`,
 //! answering the server's requests on the stream as the reference client
@@ -91,7 +92,7 @@ async fn run() -> anyhow::Result<()> {
 
     let address = std::env::var("MCPD_ADDRESS")
         .context("MCPD_ADDRESS is not set (e.g. http://127.0.0.1:50051)")?;
-    let api_key = std::env::var("MCPD_API_KEY").context("MCPD_API_KEY is not set")?;
+    let api_key = api_key(&scenario)?;
     let client = connect(&address, &api_key).await?;
 
     log(
@@ -110,6 +111,33 @@ async fn run() -> anyhow::Result<()> {
         (Ok(()), Err(err)) => Err(err),
         (Err(err), Err(close)) => Err(err.context(format!("and then: {close:#}"))),
     }
+}
+
+/// The API key to act with: `MCPD_API_KEY`, or, when `MCPD_KEYS_COMMAND`
+/// names mcpd's binary (with `MCPD_DATABASE_URL`), a key of an organization
+/// of this run's own. The suite runs scenarios at once, and several register
+/// servers with the same tool names; separate organizations keep them apart,
+/// as separate tenants would be.
+fn api_key(scenario: &str) -> anyhow::Result<String> {
+    let (Ok(mcpd), Ok(database)) = (
+        std::env::var("MCPD_KEYS_COMMAND"),
+        std::env::var("MCPD_DATABASE_URL"),
+    ) else {
+        return std::env::var("MCPD_API_KEY").context("MCPD_API_KEY is not set");
+    };
+    let org = server_name(scenario);
+    let output = std::process::Command::new(&mcpd)
+        .args(["keys", "create", "--org", &org, "--database-url", &database])
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .with_context(|| format!("running {mcpd} keys create"))?;
+    if !output.status.success() {
+        bail!("{mcpd} keys create --org {org} failed ({})", output.status);
+    }
+    Ok(String::from_utf8(output.stdout)
+        .context("the key is not text")?
+        .trim()
+        .to_owned())
 }
 
 fn log(scenario: &str, message: impl std::fmt::Display) {
@@ -254,6 +282,31 @@ impl Session {
 
     fn log(&self, message: impl std::fmt::Display) {
         log(&self.scenario, message);
+    }
+
+    async fn server(&mut self) -> anyhow::Result<McpServer> {
+        self.client
+            .get_mcp_server(with_timeout(
+                GetMcpServerRequest {
+                    server_id: self.server_id.clone(),
+                },
+                CALL_TIMEOUT,
+            ))
+            .await
+            .map_err(|s| rpc_error("GetMcpServer", &s))?
+            .into_inner()
+            .server
+            .context("GetMcpServer answered without a server")
+    }
+
+    async fn waits_for_authorization(&mut self) -> anyhow::Result<bool> {
+        Ok(self.server().await?.state() == McpServerState::AuthorizationPending)
+    }
+
+    async fn authorize_again(&mut self) -> anyhow::Result<()> {
+        let server = self.server().await?;
+        authorize(&mut self.client, &self.scenario, server).await?;
+        Ok(())
     }
 
     /// Every stored tool of the server, read back from mcpd's registry
@@ -880,8 +933,17 @@ impl Plan {
             Plan::InvalidToolHeaders => invalid_tool_headers(s).await,
             Plan::Auth => {
                 s.tools().await?;
-                s.call("test-tool", "{}".to_owned()).await?;
-                Ok(())
+                match s.call("test-tool", "{}".to_owned()).await {
+                    Ok(_) => Ok(()),
+                    // The server wants more scope: mcpd waits for a person
+                    // to grant it, then the call goes again.
+                    Err(err) if s.waits_for_authorization().await? => {
+                        s.log(format!("{err:#}"));
+                        s.authorize_again().await?;
+                        s.call("test-tool", "{}".to_owned()).await.map(|_| ())
+                    }
+                    Err(err) => Err(err),
+                }
             }
         }
     }

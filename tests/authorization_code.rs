@@ -291,7 +291,10 @@ async fn refused_forged_and_stale_callbacks_change_nothing(backend: Backend) {
     ] {
         let (status, page) = open_in_browser(&format!("{callback}{query}")).await;
         assert_eq!(status, reqwest::StatusCode::BAD_REQUEST, "{query}: {page}");
-        assert!(!page.contains("<script>") && !page.contains("<b>"), "{page}");
+        assert!(
+            !page.contains("<script>") && !page.contains("<b>"),
+            "{page}"
+        );
     }
 
     // The authorization server says no: the server is in ERROR with its words.
@@ -337,7 +340,10 @@ async fn refused_forged_and_stale_callbacks_change_nothing(backend: Backend) {
     assert_eq!(status, reqwest::StatusCode::BAD_REQUEST, "{page}");
     let failed = acme.get(&id).await.unwrap();
     assert_eq!(failed.state(), McpServerState::Error);
-    assert!(failed.state_reason.contains("evil.example.com"), "{failed:?}");
+    assert!(
+        failed.state_reason.contains("evil.example.com"),
+        "{failed:?}"
+    );
     // The genuine return comes too late: its state went with the first.
     let (status, _) = open_in_browser(&back).await;
     assert_eq!(status, reqwest::StatusCode::BAD_REQUEST);

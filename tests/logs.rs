@@ -34,7 +34,13 @@ async fn session(format: &str) -> (ExitStatus, String, u16) {
     let key = create_key(&db).await;
     let mut command = Command::new(MCPD);
     command
-        .args(["serve", "--listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0"])
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--http-listen",
+            "127.0.0.1:0",
+        ])
         .args(["--stdio-allow", "sh"])
         .args(["--outbound-allow", "127.0.0.0/8", "--log-format", format])
         .arg("--database-url")

@@ -3,8 +3,8 @@
 use crate::{
     manager::{
         CallEvent, CallTool, ClientAnswer, ClientCredentialsRequest, ClientSecret, Content,
-        ContentKind, FailedTool, OAuthRequest, ResourceContents, Server, ServerState, Tool, ToolCallResult,
-        TransportKind, TransportRequest,
+        ContentKind, FailedTool, OAuthRequest, ResourceContents, Server, ServerState, Tool,
+        ToolCallResult, TransportKind, TransportRequest,
     },
     proto,
 };

@@ -116,9 +116,11 @@ async fn callback(
             "Unknown authorization",
             &err.to_string(),
         ),
-        Err(err @ (ManagerError::Unavailable(_) | ManagerError::ResourceExhausted(_))) => {
-            page(StatusCode::SERVICE_UNAVAILABLE, "Try again", &err.to_string())
-        }
+        Err(err @ (ManagerError::Unavailable(_) | ManagerError::ResourceExhausted(_))) => page(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "Try again",
+            &err.to_string(),
+        ),
         Err(err) => {
             tracing::warn!(error = %err, "OAuth callback failed");
             page(

@@ -51,7 +51,10 @@ pub enum Authorized {
 /// Per-server locks that keep one process from renewing a grant twice at
 /// once (a rotated refresh token works only once).
 #[derive(Default)]
-pub(super) struct Renewals(Mutex<HashMap<(String, String), Arc<tokio::sync::Mutex<()>>>>);
+pub(super) struct Renewals(Mutex<HashMap<ServerKey, Arc<tokio::sync::Mutex<()>>>>);
+
+/// (organization, server id).
+type ServerKey = (String, String);
 
 impl Manager {
     /// The server answered 401 with `challenge` during its registration:
@@ -178,7 +181,10 @@ impl Manager {
             });
         }
         let mut stats = CallStats::default();
-        let listed = match self.connect_and_list(org, server_id, &transport, &mut stats).await {
+        let listed = match self
+            .connect_and_list(org, server_id, &transport, &mut stats)
+            .await
+        {
             Ok(listed) => listed,
             // Authorized, and yet not allowed to list: more scope, once.
             Err(Listing::Refused(challenge)) => {
@@ -254,7 +260,9 @@ impl Manager {
                 tracing::debug!(server = %server_id, "OAuth access token renewed");
                 Ok(transport)
             }
-            Err(TokenError::Refused { .. }) if self.renewed_elsewhere(org, server_id, &grant).await => {
+            Err(TokenError::Refused { .. })
+                if self.renewed_elsewhere(org, server_id, &grant).await =>
+            {
                 Ok(self.store.server_transport(org, server_id).await?.0)
             }
             Err(err @ TokenError::Refused { .. }) => {

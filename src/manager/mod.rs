@@ -400,7 +400,9 @@ fn authorization_applies(spec: &crate::model::Transport) -> bool {
     match spec {
         crate::model::Transport::StreamableHttp { headers, oauth, .. } => {
             !headers.contains_key("authorization")
-                && oauth.as_ref().is_none_or(|o| o.client_credentials.is_none())
+                && oauth
+                    .as_ref()
+                    .is_none_or(|o| o.client_credentials.is_none())
         }
         _ => false,
     }

@@ -223,7 +223,10 @@ fn oauth_settings(request: OAuthRequest) -> Result<OAuth, ManagerError> {
         .client_credentials
         .map(client_credentials)
         .transpose()?;
-    let client = match (request.client_id.is_empty(), request.client_secret.is_empty()) {
+    let client = match (
+        request.client_id.is_empty(),
+        request.client_secret.is_empty(),
+    ) {
         (true, true) => None,
         (true, false) => {
             return Err(invalid(format!(

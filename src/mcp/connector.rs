@@ -425,7 +425,8 @@ impl McpConnector {
         flow: &AuthorizationFlow,
         code: &str,
     ) -> Result<OAuthGrant, TokenError> {
-        self.timed_token_request(self.oauth.exchange(flow, code)).await
+        self.timed_token_request(self.oauth.exchange(flow, code))
+            .await
     }
 
     /// Renews a grant with its refresh token.

@@ -10,7 +10,9 @@ use super::{
     Access, Sealer, Store, StoreError,
     batch::{InsertMappings, InsertToolsReturningStored},
     error::is_unique_violation,
-    models::{MappingRow, ServerRow, ToolRow, server_state, state_column, to_ms, transport_kind_column},
+    models::{
+        MappingRow, ServerRow, ToolRow, server_state, state_column, to_ms, transport_kind_column,
+    },
     schema::{mcp_servers, oauth_authorizations, server_tools, tools},
     with_conn,
 };
@@ -102,7 +104,8 @@ impl Store {
             .sealer()?
             .seal(authorization_url.as_bytes(), server.id.as_bytes());
         let row = self.server_row(server, ServerState::AuthorizationPending, Some(sealed_url))?;
-        let authorization = self.authorization_row(&row.organization_id, &row.id, state, flow, ttl)?;
+        let authorization =
+            self.authorization_row(&row.organization_id, &row.id, state, flow, ttl)?;
         let row = &row;
         let authorization = &authorization;
         with_conn!(self, Access::Write, |conn| {
@@ -206,9 +209,7 @@ impl Store {
                 mcp_servers::table
                     .filter(mcp_servers::organization_id.eq(org))
                     .filter(mcp_servers::id.eq(server_id))
-                    .filter(
-                        mcp_servers::state.eq(state_column(ServerState::AuthorizationPending)),
-                    ),
+                    .filter(mcp_servers::state.eq(state_column(ServerState::AuthorizationPending))),
             )
             .set((
                 mcp_servers::transport_config.eq(&sealed),
@@ -303,8 +304,12 @@ impl Store {
                 .await
                 .optional()?)
         })?;
-        let (sealed, state) = found.ok_or_else(|| StoreError::ServerNotFound(server_id.to_owned()))?;
-        Ok((self.unseal_transport(server_id, &sealed)?, server_state(&state)))
+        let (sealed, state) =
+            found.ok_or_else(|| StoreError::ServerNotFound(server_id.to_owned()))?;
+        Ok((
+            self.unseal_transport(server_id, &sealed)?,
+            server_state(&state),
+        ))
     }
 
     fn server_row(
@@ -345,7 +350,11 @@ impl Store {
     ) -> Result<CreatedServer, StoreError> {
         let (server_id, org) = match &write {
             ServerWrite::Insert(row) => (row.id.clone(), row.organization_id.clone()),
-            ServerWrite::Authorized { id, organization_id, .. } => (id.clone(), organization_id.clone()),
+            ServerWrite::Authorized {
+                id,
+                organization_id,
+                ..
+            } => (id.clone(), organization_id.clone()),
         };
         let now = to_ms(std::time::SystemTime::now());
         let mut new_tools: Vec<ToolRow> = new_tools
@@ -374,7 +383,10 @@ impl Store {
                             mcp_servers::table
                                 .filter(mcp_servers::organization_id.eq(organization_id))
                                 .filter(mcp_servers::id.eq(id))
-                                .filter(mcp_servers::state.eq(state_column(ServerState::AuthorizationPending))),
+                                .filter(
+                                    mcp_servers::state
+                                        .eq(state_column(ServerState::AuthorizationPending)),
+                                ),
                         )
                         .set((
                             mcp_servers::transport_config.eq(transport_config),
@@ -502,9 +514,15 @@ impl Store {
     fn server_of(&self, row: ServerRow) -> Result<Server, StoreError> {
         let url = match &row.authorization_url {
             Some(sealed) => {
-                let plain = self.sealer()?.open(sealed, row.id.as_bytes()).map_err(|e| {
-                    StoreError::Sealing(format!("opening the authorization URL of {}: {e}", row.id))
-                })?;
+                let plain = self
+                    .sealer()?
+                    .open(sealed, row.id.as_bytes())
+                    .map_err(|e| {
+                        StoreError::Sealing(format!(
+                            "opening the authorization URL of {}: {e}",
+                            row.id
+                        ))
+                    })?;
                 Some(String::from_utf8_lossy(&plain).into_owned())
             }
             None => None,
@@ -558,11 +576,10 @@ impl Store {
             }
             Ok(found)
         })?;
-        let (sealed, state, input_schema_json) =
-            found.ok_or_else(|| StoreError::ToolNotFound {
-                server_id: server_id.to_owned(),
-                tool: tool.to_owned(),
-            })?;
+        let (sealed, state, input_schema_json) = found.ok_or_else(|| StoreError::ToolNotFound {
+            server_id: server_id.to_owned(),
+            tool: tool.to_owned(),
+        })?;
         if server_state(&state) != ServerState::Ready {
             // Its reason is read again only on this rare path.
             let reason = self.get_server(org, server_id).await?.state_reason;

@@ -64,4 +64,9 @@ diesel::table! {
 diesel::joinable!(server_tools -> mcp_servers (server_id));
 diesel::joinable!(server_tools -> tools (tool_id));
 diesel::joinable!(oauth_authorizations -> mcp_servers (server_id));
-diesel::allow_tables_to_appear_in_same_query!(mcp_servers, tools, server_tools, oauth_authorizations);
+diesel::allow_tables_to_appear_in_same_query!(
+    mcp_servers,
+    tools,
+    server_tools,
+    oauth_authorizations
+);

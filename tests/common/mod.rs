@@ -237,7 +237,9 @@ impl Daemon {
         let http = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let http_addr = http.local_addr().unwrap();
         let oauth = options.mcp.oauth.clone().unwrap_or_else(|| OAuthSettings {
-            redirect_uri: format!("http://{http_addr}/oauth/callback").parse().unwrap(),
+            redirect_uri: format!("http://{http_addr}/oauth/callback")
+                .parse()
+                .unwrap(),
             client_metadata_url: None,
             client_name: "mcpd".into(),
         });

@@ -319,10 +319,9 @@ async fn request(
     let target = url::Url::parse(&endpoint.url)
         .map(|u| describe::target_of(&u))
         .unwrap_or_else(|_| endpoint.url.clone());
-    let response = http
-        .send(request, false, None)
-        .await
-        .map_err(|e| TokenError::Failed(format!("{target}: {}", describe::quoted(&e.to_string()))))?;
+    let response = http.send(request, false, None).await.map_err(|e| {
+        TokenError::Failed(format!("{target}: {}", describe::quoted(&e.to_string())))
+    })?;
     let status = response.status();
     if status.is_success() {
         let answer: TokenAnswer = serde_json::from_slice(response.body()).map_err(|e| {
@@ -357,7 +356,10 @@ fn token_request(
     form.extend_pairs(params.iter().copied());
     form.append_pair("resource", &endpoint.resource);
     let mut builder = http::Request::post(&endpoint.url)
-        .header(http::header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+        .header(
+            http::header::CONTENT_TYPE,
+            "application/x-www-form-urlencoded",
+        )
         .header(http::header::ACCEPT, "application/json");
     match (endpoint.auth_method, endpoint.client_secret.as_deref()) {
         (TokenAuthMethod::Basic, Some(secret)) => {
@@ -400,9 +402,15 @@ mod tests {
             TokenAuthMethod::Post
         );
         assert_eq!(
-            auth_method(true, Some(&list(&["client_secret_post", "client_secret_basic"]))),
+            auth_method(
+                true,
+                Some(&list(&["client_secret_post", "client_secret_basic"]))
+            ),
             TokenAuthMethod::Basic
         );
-        assert_eq!(auth_method(true, Some(&list(&["none"]))), TokenAuthMethod::None);
+        assert_eq!(
+            auth_method(true, Some(&list(&["none"]))),
+            TokenAuthMethod::None
+        );
     }
 }

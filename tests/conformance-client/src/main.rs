@@ -21,10 +21,11 @@ use std::{collections::BTreeMap, future::Future, process::ExitCode, time::Durati
 use anyhow::{Context as _, anyhow, bail};
 use mcpd::proto::{
     CallMcpToolRequest, CallMcpToolResponse, CloseMcpServerRequest, Content,
-    CreateMcpServerRequest, FailedTool, GetMcpServerRequest, McpServer, McpServerState, ListMcpServerToolsRequest, McpError, ServerRequest,
-    ServerRequestAnswer, StreamMcpToolCallRequest, StreamableHttpTransport, Tool, content,
-    create_mcp_server_request, mcp_server_service_client::McpServerServiceClient,
-    server_request_answer, stream_mcp_tool_call_request, stream_mcp_tool_call_response,
+    CreateMcpServerRequest, FailedTool, GetMcpServerRequest, ListMcpServerToolsRequest, McpError,
+    McpServer, McpServerState, ServerRequest, ServerRequestAnswer, StreamMcpToolCallRequest,
+    StreamableHttpTransport, Tool, content, create_mcp_server_request,
+    mcp_server_service_client::McpServerServiceClient, server_request_answer,
+    stream_mcp_tool_call_request, stream_mcp_tool_call_response,
 };
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
@@ -535,7 +536,11 @@ async fn authorize(
         match browser.get(&url).send().await {
             Ok(page) => log(
                 scenario,
-                format!("the browser landed on {} (HTTP {})", page.url(), page.status()),
+                format!(
+                    "the browser landed on {} (HTTP {})",
+                    page.url(),
+                    page.status()
+                ),
             ),
             Err(err) => log(scenario, format!("the browser failed: {err}")),
         }
@@ -559,7 +564,9 @@ async fn authorize(
                 break;
             }
             if tokio::time::Instant::now() >= deadline {
-                bail!("the server still waits for authorization {AUTHORIZATION_TIMEOUT:?} after the browser came back");
+                bail!(
+                    "the server still waits for authorization {AUTHORIZATION_TIMEOUT:?} after the browser came back"
+                );
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }

@@ -20,7 +20,52 @@ backend_tests!(
     a_pre_registered_client_renews_its_tokens_until_revoked,
     refused_forged_and_stale_callbacks_change_nothing,
     an_expired_authorization_is_refused,
+    a_tool_that_needs_more_scope_asks_for_it_once,
 );
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn another_replica_finishes_the_authorization() {
+    let db = std::sync::Arc::new(TestDb::new(Backend::Postgres).await);
+    let first = Daemon::start_on(db.clone(), DaemonOptions::default()).await;
+    let second = Daemon::start_on(db.clone(), DaemonOptions::default()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let (server, _log) = protected_server(&dir, &[]).await;
+    let acme = first.org("acme").await;
+    let pending = acme
+        .create("replicated", streamable_http(&server.url))
+        .await
+        .unwrap()
+        .server
+        .unwrap();
+    // Behind a load balancer the browser may reach the other replica.
+    let back = redirect_of(&pending.authorization_url).await;
+    let elsewhere = back.replacen(
+        &first.http_addr.to_string(),
+        &second.http_addr.to_string(),
+        1,
+    );
+    assert_ne!(back, elsewhere);
+    let (status, page) = open_in_browser(&elsewhere).await;
+    assert_eq!(status, reqwest::StatusCode::OK, "{page}");
+    // Both replicas see it ready, and the first calls with the tokens the
+    // second obtained.
+    assert_eq!(
+        acme.get(&pending.id).await.unwrap().state(),
+        McpServerState::Ready
+    );
+    let answer = acme
+        .raw()
+        .call_mcp_tool(acme.req(call(&pending.id)))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!answer.is_error, "{answer:?}");
+    // The first replica cannot use the same return again.
+    let (status, _) = open_in_browser(&back).await;
+    assert_eq!(status, reqwest::StatusCode::BAD_REQUEST);
+    second.stop().await;
+    first.stop().await;
+}
 
 const CLIENT: &str = "pre-registered";
 const SECRET: &str = "pre-registered-s3cret";
@@ -395,5 +440,71 @@ async fn an_expired_authorization_is_refused(backend: Backend) {
         "{:?}",
         log_lines(&log)
     );
+    daemon.stop().await;
+}
+
+async fn a_tool_that_needs_more_scope_asks_for_it_once(backend: Backend) {
+    let daemon = Daemon::start(backend).await;
+    let acme = daemon.org("acme").await;
+    let dir = tempfile::tempdir().unwrap();
+    let (server, log) = protected_server(&dir, &["--oauth-tool-scope", "tool_0001=admin"]).await;
+    let pending = acme
+        .create("scoped", pre_registered(&server.url))
+        .await
+        .unwrap()
+        .server
+        .unwrap();
+    let (status, page) = open_in_browser(&pending.authorization_url).await;
+    assert_eq!(status, reqwest::StatusCode::OK, "{page}");
+    let answer = acme
+        .raw()
+        .call_mcp_tool(acme.req(call(&pending.id)))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!answer.is_error, "{answer:?}");
+
+    // tool_0001 needs `admin`: the server says so (403 insufficient_scope),
+    // and mcpd asks a person for everything granted so far plus admin.
+    let mut admin_call = call(&pending.id);
+    admin_call.tool_name = "tool_0001".to_owned();
+    let status = acme
+        .raw()
+        .call_mcp_tool(acme.req(admin_call.clone()))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::FailedPrecondition, "{status:?}");
+    assert!(
+        status
+            .message()
+            .contains(r#"needs more permission (scope "admin")"#),
+        "{status:?}"
+    );
+    let waiting = acme.get(&pending.id).await.unwrap();
+    assert_eq!(waiting.state(), McpServerState::AuthorizationPending);
+    assert_eq!(waiting.tool_count, 2, "its tools stay");
+    let query = query_of(&waiting.authorization_url);
+    let mut scopes: Vec<&str> = query["scope"].split(' ').collect();
+    scopes.sort();
+    assert_eq!(scopes, ["admin", "offline_access", "tools"]);
+    assert_eq!(query["client_id"], CLIENT);
+
+    let (status, page) = open_in_browser(&waiting.authorization_url).await;
+    assert_eq!(status, reqwest::StatusCode::OK, "{page}");
+    let ready = acme.get(&pending.id).await.unwrap();
+    assert_eq!(ready.state(), McpServerState::Ready);
+    assert_eq!(ready.tool_count, 2);
+    let answer = acme
+        .raw()
+        .call_mcp_tool(acme.req(admin_call))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!answer.is_error, "{answer:?}");
+    let authorizations = log_lines(&log)
+        .into_iter()
+        .filter(|l| l.starts_with("authorize "))
+        .count();
+    assert_eq!(authorizations, 2, "{:?}", log_lines(&log));
     daemon.stop().await;
 }

@@ -379,12 +379,87 @@ async fn secrets_never_reach_the_log_even_at_trace() {
         }))
         .await
         .expect("a call with the token");
-    let granted = std::fs::read_to_string(grants.path()).unwrap();
+    // The authorization code flow: a pre-registered client's secret, the
+    // state and code of the browser's return, access and refresh tokens
+    // (they live a second: the call renews them first).
+    let code_secret = "ac-s3cret-77b1f0";
+    let code_grants = tempfile::NamedTempFile::new().unwrap();
+    let code_server = HttpTestServer::start([
+        "--tools".to_owned(),
+        "1".to_owned(),
+        "--tool-prefix".to_owned(),
+        "a_".to_owned(),
+        "--oauth-client".to_owned(),
+        format!("mcpd-ac:{code_secret}"),
+        "--oauth-code".to_owned(),
+        "--token-lifetime-secs".to_owned(),
+        "1".to_owned(),
+        "--oauth-log".to_owned(),
+        code_grants.path().to_string_lossy().into_owned(),
+    ])
+    .await;
+    let pending = acme
+        .create(
+            "with-code",
+            mcpd::proto::create_mcp_server_request::Transport::StreamableHttp(
+                mcpd::proto::StreamableHttpTransport {
+                    url: code_server.url.clone(),
+                    headers: Default::default(),
+                    oauth: Some(mcpd::proto::OAuth {
+                        client_id: "mcpd-ac".to_owned(),
+                        client_secret: code_secret.to_owned(),
+                        ..Default::default()
+                    }),
+                },
+            ),
+        )
+        .await
+        .expect("authorization code create")
+        .server
+        .unwrap();
+    let no_redirects = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let back = no_redirects
+        .get(&pending.authorization_url)
+        .send()
+        .await
+        .unwrap()
+        .headers()["location"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    let returned: std::collections::HashMap<String, String> = url::Url::parse(&back)
+        .unwrap()
+        .query_pairs()
+        .into_owned()
+        .collect();
+    let page = reqwest::get(&back).await.unwrap();
+    assert_eq!(page.status(), reqwest::StatusCode::OK);
+    acme.raw()
+        .call_mcp_tool(acme.req(mcpd::proto::CallMcpToolRequest {
+            server_id: pending.id,
+            tool_name: "a_0000".to_owned(),
+            arguments_json: "{}".to_owned(),
+        }))
+        .await
+        .expect("a call with a renewed token");
+
+    let mut granted = std::fs::read_to_string(grants.path()).unwrap();
+    granted.push_str(&std::fs::read_to_string(code_grants.path()).unwrap());
     let tokens: Vec<&str> = granted
         .lines()
-        .filter_map(|line| line.split("value=").nth(1))
+        .flat_map(|line| {
+            ["value=", "refresh="]
+                .into_iter()
+                .filter_map(|key| line.split(key).nth(1)?.split(' ').next())
+        })
         .collect();
-    assert!(!tokens.is_empty(), "{granted}");
+    assert!(
+        granted.contains("grant=refresh_token") && tokens.len() >= 5,
+        "{granted}"
+    );
 
     let (status, log) = stop(daemon).await;
     assert!(status.success());
@@ -394,7 +469,17 @@ async fn secrets_never_reach_the_log_even_at_trace() {
         "an OAuth client secret leaked into the log"
     );
     for token in tokens {
-        assert!(!log.contains(token), "an access token leaked into the log");
+        assert!(!log.contains(token), "an OAuth token leaked into the log");
+    }
+    assert!(
+        !log.contains(code_secret),
+        "a pre-registered client secret leaked into the log"
+    );
+    for (what, value) in [("state", &returned["state"]), ("code", &returned["code"])] {
+        assert!(
+            !log.contains(value.as_str()),
+            "the {what} of an authorization response leaked into the log"
+        );
     }
     assert!(
         !log.contains(env_secret),

@@ -13,8 +13,15 @@ if ! pg_up; then
   pg_up || { echo "PostgreSQL did not come up on 127.0.0.1:5432" >&2; exit 1; }
 fi
 
-echo "== npm: @modelcontextprotocol/server-everything"
+echo "== npm: @modelcontextprotocol/server-everything, playwright-core"
 npm ci --prefix tests/support --no-audit --no-fund --loglevel=error
+
+# The OAuth browser test drives Debian's Chromium (not a browser npm downloads).
+if [[ ! -x /usr/bin/chromium ]]; then
+  echo "== apt: chromium"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get install -y -qq chromium >/dev/null || { apt-get update -qq && apt-get install -y -qq chromium >/dev/null; }
+fi
 
 echo "== cargo build"
 cargo build --workspace --all-targets --locked

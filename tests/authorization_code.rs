@@ -23,6 +23,60 @@ backend_tests!(
     a_tool_that_needs_more_scope_asks_for_it_once,
 );
 
+/// The one test with a real browser: headless Chromium opens the
+/// authorization URL, a person's click on the consent page grants access,
+/// and the browser lands on mcpd's callback page.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_person_allows_access_in_a_real_browser() {
+    let daemon = Daemon::start(Backend::Sqlite).await;
+    let acme = daemon.org("acme").await;
+    let dir = tempfile::tempdir().unwrap();
+    let (server, _log) = protected_server(&dir, &["--oauth-consent"]).await;
+    let pending = acme
+        .create("in-a-browser", streamable_http(&server.url))
+        .await
+        .unwrap()
+        .server
+        .unwrap();
+
+    let support = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/support");
+    assert!(
+        support.join("node_modules/playwright-core").exists()
+            && std::path::Path::new("/usr/bin/chromium").exists(),
+        "playwright-core or /usr/bin/chromium is missing: run the README's test command (scripts/test.sh installs both)"
+    );
+    let screenshot = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("oauth-callback.png");
+    let output = tokio::process::Command::new("node")
+        .arg(support.join("authorize-in-browser.mjs"))
+        .arg(&pending.authorization_url)
+        .arg(&screenshot)
+        .output()
+        .await
+        .expect("node runs");
+    assert!(
+        output.status.success(),
+        "the browser run failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let landed: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    let url = landed["url"].as_str().unwrap();
+    assert!(
+        url.starts_with(&format!("http://{}/oauth/callback?", daemon.http_addr)),
+        "{landed}"
+    );
+    assert_eq!(landed["title"], "mcpd: Connected", "{landed}");
+    let message = landed["message"].as_str().unwrap();
+    assert!(
+        message.contains(r#""in-a-browser": 2 tools registered"#),
+        "{landed}"
+    );
+    assert!(std::fs::metadata(&screenshot).unwrap().len() > 0);
+    let ready = acme.get(&pending.id).await.unwrap();
+    assert_eq!(ready.state(), McpServerState::Ready);
+    assert_eq!(ready.tool_count, 2);
+    daemon.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn another_replica_finishes_the_authorization() {
     let db = std::sync::Arc::new(TestDb::new(Backend::Postgres).await);

@@ -19,13 +19,15 @@
 #   ```python walkthrough      pasted into `python` in that shell's directory
 #
 # Besides, it checks that each block calling CreateMcpServer prints an answer
-# with tools and without failedTools, and that after each README the
+# with tools (or, for a server behind OAuth, shows it ready later in the
+# block) and without failedTools, and that after each README the
 # organization of its $KEY has no servers left, the daemon holds no MCP
 # session, and nothing the README started in the background still runs.
 #
 # The daemon's registry and secret key land in the repository root as the
 # READMEs say (mcpd.db, mcpd.key): the script refuses to run if they already
-# exist and removes them at the end. Ports 50051 and 8931 must be free.
+# exist and removes them at the end. Ports 50051, 50052, 8931 and 8932 must
+# be free.
 # Needs what the walkthrough needs: python3 with venv, Node.js with npx, and
 # network access to crates.io, npm and PyPI.
 #
@@ -52,7 +54,7 @@ for f in "${state_files[@]}"; do
     exit 2
   fi
 done
-for port in 50051 8931; do
+for port in 50051 50052 8931 8932; do
   if ! $print_only && (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
     echo "walkthrough: something listens on 127.0.0.1:$port, which the walkthrough uses; stop it first." >&2
     exit 2
@@ -100,7 +102,13 @@ _wt_begin() {  # FILE WHERE: show the block's commands, then its output as it co
 _wt_end() {
   _wt_follow_stop
   if grep -q '/CreateMcpServer' "$_wt_block"; then
-    grep -q '"tools": \[' "$_wt_out" || _wt_die "$_wt_where: the create answer lists no tools"
+    # A server behind OAuth has no tools until it is authorized: the same
+    # block must then show it ready.
+    if grep -q 'MCP_SERVER_STATE_AUTHORIZATION_PENDING' "$_wt_out"; then
+      grep -q 'MCP_SERVER_STATE_READY' "$_wt_out" || _wt_die "$_wt_where: the server behind OAuth never became ready"
+    else
+      grep -q '"tools": \[' "$_wt_out" || _wt_die "$_wt_where: the create answer lists no tools"
+    fi
     if grep -q '"failedTools"' "$_wt_out"; then _wt_die "$_wt_where: the create answer has failedTools"; fi
   fi
   _wt_block=""

@@ -484,11 +484,26 @@ async fn an_expired_authorization_is_refused(backend: Backend) {
     let (status, page) = open_in_browser(&pending.authorization_url).await;
     assert_eq!(status, reqwest::StatusCode::BAD_REQUEST, "{page}");
     assert!(page.contains("expired"), "{page}");
-    // Nothing changed, and no code was exchanged.
-    assert_eq!(
-        acme.get(&pending.id).await.unwrap().state(),
-        McpServerState::AuthorizationPending
+    // No code was exchanged; nobody can finish this authorization now, and
+    // the server says so.
+    let expired = acme.get(&pending.id).await.unwrap();
+    assert_eq!(expired.state(), McpServerState::Error, "{expired:?}");
+    assert!(
+        expired.state_reason.contains("--oauth-state-ttl"),
+        "{expired:?}"
     );
+    assert!(expired.authorization_url.is_empty());
+    // One that nobody even opened is swept the same way.
+    let untouched = acme
+        .create("never-opened", streamable_http(&server.url))
+        .await
+        .unwrap()
+        .server
+        .unwrap();
+    assert_eq!(daemon.manager.sweep_authorizations().await.unwrap(), 1);
+    let swept = acme.get(&untouched.id).await.unwrap();
+    assert_eq!(swept.state(), McpServerState::Error, "{swept:?}");
+    assert!(daemon.registry().authorizations().await.is_empty());
     assert!(
         !log_lines(&log).iter().any(|l| l.starts_with("token ")),
         "{:?}",

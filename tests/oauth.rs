@@ -318,11 +318,22 @@ async fn metadata_urls_go_through_the_outbound_policy() {
         status.message().contains("127.0.0.2") && status.message().contains("--outbound-allow"),
         "the refused address and the setting are named: {status:?}"
     );
+    // The same for the authorization code flow (no oauth block).
+    let status = acme
+        .create("pointed-elsewhere", streamable_http(&server.url))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::FailedPrecondition, "{status:?}");
+    assert!(
+        status.message().contains("127.0.0.2") && status.message().contains("--outbound-allow"),
+        "the refused address and the setting are named: {status:?}"
+    );
     assert_eq!(
         reached.load(Ordering::SeqCst),
         0,
         "the refused address was contacted"
     );
     assert!(daemon.registry().servers("acme").await.is_empty());
+    assert!(daemon.registry().authorizations().await.is_empty());
     daemon.stop().await;
 }

@@ -60,6 +60,7 @@ pub async fn serve(
 
     let stopping = CancellationToken::new();
     let http = http.map(|edge| tokio::spawn(http::serve(edge, manager.clone(), stopping.clone())));
+    tokio::spawn(sweep_authorizations(manager.clone(), stopping.clone()));
     let signal = {
         let stopping = stopping.clone();
         let health = health_reporter.clone();
@@ -114,4 +115,21 @@ pub async fn serve(
     manager.shutdown().await;
     tracing::info!("mcpd stopped");
     result
+}
+
+/// How often authorizations nobody finished are looked for.
+const AUTHORIZATION_SWEEP: Duration = Duration::from_secs(60);
+
+async fn sweep_authorizations(manager: Manager, stopping: CancellationToken) {
+    let mut every = tokio::time::interval(AUTHORIZATION_SWEEP);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = stopping.cancelled() => return,
+            _ = every.tick() => {}
+        }
+        if let Err(err) = manager.sweep_authorizations().await {
+            tracing::debug!(error = %err, "sweeping expired authorizations failed");
+        }
+    }
 }

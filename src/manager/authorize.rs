@@ -216,6 +216,16 @@ impl Manager {
         })
     }
 
+    /// Authorizations nobody finished in time are dropped, and their
+    /// servers go to ERROR saying so. Run now and then by the daemon.
+    pub async fn sweep_authorizations(&self) -> Result<usize, ManagerError> {
+        let expired = self.store.sweep_authorizations().await?;
+        if expired > 0 {
+            tracing::info!(expired, "authorizations expired unfinished");
+        }
+        Ok(expired)
+    }
+
     /// The transport to call with: its grant renewed first when it is about
     /// to expire.
     pub(super) async fn fresh_transport(

@@ -9,10 +9,16 @@
 use std::time::{Duration, SystemTime};
 
 use diesel::prelude::*;
-use diesel_async::RunQueryDsl;
+use diesel_async::{AsyncConnection, RunQueryDsl};
 use sha2::{Digest, Sha256};
 
-use super::{Access, Store, StoreError, models::to_ms, schema::oauth_authorizations, with_conn};
+use super::{
+    Access, Store, StoreError,
+    models::{state_column, to_ms},
+    schema::{mcp_servers, oauth_authorizations},
+    with_conn,
+};
+use crate::model::ServerState;
 
 /// An authorization taken back by the callback.
 #[derive(Clone, PartialEq, Eq)]
@@ -90,25 +96,35 @@ impl Store {
     }
 
     /// Takes the authorization `state` names: `None` when there is none,
-    /// it was taken already, or it expired. Taking deletes it either way.
+    /// it was taken already, or it expired. Taking deletes it either way; an
+    /// expired one leaves its server in [`ServerState::Error`] (nobody can
+    /// finish that authorization any more).
     pub async fn take_authorization(
         &self,
         state: &str,
     ) -> Result<Option<PendingAuthorization>, StoreError> {
         let hash = state_hash(state);
+        let now = to_ms(SystemTime::now());
         let row: Option<AuthorizationRow> = with_conn!(self, Access::Write, |conn| {
-            Ok(diesel::delete(
-                oauth_authorizations::table.filter(oauth_authorizations::state_hash.eq(&hash)),
-            )
-            .returning(AuthorizationRow::as_returning())
-            .get_result(conn)
+            conn.transaction::<_, StoreError, _>(async |conn| {
+                let row: Option<AuthorizationRow> = diesel::delete(
+                    oauth_authorizations::table.filter(oauth_authorizations::state_hash.eq(&hash)),
+                )
+                .returning(AuthorizationRow::as_returning())
+                .get_result(conn)
+                .await
+                .optional()?;
+                match row {
+                    Some(row) if row.expires_at <= now => {
+                        expire_servers!(conn, [row.server_id.as_str()]);
+                        Ok(None)
+                    }
+                    row => Ok(row),
+                }
+            })
             .await
-            .optional()?)
         })?;
         let Some(row) = row else { return Ok(None) };
-        if row.expires_at <= to_ms(SystemTime::now()) {
-            return Ok(None);
-        }
         let payload = self
             .sealer()?
             .open(&row.payload, hash.as_bytes())
@@ -120,15 +136,46 @@ impl Store {
         }))
     }
 
-    /// Deletes expired authorizations; returns how many.
+    /// Deletes expired authorizations, and puts the servers that waited
+    /// for them in [`ServerState::Error`]; returns how many.
     pub async fn sweep_authorizations(&self) -> Result<usize, StoreError> {
         let now = to_ms(SystemTime::now());
         with_conn!(self, Access::Write, |conn| {
-            Ok(diesel::delete(
-                oauth_authorizations::table.filter(oauth_authorizations::expires_at.le(now)),
-            )
-            .execute(conn)
-            .await?)
+            conn.transaction::<_, StoreError, _>(async |conn| {
+                let servers: Vec<String> = diesel::delete(
+                    oauth_authorizations::table.filter(oauth_authorizations::expires_at.le(now)),
+                )
+                .returning(oauth_authorizations::server_id)
+                .get_results(conn)
+                .await?;
+                if !servers.is_empty() {
+                    expire_servers!(conn, &servers);
+                }
+                Ok(servers.len())
+            })
+            .await
         })
     }
 }
+
+/// Servers (ids) still waiting for an authorization that expired go to
+/// ERROR. A macro: its body is instantiated for each backend's connection.
+macro_rules! expire_servers {
+    ($conn:expr, $ids:expr) => {
+        diesel::update(
+            mcp_servers::table
+                .filter(mcp_servers::id.eq_any($ids))
+                .filter(mcp_servers::state.eq(state_column(ServerState::AuthorizationPending))),
+        )
+        .set((
+            mcp_servers::state.eq(state_column(ServerState::Error)),
+            mcp_servers::state_reason.eq(EXPIRED),
+            mcp_servers::authorization_url.eq(None::<String>),
+        ))
+        .execute($conn)
+        .await?
+    };
+}
+use expire_servers;
+
+const EXPIRED: &str = "nobody finished the authorization within its time (--oauth-state-ttl); close the server and create it again";

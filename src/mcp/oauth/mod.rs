@@ -117,18 +117,7 @@ impl OAuthClient {
         let Some(credentials) = &oauth.client_credentials else {
             return Err("no OAuth client credentials are configured for this server".into());
         };
-        // Every request below goes through the policy anyway; checking the
-        // URL the challenge names first gives the refusal in words.
-        if let Some(metadata) = challenge
-            .map(|header| WWWAuthenticateParams::parse(header, server))
-            .and_then(|params| params.resource_metadata_url)
-            && let Err(refusal) = self.policy.check_url(&metadata).await
-        {
-            return Err(format!(
-                "its challenge points at metadata on {}, which is refused: {refusal}; the operator sets --outbound-allow / --outbound-deny",
-                describe::target_of(&metadata)
-            ));
-        }
+        self.check_challenge(server, challenge).await?;
         // rmcp 3.11's token request future is not `Send` (its JWT branch
         // keeps a form serializer across an await), so it cannot run on the
         // daemon's tasks: it runs on a blocking thread of its own, driven by
@@ -156,6 +145,27 @@ impl OAuthClient {
         Ok(token)
     }
 
+    /// Every request of the OAuth machinery goes through the policy anyway;
+    /// checking the metadata URL a challenge names first gives the refusal
+    /// in words, before anything is fetched.
+    async fn check_challenge(
+        &self,
+        server: &url::Url,
+        challenge: Option<&str>,
+    ) -> Result<(), String> {
+        if let Some(metadata) = challenge
+            .map(|header| WWWAuthenticateParams::parse(header, server))
+            .and_then(|params| params.resource_metadata_url)
+            && let Err(refusal) = self.policy.check_url(&metadata).await
+        {
+            return Err(format!(
+                "its challenge points at metadata on {}, which is refused: {refusal}; the operator sets --outbound-allow / --outbound-deny",
+                describe::target_of(&metadata)
+            ));
+        }
+        Ok(())
+    }
+
     /// Starts an authorization code flow for the server at `server`, which
     /// answered with `challenge`.
     pub(super) async fn begin(
@@ -166,6 +176,7 @@ impl OAuthClient {
         also_scopes: &[String],
         settings: &OAuthSettings,
     ) -> Result<AuthorizationStart, String> {
+        self.check_challenge(server, Some(challenge)).await?;
         authorization_code::begin(
             self.http.clone(),
             server,

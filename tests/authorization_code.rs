@@ -287,6 +287,7 @@ async fn a_person_authorizes_and_the_server_is_registered(backend: Backend) {
         .to_owned();
     let rows = daemon.registry().servers("acme").await;
     assert!(!format!("{rows:?}").contains(&access), "{rows:?}");
+    assert!(!format!("{ready:?}").contains(&access), "{ready:?}");
 
     let answer = acme
         .raw()

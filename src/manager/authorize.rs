@@ -187,7 +187,7 @@ impl Manager {
         {
             Ok(listed) => listed,
             // Authorized, and yet not allowed to list: more scope, once.
-            Err(Listing::Refused(challenge)) => {
+            Err(Listing::Refused { challenge, .. }) => {
                 return match self
                     .step_up(org, server_id, &transport, &challenge, true)
                     .await

@@ -188,7 +188,7 @@ impl Manager {
         stats: &mut CallStats,
     ) -> Result<Created, ManagerError> {
         let listed = match self.connect_and_list(org, server_id, &spec, stats).await {
-            Err(Listing::Refused(challenge)) if authorization_applies(&spec) => {
+            Err(Listing::Refused { challenge, .. }) if authorization_applies(&spec) => {
                 return self
                     .await_authorization(org, server_id, name, spec, &challenge)
                     .await;
@@ -228,11 +228,7 @@ impl Manager {
         let started = Instant::now();
         let session = match self.mcp.connect(org, server_id, spec).await {
             Ok(session) => session,
-            Err(McpError::Unauthorized {
-                challenge: Some(challenge),
-                ..
-            }) => return Err(Listing::Refused(challenge)),
-            Err(err) => return Err(Listing::Failed(err.into())),
+            Err(err) => return Err(Listing::of(err)),
         };
         let listed = session.list_tools().await;
         // The session is done with; its teardown overlaps the persistence.
@@ -241,16 +237,9 @@ impl Manager {
         let listed = match listed {
             Ok(listed) => listed,
             // Some servers let a session start and refuse the listing.
-            Err(McpError::Unauthorized {
-                challenge: Some(challenge),
-                ..
-            }) => {
-                teardown.await;
-                return Err(Listing::Refused(challenge));
-            }
             Err(err) => {
                 teardown.await;
-                return Err(Listing::Failed(err.into()));
+                return Err(Listing::of(err));
             }
         };
         if listed.len() > self.limits.max_tools_per_server {
@@ -360,18 +349,34 @@ struct Listed {
 
 /// Why [`Manager::connect_and_list`] listed nothing.
 pub(super) enum Listing {
-    /// The server refused mcpd with this `WWW-Authenticate` challenge.
-    Refused(String),
+    /// The server refused mcpd with a `WWW-Authenticate` challenge: where an
+    /// OAuth flow may start.
+    Refused {
+        challenge: String,
+        error: McpError,
+    },
     Failed(ManagerError),
+}
+
+impl Listing {
+    fn of(err: McpError) -> Listing {
+        match err {
+            McpError::Unauthorized {
+                challenge: Some(ref challenge),
+                ..
+            } => Listing::Refused {
+                challenge: challenge.clone(),
+                error: err,
+            },
+            err => Listing::Failed(err.into()),
+        }
+    }
 }
 
 impl From<Listing> for ManagerError {
     fn from(listing: Listing) -> Self {
         match listing {
-            Listing::Refused(challenge) => ManagerError::FailedPrecondition(format!(
-                "the MCP server refused mcpd's credentials and asks for authorization ({})",
-                challenge.chars().take(200).collect::<String>()
-            )),
+            Listing::Refused { error, .. } => error.into(),
             Listing::Failed(err) => err,
         }
     }

@@ -189,7 +189,7 @@ impl Manager {
             // Authorized, and yet not allowed to list: more scope, once.
             Err(Listing::Refused { challenge, .. }) => {
                 return match self
-                    .step_up(org, server_id, &transport, &challenge, true)
+                    .reauthorize(org, server_id, &transport, &challenge, true)
                     .await
                 {
                     ManagerError::FailedPrecondition(reason) => Ok(Authorized::Failed {
@@ -288,13 +288,15 @@ impl Manager {
         }
     }
 
-    /// The server refused the grant's token for lack of scope (`challenge`
-    /// says which): a person must authorize mcpd for more. Each step-up
-    /// asks for everything granted so far and the scope challenged (SEP-2350),
-    /// so a server that refuses a scope it was granted, or keeps asking, ends
-    /// in ERROR instead of sending people round in circles. `relist`: the
-    /// server's tools are not stored yet. Answers what the caller is told.
-    pub(super) async fn step_up(
+    /// The server refused the grant's token in a way only a person can
+    /// mend (`challenge` says how): for lack of scope (a step-up, asking for
+    /// everything granted so far and the scope challenged, SEP-2350), or
+    /// outright with no refresh token to renew it (authorize again from the
+    /// server's new challenge). The server waits for authorization again; one
+    /// that refuses a scope it was granted, or keeps asking, ends in ERROR
+    /// instead of sending people round in circles. `relist`: the server's
+    /// tools are not stored yet. Answers what the caller is told.
+    pub(super) async fn reauthorize(
         &self,
         org: &str,
         server_id: &str,
@@ -303,7 +305,7 @@ impl Manager {
         relist: bool,
     ) -> ManagerError {
         match self
-            .try_step_up(org, server_id, transport, challenge, relist)
+            .try_reauthorize(org, server_id, transport, challenge, relist)
             .await
         {
             Ok(reason) | Err(ManagerError::FailedPrecondition(reason)) => {
@@ -313,7 +315,7 @@ impl Manager {
         }
     }
 
-    async fn try_step_up(
+    async fn try_reauthorize(
         &self,
         org: &str,
         server_id: &str,

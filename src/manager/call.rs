@@ -61,14 +61,14 @@ impl Manager {
                 )
                 .await
         };
-        let (result, stats, renewed) = self.run_call_once(org, &call, deadline, unary).await;
+        let (result, stats, renewed) = self.run_call(org, &call, deadline, unary).await;
         if !renewed {
             return (result, stats);
         }
         // The server refused an access token that is now renewed: the call
         // never ran, so it goes once more.
         let remaining = deadline.map(|d| d.saturating_sub(started.elapsed()));
-        let (result, again, _) = self.run_call_once(org, &call, remaining, unary).await;
+        let (result, again, _) = self.run_call(org, &call, remaining, unary).await;
         let stats = CallStats {
             peak_connections: stats.peak_connections.max(again.peak_connections),
             mcp: stats.mcp + again.mcp,
@@ -88,48 +88,37 @@ impl Manager {
         events: mpsc::Sender<CallEvent>,
         answers: mpsc::Receiver<ClientAnswer>,
     ) -> (Result<ToolCallResult, ManagerError>, CallStats) {
-        self.run_call(
-            org,
-            &call,
-            deadline,
-            async |arguments, target, remaining| {
-                self.mcp
-                    .stream_tool_call(
-                        org,
-                        &call.server_id,
-                        &target.transport,
-                        &call.tool_name,
-                        arguments,
-                        remaining,
-                        events,
-                        answers,
-                    )
-                    .await
-            },
-        )
-        .await
-    }
-
-    /// What both kinds of call share: the checks and the one short checkout
-    /// first, then `mcp_call` with what is left of the deadline, timed.
-    async fn run_call(
-        &self,
-        org: &str,
-        call: &CallTool,
-        deadline: Option<Duration>,
-        mcp_call: impl AsyncFnOnce(
-            Map<String, Value>,
-            CallTarget,
-            Option<Duration>,
-        ) -> Result<ToolCallResult, McpError>,
-    ) -> (Result<ToolCallResult, ManagerError>, CallStats) {
-        let (result, stats, _) = self.run_call_once(org, call, deadline, mcp_call).await;
+        // A streamed call is not repeated after a token renewal: its caller
+        // may have seen events already, and is told to call again.
+        let (result, stats, _) = self
+            .run_call(
+                org,
+                &call,
+                deadline,
+                async |arguments, target, remaining| {
+                    self.mcp
+                        .stream_tool_call(
+                            org,
+                            &call.server_id,
+                            &target.transport,
+                            &call.tool_name,
+                            arguments,
+                            remaining,
+                            events,
+                            answers,
+                        )
+                        .await
+                },
+            )
+            .await;
         (result, stats)
     }
 
-    /// [`Self::run_call`], and whether the server refused the OAuth access
-    /// token and it was renewed (then a repeated call may go through).
-    async fn run_call_once(
+    /// What both kinds of call share: the checks and the one short checkout
+    /// first, then `mcp_call` with what is left of the deadline, timed. Also
+    /// says whether the server refused the OAuth access token and it was
+    /// renewed (then the call, which did not run, may go again).
+    async fn run_call(
         &self,
         org: &str,
         call: &CallTool,
@@ -161,7 +150,7 @@ impl Manager {
                     }
                     Some(authorize::Refusal::Reauthorize(challenge)) => {
                         return Err(self
-                            .step_up(org, &call.server_id, &transport, challenge, false)
+                            .reauthorize(org, &call.server_id, &transport, challenge, false)
                             .await);
                     }
                     None => {}

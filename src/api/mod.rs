@@ -121,7 +121,12 @@ pub async fn serve(
 const AUTHORIZATION_SWEEP: Duration = Duration::from_secs(60);
 
 async fn sweep_authorizations(manager: Manager, stopping: CancellationToken) {
-    let mut every = tokio::time::interval(AUTHORIZATION_SWEEP);
+    // Not at start-up: the first sweep would compete with the first calls
+    // for the pool, for authorizations that cannot have expired yet.
+    let mut every = tokio::time::interval_at(
+        tokio::time::Instant::now() + AUTHORIZATION_SWEEP,
+        AUTHORIZATION_SWEEP,
+    );
     every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {

@@ -287,6 +287,8 @@ pub struct NewServer {
     pub organization_id: String,
     pub name: String,
     pub transport: Transport,
+    /// Put before its tools' names in the organization's catalogue.
+    pub tool_prefix: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -305,6 +307,7 @@ pub struct Server {
     pub state_reason: String,
     /// While [`ServerState::AuthorizationPending`]: where a person grants access.
     pub authorization_url: Option<String>,
+    pub tool_prefix: String,
 }
 
 /// A tool that passed validation, about to be stored.
@@ -324,6 +327,9 @@ pub struct NewTool {
 pub struct Tool {
     pub id: String,
     pub name: String,
+    /// The server's tool prefix and `name`: the tool's name in the
+    /// organization's catalogue.
+    pub qualified_name: String,
     pub title: String,
     pub description: String,
     pub input_schema_json: String,

@@ -19,7 +19,7 @@ backend_tests!(
     too_many_tools_are_resource_exhausted,
     operator_policy_refuses_commands_and_addresses,
     invalid_tools_are_reported_not_fatal,
-    tool_names_are_unique_per_organization,
+    every_server_keeps_its_own_tools,
     streamable_http_server,
 );
 
@@ -231,6 +231,7 @@ async fn invalid_arguments_are_rejected_with_reasons(backend: Backend) {
             proto::CreateMcpServerRequest {
                 server_name: "x".into(),
                 transport: None,
+                tool_prefix: String::new(),
             },
             "transport is required",
         ),
@@ -425,27 +426,62 @@ async fn invalid_tools_are_reported_not_fatal(backend: Backend) {
     daemon.stop().await;
 }
 
-async fn tool_names_are_unique_per_organization(backend: Backend) {
+async fn every_server_keeps_its_own_tools(backend: Backend) {
     let daemon = Daemon::start(backend).await;
     let acme = daemon.org("acme").await;
+    // Two accounts of one service: the same tool names, both usable.
     let first = acme.create("first", stdio(["--tools", "3"])).await.unwrap();
     assert_eq!(first.tools.len(), 3);
-    // Offers tool_0000..tool_0004: the first three are taken.
+    let mut request = create_request("second", stdio(["--tools", "5"]));
+    request.tool_prefix = "second__".to_owned();
     let second = acme
-        .create("second", stdio(["--tools", "5"]))
+        .raw()
+        .create_mcp_server(acme.req(request))
         .await
-        .unwrap();
-    let stored: Vec<_> = second.tools.iter().map(|t| t.name.as_str()).collect();
-    assert_eq!(stored, ["tool_0003", "tool_0004"]);
-    assert_eq!(second.failed_tools.len(), 3);
-    for failed in &second.failed_tools {
-        assert!(failed.reason.contains("already provides"), "{failed:?}");
+        .unwrap()
+        .into_inner();
+    assert!(second.failed_tools.is_empty(), "{:?}", second.failed_tools);
+    let stored: Vec<(&str, &str)> = second
+        .tools
+        .iter()
+        .map(|t| (t.name.as_str(), t.qualified_name.as_str()))
+        .collect();
+    assert_eq!(stored[0], ("tool_0000", "second__tool_0000"));
+    assert_eq!(stored.len(), 5);
+    let second_server = second.server.unwrap();
+    assert_eq!(second_server.tool_prefix, "second__");
+    assert_eq!(first.tools[0].qualified_name, "tool_0000");
+    assert_eq!(daemon.registry().tools("acme").await, 8);
+    // Each server's tool_0000 runs on that server.
+    for server in [&first.server.clone().unwrap().id, &second_server.id] {
+        let answer = acme
+            .raw()
+            .call_mcp_tool(acme.req(call(server, "tool_0000", serde_json::json!({"x": 1}))))
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(!answer.is_error, "{answer:?}");
     }
-    // Closing the second removes only what it provided.
-    let closed = acme.close(&second.server.unwrap().id).await.unwrap();
-    assert_eq!(closed.removed_tools, 2);
+    // Closing the second removes its tools only.
+    let closed = acme.close(&second_server.id).await.unwrap();
+    assert_eq!(closed.removed_tools, 5);
     let first_tools = acme.tools(&first.server.unwrap().id).await.unwrap();
     assert_eq!(first_tools.len(), 3);
+
+    // Twenty registrations of one service at once: twenty complete sets.
+    let created = acme
+        .create_concurrently(
+            (0..20)
+                .map(|i| (format!("account-{i}"), stdio(["--tools", "4"])))
+                .collect::<Vec<_>>(),
+        )
+        .await;
+    for result in created {
+        let created = result.unwrap();
+        assert_eq!(created.tools.len(), 4, "{created:?}");
+        assert!(created.failed_tools.is_empty(), "{created:?}");
+    }
+    assert_eq!(daemon.registry().tools("acme").await, 3 + 20 * 4);
     daemon.stop().await;
 }
 

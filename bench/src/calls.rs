@@ -170,6 +170,7 @@ impl Target {
         proto::CreateMcpServerRequest {
             server_name: name.to_owned(),
             transport: Some(transport),
+            tool_prefix: String::new(),
         }
     }
 

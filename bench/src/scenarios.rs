@@ -35,6 +35,7 @@ fn http_create(name: &str, url: &str) -> proto::CreateMcpServerRequest {
             headers: Default::default(),
             oauth: None,
         })),
+        tool_prefix: String::new(),
     }
 }
 

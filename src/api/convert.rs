@@ -73,6 +73,7 @@ pub fn server(server: Server) -> proto::McpServer {
         .into(),
         authorization_url: server.authorization_url.unwrap_or_default(),
         state_reason: server.state_reason,
+        tool_prefix: server.tool_prefix,
     }
 }
 
@@ -80,6 +81,7 @@ pub fn tool(tool: Tool) -> proto::Tool {
     proto::Tool {
         id: tool.id,
         name: tool.name,
+        qualified_name: tool.qualified_name,
         description: tool.description,
         input_schema_json: tool.input_schema_json,
         title: tool.title,

@@ -176,6 +176,7 @@ impl McpServerService for McpServerApi {
             |org, body| async move {
                 let create = CreateServer {
                     name: body.server_name,
+                    tool_prefix: body.tool_prefix,
                     transport: convert::transport_request(body.transport),
                 };
                 let manager = self.manager.clone();

@@ -63,26 +63,22 @@ impl Manager {
     /// transaction).
     pub(super) async fn await_authorization(
         &self,
-        org: &str,
-        server_id: &str,
-        name: String,
-        mut spec: Transport,
+        mut server: NewServer,
         challenge: &str,
     ) -> Result<Created, ManagerError> {
-        let start = self.mcp.begin_authorization(&spec, challenge, &[]).await?;
-        if let Transport::StreamableHttp { oauth, .. } = &mut spec {
+        let start = self
+            .mcp
+            .begin_authorization(&server.transport, challenge, &[])
+            .await?;
+        if let Transport::StreamableHttp { oauth, .. } = &mut server.transport {
             oauth.get_or_insert_default();
         }
         let flow = encode_flow(&start.flow)?;
+        let server_id = server.id.clone();
         let server = self
             .store
             .create_pending_server(
-                NewServer {
-                    id: server_id.to_owned(),
-                    organization_id: org.to_owned(),
-                    name,
-                    transport: spec,
-                },
+                server,
                 &start.url,
                 &start.state,
                 &flow,
@@ -203,12 +199,17 @@ impl Manager {
         };
         let persisted = self
             .store
-            .complete_authorization(org, server_id, &transport, listed.tools)
+            .complete_authorization(
+                org,
+                server_id,
+                &server.tool_prefix,
+                &transport,
+                listed.tools,
+            )
             .await;
         listed.teardown.await;
         let created = persisted?;
-        let mut failed_tools = listed.failed;
-        failed_tools.extend(super::conflicts(created.name_conflicts));
+        let failed_tools = listed.failed;
         tracing::info!(server = %server_id, tools = created.tools.len(), "MCP server authorized");
         Ok(Authorized::Ready {
             server: created.server,

@@ -40,6 +40,8 @@ pub struct FailedTool {
 #[derive(Clone)]
 pub struct CreateServer {
     pub name: String,
+    /// Put before its tools' names in the organization's catalogue.
+    pub tool_prefix: String,
     pub transport: Option<TransportRequest>,
 }
 
@@ -156,6 +158,7 @@ impl Manager {
     ) -> Result<Created, ManagerError> {
         validate::organization_id(org)?;
         validate::server_name(&request.name)?;
+        validate::tool_prefix(&request.tool_prefix)?;
         let spec = validate::transport(request.transport)?;
         // Fail fast before spawning anything; the insert below still
         // enforces the rule against concurrent creates.
@@ -168,7 +171,17 @@ impl Manager {
 
         let server_id = uuid::Uuid::now_v7().to_string();
         let created = self
-            .register(org, &server_id, request.name, spec, stats)
+            .register(
+                org,
+                NewServer {
+                    id: server_id.clone(),
+                    organization_id: org.to_owned(),
+                    name: request.name,
+                    transport: spec,
+                    tool_prefix: request.tool_prefix,
+                },
+                stats,
+            )
             .await;
         if created.is_err() {
             // Nothing was stored: nothing held for this id may stay either.
@@ -182,37 +195,28 @@ impl Manager {
     async fn register(
         &self,
         org: &str,
-        server_id: &str,
-        name: String,
-        spec: crate::model::Transport,
+        server: NewServer,
         stats: &mut CallStats,
     ) -> Result<Created, ManagerError> {
-        let listed = match self.connect_and_list(org, server_id, &spec, stats).await {
-            Err(Listing::Refused { challenge, .. }) if authorization_applies(&spec) => {
-                return self
-                    .await_authorization(org, server_id, name, spec, &challenge)
-                    .await;
+        let listed = match self
+            .connect_and_list(org, &server.id, &server.transport, stats)
+            .await
+        {
+            Err(Listing::Refused { challenge, .. }) if authorization_applies(&server.transport) => {
+                return self.await_authorization(server, &challenge).await;
             }
             Err(err) => return Err(err.into()),
             Ok(listed) => listed,
-        };
-        let server = NewServer {
-            id: server_id.to_owned(),
-            organization_id: org.to_owned(),
-            name,
-            transport: spec,
         };
         let persist_started = Instant::now();
         let persisted = self.store.create_server(server, listed.tools).await;
         stats.persist = persist_started.elapsed();
         listed.teardown.await;
         let created = persisted?;
-        let mut failed_tools = listed.failed;
-        failed_tools.extend(conflicts(created.name_conflicts));
         Ok(Created {
             server: created.server,
             tools: created.tools,
-            failed_tools,
+            failed_tools: listed.failed,
         })
     }
 
@@ -411,16 +415,6 @@ fn authorization_applies(spec: &crate::model::Transport) -> bool {
         }
         _ => false,
     }
-}
-
-/// Tools not stored because another server of the organization has them.
-fn conflicts(names: Vec<String>) -> impl Iterator<Item = FailedTool> {
-    names.into_iter().map(|name| FailedTool {
-        reason: format!(
-            "another MCP server of this organization already provides a tool named {name:?}"
-        ),
-        name,
-    })
 }
 
 fn next_token<T>(rows: &mut Vec<T>, limit: i64, token: impl Fn(&T) -> String) -> String {

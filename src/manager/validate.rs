@@ -119,6 +119,28 @@ pub fn server_name(name: &str) -> Result<(), ManagerError> {
     Ok(())
 }
 
+/// Longest tool prefix: a qualified name stays readable.
+pub const MAX_TOOL_PREFIX: usize = 64;
+
+/// A tool prefix: empty, or characters MCP allows in tool names.
+pub fn tool_prefix(prefix: &str) -> Result<(), ManagerError> {
+    if prefix.len() > MAX_TOOL_PREFIX {
+        return Err(invalid(format!(
+            "tool_prefix is {} characters long; at most {MAX_TOOL_PREFIX} are allowed",
+            prefix.len()
+        )));
+    }
+    if !prefix
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c))
+    {
+        return Err(invalid(format!(
+            "tool_prefix {prefix:?} may contain only letters, digits, '.', '_' and '-'"
+        )));
+    }
+    Ok(())
+}
+
 pub fn server_id(id: &str) -> Result<(), ManagerError> {
     if id.is_empty() {
         return Err(invalid("server_id is required"));

@@ -5,19 +5,17 @@
 use diesel::{
     QueryResult,
     backend::Backend,
-    query_builder::{AstPass, Query, QueryFragment, QueryId},
+    query_builder::{AstPass, QueryFragment, QueryId},
     serialize::ToSql,
     sql_types::{BigInt, Nullable, Text},
 };
 
 use super::models::{MappingRow, ToolRow};
 
-/// `INSERT INTO tools … ON CONFLICT (organization_id, name) DO NOTHING RETURNING id`:
-/// the ids that come back are the tools stored; the others lost to a name the
-/// organization already has.
-pub(super) struct InsertToolsReturningStored<'a>(pub &'a [ToolRow]);
+/// `INSERT INTO tools … VALUES …`.
+pub(super) struct InsertTools<'a>(pub &'a [ToolRow]);
 
-impl<DB> QueryFragment<DB> for InsertToolsReturningStored<'_>
+impl<DB> QueryFragment<DB> for InsertTools<'_>
 where
     DB: Backend,
     String: ToSql<Text, DB>,
@@ -27,8 +25,8 @@ where
     fn walk_ast<'b>(&'b self, mut out: AstPass<'_, 'b, DB>) -> QueryResult<()> {
         out.unsafe_to_cache_prepared();
         out.push_sql(
-            "INSERT INTO tools (id, organization_id, name, description, input_schema, created_at, \
-             title, annotations, output_schema) VALUES ",
+            "INSERT INTO tools (id, organization_id, name, qualified_name, description, \
+             input_schema, created_at, title, annotations, output_schema) VALUES ",
         );
         for (i, tool) in self.0.iter().enumerate() {
             out.push_sql(if i == 0 { "(" } else { ", (" });
@@ -37,6 +35,8 @@ where
             out.push_bind_param::<Text, _>(&tool.organization_id)?;
             out.push_sql(", ");
             out.push_bind_param::<Text, _>(&tool.name)?;
+            out.push_sql(", ");
+            out.push_bind_param::<Text, _>(&tool.qualified_name)?;
             out.push_sql(", ");
             out.push_bind_param::<Text, _>(&tool.description)?;
             out.push_sql(", ");
@@ -51,16 +51,11 @@ where
             out.push_bind_param::<Nullable<Text>, _>(&tool.output_schema)?;
             out.push_sql(")");
         }
-        out.push_sql(" ON CONFLICT (organization_id, name) DO NOTHING RETURNING id");
         Ok(())
     }
 }
 
-impl Query for InsertToolsReturningStored<'_> {
-    type SqlType = Text;
-}
-
-impl QueryId for InsertToolsReturningStored<'_> {
+impl QueryId for InsertTools<'_> {
     type QueryId = ();
     const HAS_STATIC_QUERY_ID: bool = false;
 }

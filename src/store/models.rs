@@ -28,6 +28,7 @@ pub(super) struct ServerRow {
     pub state_reason: String,
     /// Sealed, bound to the row like `transport_config`.
     pub authorization_url: Option<String>,
+    pub tool_prefix: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Queryable, Selectable, Insertable)]
@@ -36,6 +37,8 @@ pub(super) struct ToolRow {
     pub id: String,
     pub organization_id: String,
     pub name: String,
+    /// The server's tool prefix and `name`.
+    pub qualified_name: String,
     pub description: String,
     pub input_schema: String,
     pub created_at: i64,
@@ -123,15 +126,22 @@ impl ServerRow {
             secret_names: serde_json::from_str(&self.secret_names).unwrap_or_default(),
             state_reason: self.state_reason,
             authorization_url,
+            tool_prefix: self.tool_prefix,
         }
     }
 }
 
 impl ToolRow {
-    pub(super) fn new(organization_id: &str, tool: NewTool, created_at: i64) -> ToolRow {
+    pub(super) fn new(
+        organization_id: &str,
+        tool_prefix: &str,
+        tool: NewTool,
+        created_at: i64,
+    ) -> ToolRow {
         ToolRow {
             id: uuid::Uuid::now_v7().to_string(),
             organization_id: organization_id.to_owned(),
+            qualified_name: format!("{tool_prefix}{}", tool.name),
             name: tool.name,
             description: tool.description,
             input_schema: tool.input_schema_json,
@@ -150,6 +160,7 @@ impl From<ToolRow> for Tool {
         Tool {
             id: row.id,
             name: row.name,
+            qualified_name: row.qualified_name,
             title: row.title,
             description: row.description,
             input_schema_json: row.input_schema,

@@ -1,14 +1,12 @@
 //! The registry's queries. Each public method takes exactly one connection
 //! and holds it only for its own statements.
 
-use std::collections::HashSet;
-
 use diesel::{dsl::exists, prelude::*};
 use diesel_async::{AsyncConnection, RunQueryDsl};
 
 use super::{
     Access, Sealer, Store, StoreError,
-    batch::{InsertMappings, InsertToolsReturningStored},
+    batch::{InsertMappings, InsertTools},
     error::is_unique_violation,
     models::{
         MappingRow, ServerRow, ToolRow, server_state, state_column, to_ms, transport_kind_column,
@@ -51,8 +49,6 @@ macro_rules! insert_server {
 pub struct CreatedServer {
     pub server: Server,
     pub tools: Vec<Tool>,
-    /// Tools not stored because the organization already has a tool of that name.
-    pub name_conflicts: Vec<String>,
 }
 
 /// What [`Store::delete_server`] removed.
@@ -76,10 +72,8 @@ impl Store {
         })
     }
 
-    /// Writes the server, then each tool and its mapping, in one transaction
-    /// on one connection. Tools go in sorted multi-row batches; a tool whose
-    /// name the organization already has is skipped (ON CONFLICT DO NOTHING)
-    /// and reported, so one bad tool never fails the others.
+    /// Writes the server, then its tools and their mappings, in one
+    /// transaction on one connection, in multi-row batches.
     pub async fn create_server(
         &self,
         server: NewServer,
@@ -130,12 +124,14 @@ impl Store {
         &self,
         org: &str,
         server_id: &str,
+        tool_prefix: &str,
         transport: &Transport,
         new_tools: Vec<NewTool>,
     ) -> Result<CreatedServer, StoreError> {
         let write = ServerWrite::Authorized {
             id: server_id.to_owned(),
             organization_id: org.to_owned(),
+            tool_prefix: tool_prefix.to_owned(),
             transport_config: self.seal_transport(server_id, transport)?,
             secret_names: secret_names_column(transport),
         };
@@ -331,6 +327,7 @@ impl Store {
             state: state_column(state).to_owned(),
             state_reason: String::new(),
             authorization_url,
+            tool_prefix: server.tool_prefix,
         })
     }
 
@@ -348,26 +345,24 @@ impl Store {
         write: ServerWrite,
         new_tools: Vec<NewTool>,
     ) -> Result<CreatedServer, StoreError> {
-        let (server_id, org) = match &write {
-            ServerWrite::Insert(row) => (row.id.clone(), row.organization_id.clone()),
+        let (server_id, org, prefix) = match &write {
+            ServerWrite::Insert(row) => (&row.id, &row.organization_id, &row.tool_prefix),
             ServerWrite::Authorized {
                 id,
                 organization_id,
+                tool_prefix,
                 ..
-            } => (id.clone(), organization_id.clone()),
+            } => (id, organization_id, tool_prefix),
         };
         let now = to_ms(std::time::SystemTime::now());
         let mut new_tools: Vec<ToolRow> = new_tools
             .into_iter()
-            .map(|tool| ToolRow::new(&org, tool, now))
+            .map(|tool| ToolRow::new(&org, &prefix, tool, now))
             .collect();
-        // A stable order makes concurrent creates that share tool names take
-        // their row locks in the same order: they wait, never deadlock.
         new_tools.sort_by(|a, b| a.name.cmp(&b.name));
-        let write = &write;
-        let server_id = &server_id;
         let new_tools = &new_tools;
-        let (row, stored, name_conflicts) = with_conn!(self, Access::Write, |conn| {
+        let write = &write;
+        let row = with_conn!(self, Access::Write, |conn| {
             conn.transaction::<_, StoreError, _>(async |conn| {
                 match write {
                     ServerWrite::Insert(row) => {
@@ -378,6 +373,7 @@ impl Store {
                         organization_id,
                         transport_config,
                         secret_names,
+                        ..
                     } => {
                         let updated = diesel::update(
                             mcp_servers::table
@@ -403,35 +399,19 @@ impl Store {
                     }
                 }
 
-                let mut stored = Vec::with_capacity(new_tools.len());
-                let mut name_conflicts = Vec::new();
                 for batch in new_tools.chunks(BATCH_ROWS) {
-                    let inserted: HashSet<String> = InsertToolsReturningStored(batch)
-                        .load::<String>(conn)
-                        .await?
-                        .into_iter()
-                        .collect();
+                    InsertTools(batch).execute(conn).await?;
                     let mappings: Vec<MappingRow> = batch
                         .iter()
-                        .filter(|tool| inserted.contains(&tool.id))
                         .map(|tool| MappingRow {
                             server_id: server_id.clone(),
                             tool_id: tool.id.clone(),
                         })
                         .collect();
-                    if !mappings.is_empty() {
-                        InsertMappings(&mappings).execute(conn).await?;
-                    }
-                    for tool in batch {
-                        if inserted.contains(&tool.id) {
-                            stored.push(Tool::from(tool.clone()));
-                        } else {
-                            name_conflicts.push(tool.name.clone());
-                        }
-                    }
+                    InsertMappings(&mappings).execute(conn).await?;
                 }
 
-                let tool_count = i32::try_from(stored.len()).unwrap_or(i32::MAX);
+                let tool_count = i32::try_from(new_tools.len()).unwrap_or(i32::MAX);
                 let row = match write {
                     ServerWrite::Insert(row) => {
                         diesel::update(mcp_servers::table.find(server_id))
@@ -451,14 +431,13 @@ impl Store {
                             .await?
                     }
                 };
-                Ok((row, stored, name_conflicts))
+                Ok(row)
             })
             .await
         })?;
         Ok(CreatedServer {
             server: row.into_server(None),
-            tools: stored,
-            name_conflicts,
+            tools: new_tools.iter().cloned().map(Tool::from).collect(),
         })
     }
 
@@ -723,6 +702,7 @@ enum ServerWrite {
     Authorized {
         id: String,
         organization_id: String,
+        tool_prefix: String,
         transport_config: String,
         secret_names: String,
     },

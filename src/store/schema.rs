@@ -15,6 +15,7 @@ diesel::table! {
         state -> Text,
         state_reason -> Text,
         authorization_url -> Nullable<Text>,
+        tool_prefix -> Text,
     }
 }
 
@@ -23,6 +24,7 @@ diesel::table! {
         id -> Text,
         organization_id -> Text,
         name -> Text,
+        qualified_name -> Text,
         description -> Text,
         input_schema -> Text,
         created_at -> BigInt,

@@ -630,6 +630,7 @@ pub fn create_request(name: &str, transport: Transport) -> proto::CreateMcpServe
     proto::CreateMcpServerRequest {
         server_name: name.to_owned(),
         transport: Some(transport),
+        tool_prefix: String::new(),
     }
 }
 

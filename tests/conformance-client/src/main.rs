@@ -237,6 +237,7 @@ impl Session {
                     },
                 },
             )),
+            tool_prefix: String::new(),
         };
         let created = client
             .create_mcp_server(with_timeout(request, CREATE_TIMEOUT))

@@ -357,7 +357,7 @@ impl Store {
         let now = to_ms(std::time::SystemTime::now());
         let mut new_tools: Vec<ToolRow> = new_tools
             .into_iter()
-            .map(|tool| ToolRow::new(&org, &prefix, tool, now))
+            .map(|tool| ToolRow::new(org, prefix, tool, now))
             .collect();
         new_tools.sort_by(|a, b| a.name.cmp(&b.name));
         let new_tools = &new_tools;

@@ -226,6 +226,39 @@ impl McpServerService for McpServerApi {
         .await
     }
 
+    async fn sync_mcp_server_tools(
+        &self,
+        request: Request<proto::SyncMcpServerToolsRequest>,
+    ) -> Result<Response<proto::SyncMcpServerToolsResponse>, Status> {
+        observed(
+            "SyncMcpServerTools",
+            &self.manager,
+            request,
+            |org, body| async move {
+                let manager = self.manager.clone();
+                let (synced, stats) = detached(async move {
+                    manager.sync_server_tools(&org, &body.server_id).await
+                })
+                .await?;
+                Ok(with_stats(
+                    proto::SyncMcpServerToolsResponse {
+                        server: Some(convert::server(synced.server)),
+                        added: synced.added.into_iter().map(convert::tool).collect(),
+                        updated: synced.updated.into_iter().map(convert::tool).collect(),
+                        removed: synced.removed,
+                        failed_tools: synced
+                            .failed_tools
+                            .into_iter()
+                            .map(convert::failed_tool)
+                            .collect(),
+                    },
+                    stats,
+                ))
+            },
+        )
+        .await
+    }
+
     async fn get_mcp_server(
         &self,
         request: Request<proto::GetMcpServerRequest>,

@@ -8,6 +8,7 @@ mod error;
 mod fuzz;
 mod keys;
 mod paging;
+mod sync;
 mod tools;
 mod validate;
 
@@ -17,6 +18,7 @@ pub use authorize::{Authorized, Callback};
 pub use call::CallTool;
 pub use error::ManagerError;
 pub use keys::NewApiKey;
+pub use sync::Synced;
 pub use validate::{ClientCredentialsRequest, OAuthRequest, TransportRequest};
 
 pub use crate::mcp::PoolStats as LiveStats;

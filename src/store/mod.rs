@@ -13,6 +13,7 @@ mod models;
 mod queries;
 mod schema;
 mod sealer;
+mod sync;
 
 use std::{
     ops::{Deref, DerefMut},
@@ -36,6 +37,7 @@ pub use metrics::{PoolStats, track_connections};
 pub use migrate::run_migrations;
 pub use queries::{CreatedServer, DeletedServer};
 pub use sealer::{Sealer, SealerError};
+pub use sync::SyncedTools;
 
 use metrics::{LeaseCount, PoolMetrics};
 

@@ -1,4 +1,5 @@
-//! The MCP server itself: a hand-written `ServerHandler` over a [`Catalog`].
+//! The MCP server itself: a hand-written `ServerHandler` over a [`Catalog`]
+//! or a [`ToolsFile`].
 
 use std::sync::{
     Arc, OnceLock,
@@ -11,13 +12,16 @@ use rmcp::{
         CallToolRequestParams, CallToolResponse, CallToolResult, ContentBlock, DiscoverResult,
         ElicitRequest, ElicitRequestParams, ErrorCode, Implementation, InitializeRequestParams,
         InitializeResult, InputRequest, InputRequests, InputRequiredResult, ListToolsResult,
-        PaginatedRequestParams, ServerCapabilities, ServerConfig,
+        PaginatedRequestParams, ServerCapabilities, ServerConfig, SubscriptionFilter, Tool,
     },
-    service::RequestContext,
+    service::{NotificationContext, RequestContext, SubscriptionContext},
 };
 use serde_json::{Value, json};
 
-use crate::catalog::Catalog;
+use crate::{
+    catalog::Catalog,
+    tools_file::{ListChanged, ToolsFile},
+};
 
 /// Exit code of `--crash-on-shutdown`.
 pub const CRASH_EXIT_CODE: i32 = 3;
@@ -38,8 +42,26 @@ pub struct Calls {
     pub lifecycle_log: Option<std::path::PathBuf>,
 }
 
+/// Where the offered tools come from.
+#[derive(Clone)]
+pub enum Tools {
+    Generated(Arc<Catalog>),
+    File(Arc<ToolsFile>),
+}
+
+impl Tools {
+    /// The file's tools as they are now; an error naming the file if it
+    /// cannot be read.
+    fn load(file: &ToolsFile) -> Result<Vec<Tool>, McpError> {
+        file.load()
+            .map_err(|message| McpError::internal_error(message, None))
+    }
+}
+
 pub struct TestServer {
-    catalog: Arc<Catalog>,
+    tools: Tools,
+    /// `--notify-list-changed`, shared by all sessions.
+    list_changed: Option<Arc<ListChanged>>,
     calls: Calls,
     /// `--hang list`: never answer `tools/list`.
     hang_list: bool,
@@ -65,9 +87,10 @@ pub struct TestServer {
 static SESSIONS: AtomicU64 = AtomicU64::new(0);
 
 impl TestServer {
-    pub fn new(catalog: Arc<Catalog>, hang_list: bool, crash_on_session_close: bool) -> Self {
+    pub fn new(tools: Tools, hang_list: bool, crash_on_session_close: bool) -> Self {
         Self {
-            catalog,
+            tools,
+            list_changed: None,
             calls: Calls::default(),
             hang_list,
             crash_during_list: false,
@@ -81,6 +104,11 @@ impl TestServer {
 
     pub fn legacy(mut self, on: bool) -> Self {
         self.legacy = on;
+        self
+    }
+
+    pub fn list_changed(mut self, list_changed: Option<Arc<ListChanged>>) -> Self {
+        self.list_changed = list_changed;
         self
     }
 
@@ -109,7 +137,7 @@ impl TestServer {
     /// handler it needs, so guards are never shared between sessions.
     pub fn fresh(&self) -> Self {
         Self::new(
-            self.catalog.clone(),
+            self.tools.clone(),
             self.hang_list,
             self.crash_on_session_close,
         )
@@ -117,6 +145,7 @@ impl TestServer {
         .legacy(self.legacy)
         .crash_during_list(self.crash_during_list)
         .calls(self.calls.clone())
+        .list_changed(self.list_changed.clone())
     }
 }
 
@@ -142,7 +171,13 @@ impl Drop for CrashOnDrop {
 
 impl ServerHandler for TestServer {
     fn get_info(&self) -> ServerConfig {
-        ServerConfig::new(ServerCapabilities::builder().enable_tools().build())
+        let capabilities = ServerCapabilities::builder().enable_tools();
+        let capabilities = if self.list_changed.is_some() {
+            capabilities.enable_tool_list_changed().build()
+        } else {
+            capabilities.build()
+        };
+        ServerConfig::new(capabilities)
             .with_server_info(Implementation::new(
                 env!("CARGO_PKG_NAME"),
                 env!("CARGO_PKG_VERSION"),
@@ -195,6 +230,28 @@ impl ServerHandler for TestServer {
         self.negotiate_initialize(&request)
     }
 
+    async fn on_initialized(&self, context: NotificationContext<RoleServer>) {
+        if let Some(list_changed) = &self.list_changed {
+            list_changed.add_peer(context.peer);
+        }
+    }
+
+    fn accepted_subscription_filter(
+        &self,
+        requested: &SubscriptionFilter,
+    ) -> Option<SubscriptionFilter> {
+        let _ = requested;
+        self.list_changed.as_ref().map(|_| ListChanged::filter())
+    }
+
+    async fn listen(&self, subscription: SubscriptionContext) -> Result<(), McpError> {
+        match &self.list_changed {
+            Some(list_changed) => list_changed.listen(subscription).await,
+            None => subscription.cancelled().await,
+        }
+        Ok(())
+    }
+
     async fn list_tools(
         &self,
         request: Option<PaginatedRequestParams>,
@@ -223,10 +280,19 @@ impl ServerHandler for TestServer {
             ));
         }
         let cursor = request.as_ref().and_then(|params| params.cursor.as_deref());
-        let (tools, next_cursor) = self
-            .catalog
-            .page(cursor)
-            .map_err(|message| McpError::invalid_params(message, None))?;
+        let (tools, next_cursor) = match (&self.tools, cursor) {
+            (Tools::Generated(catalog), _) => catalog
+                .page(cursor)
+                .map_err(|message| McpError::invalid_params(message, None))?,
+            // One page holds the whole file, so no cursor was ever handed out.
+            (Tools::File(_), Some(cursor)) => {
+                return Err(McpError::invalid_params(
+                    format!("invalid cursor {cursor:?}"),
+                    None,
+                ));
+            }
+            (Tools::File(file), None) => (Tools::load(file)?, None),
+        };
         let prefix = self.session_prefix();
         let tools = if prefix.is_empty() {
             tools
@@ -251,7 +317,11 @@ impl ServerHandler for TestServer {
     ) -> Result<CallToolResponse, McpError> {
         let name = request.name.as_ref();
         let listed = name.strip_prefix(self.session_prefix()).unwrap_or(name);
-        if !self.catalog.contains(listed) {
+        let known = match &self.tools {
+            Tools::Generated(catalog) => catalog.contains(listed),
+            Tools::File(file) => Tools::load(file)?.iter().any(|tool| tool.name == listed),
+        };
+        if !known {
             // The MCP spec reports unknown tools as invalid params (-32602).
             return Err(McpError::invalid_params(
                 format!("unknown tool {name:?}"),

@@ -1,7 +1,9 @@
 //! `mcp-test-server`: a real MCP server (stdio or streamable HTTP) that mcpd's
 //! tests and benchmark register. It offers generated tools, paginates
-//! `tools/list`, and can misbehave on request (invalid tools, hangs, crashes,
-//! malformed answers, ignoring shutdown, leaving a grandchild process behind).
+//! `tools/list`, or offers the tools of a file a test rewrites as it runs
+//! (announcing the changes if asked), and can misbehave on request (invalid
+//! tools, hangs, crashes, malformed answers, ignoring shutdown, leaving a
+//! grandchild process behind).
 
 mod catalog;
 mod handler;
@@ -9,6 +11,7 @@ mod http;
 mod malformed;
 mod oauth;
 mod stdio;
+mod tools_file;
 
 use std::{
     net::SocketAddr,
@@ -23,7 +26,8 @@ use tokio::signal::unix::{SignalKind, signal};
 
 use crate::{
     catalog::Catalog,
-    handler::{Calls, TestServer},
+    handler::{Calls, TestServer, Tools},
+    tools_file::{ListChanged, ToolsFile},
 };
 
 #[derive(Debug, Parser)]
@@ -47,6 +51,19 @@ struct Cli {
     /// Number of deliberately invalid tools offered after the valid ones.
     #[arg(long, default_value_t = 0)]
     invalid_tools: usize,
+    /// Offer the tools listed in this file instead of generated ones, read
+    /// anew for every `tools/list` and `tools/call` so a test can change them
+    /// while we run: a JSON array of `{"name", "description"?, "title"?,
+    /// "input_schema"?, "output_schema"?, "annotations"?}`, all in one page.
+    #[arg(long, value_name = "PATH",
+          conflicts_with_all = ["tools", "tool_prefix", "page_size", "invalid_tools"])]
+    tools_file: Option<PathBuf>,
+    /// With `--tools-file`: advertise `tools.listChanged` and send
+    /// `notifications/tools/list_changed` when the file changes (polled every
+    /// 100 ms): to every `initialize` session, and on every open
+    /// `subscriptions/listen` request (2026-07-28).
+    #[arg(long, requires = "tools_file")]
+    notify_list_changed: bool,
     /// Never answer this request.
     #[arg(long, value_enum)]
     hang: Option<Hang>,
@@ -172,12 +189,23 @@ async fn main() -> anyhow::Result<()> {
     };
 
     let page_size = usize::try_from(cli.page_size).context("--page-size too large")?;
-    let catalog = Arc::new(Catalog::new(
-        &cli.tool_prefix,
-        cli.tools,
-        cli.invalid_tools,
-        page_size,
-    ));
+    let tools = match &cli.tools_file {
+        Some(path) => Tools::File(Arc::new(ToolsFile::new(path.clone()))),
+        None => Tools::Generated(Arc::new(Catalog::new(
+            &cli.tool_prefix,
+            cli.tools,
+            cli.invalid_tools,
+            page_size,
+        ))),
+    };
+    let list_changed = match (&tools, cli.notify_list_changed) {
+        (Tools::File(file), true) => {
+            let list_changed = ListChanged::new();
+            tokio::spawn(list_changed.clone().watch(file.path().to_owned()));
+            Some(list_changed)
+        }
+        _ => None,
+    };
     let behaviour = Behaviour {
         hang_initialize: cli.hang == Some(Hang::Initialize),
         crash_on_shutdown: cli.crash_on_shutdown,
@@ -217,7 +245,8 @@ async fn main() -> anyhow::Result<()> {
         Transport::Stdio => {
             // Over stdio the end of the session is stdin EOF, handled in
             // `stdio::run`, so the handler itself never crashes.
-            let server = TestServer::new(catalog, hang_list, false)
+            let server = TestServer::new(tools, hang_list, false)
+                .list_changed(list_changed)
                 .unique_per_session(cli.unique_per_session)
                 .legacy(legacy)
                 .crash_during_list(cli.crash_during_list)
@@ -227,7 +256,8 @@ async fn main() -> anyhow::Result<()> {
         Transport::Http => {
             // `--crash-during-list` is up to `http::run`: crashing in the
             // handler would be too late, rmcp has sent the SSE headers by then.
-            let server = TestServer::new(catalog, hang_list, cli.crash_on_shutdown)
+            let server = TestServer::new(tools, hang_list, cli.crash_on_shutdown)
+                .list_changed(list_changed)
                 .unique_per_session(cli.unique_per_session)
                 .legacy(legacy)
                 .calls(calls);

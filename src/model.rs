@@ -326,6 +326,8 @@ pub struct NewTool {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Tool {
     pub id: String,
+    /// The server that offers it.
+    pub server_id: String,
     pub name: String,
     /// The server's tool prefix and `name`: the tool's name in the
     /// organization's catalogue.

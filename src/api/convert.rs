@@ -82,6 +82,8 @@ pub fn tool(tool: Tool) -> proto::Tool {
         id: tool.id,
         name: tool.name,
         qualified_name: tool.qualified_name,
+        server_id: tool.server_id,
+        qualified_name_shared: false,
         description: tool.description,
         input_schema_json: tool.input_schema_json,
         title: tool.title,

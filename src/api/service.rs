@@ -236,10 +236,9 @@ impl McpServerService for McpServerApi {
             request,
             |org, body| async move {
                 let manager = self.manager.clone();
-                let (synced, stats) = detached(async move {
-                    manager.sync_server_tools(&org, &body.server_id).await
-                })
-                .await?;
+                let (synced, stats) =
+                    detached(async move { manager.sync_server_tools(&org, &body.server_id).await })
+                        .await?;
                 Ok(with_stats(
                     proto::SyncMcpServerToolsResponse {
                         server: Some(convert::server(synced.server)),
@@ -313,6 +312,24 @@ impl McpServerService for McpServerApi {
             &self.manager,
             request,
             |org, body| async move {
+                if body.server_id.is_empty() {
+                    let page = self
+                        .manager
+                        .list_catalogue(&org, body.page_size, &body.page_token)
+                        .await
+                        .map_err(to_status)?;
+                    return Ok(Response::new(proto::ListMcpServerToolsResponse {
+                        tools: page
+                            .items
+                            .into_iter()
+                            .map(|(tool, shared)| proto::Tool {
+                                qualified_name_shared: shared,
+                                ..convert::tool(tool)
+                            })
+                            .collect(),
+                        next_page_token: page.next_page_token,
+                    }));
+                }
                 let page = self
                     .manager
                     .list_server_tools(&org, &body.server_id, body.page_size, &body.page_token)

@@ -345,6 +345,32 @@ impl Manager {
     }
 }
 
+impl Manager {
+    /// The organization's tool catalogue: every tool of every server by
+    /// qualified name, each with whether its qualified name is shared.
+    pub async fn list_catalogue(
+        &self,
+        org: &str,
+        page_size: i32,
+        page_token: &str,
+    ) -> Result<Page<(Tool, bool)>, ManagerError> {
+        validate::organization_id(org)?;
+        let limit = paging::page_size(page_size)?;
+        let scope = format!("catalogue/{org}");
+        let after = paging::decode_token(&scope, page_token)?;
+        // Qualified names hold no newline (validated), ids neither.
+        let after = after.as_deref().and_then(|a| a.split_once('\n'));
+        let mut items = self.store.list_catalogue(org, after, limit + 1).await?;
+        let next_page_token = next_token(&mut items, limit, |(tool, _)| {
+            paging::encode_token(&scope, &format!("{}\n{}", tool.qualified_name, tool.id))
+        });
+        Ok(Page {
+            items,
+            next_page_token,
+        })
+    }
+}
+
 /// Tools listed and checked, with the teardown of the session that listed
 /// them still running.
 struct Listed {

@@ -31,7 +31,7 @@ pub(super) struct ServerRow {
     pub tool_prefix: String,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Queryable, Selectable, Insertable)]
+#[derive(Debug, Clone, PartialEq, Eq, Queryable, QueryableByName, Selectable, Insertable)]
 #[diesel(table_name = tools)]
 pub(super) struct ToolRow {
     pub id: String,
@@ -155,9 +155,12 @@ impl ToolRow {
     }
 }
 
-impl From<ToolRow> for Tool {
-    fn from(row: ToolRow) -> Self {
+impl ToolRow {
+    /// The domain view of a tool of `server_id`.
+    pub(super) fn into_tool(self, server_id: &str) -> Tool {
+        let row = self;
         Tool {
+            server_id: server_id.to_owned(),
             id: row.id,
             name: row.name,
             qualified_name: row.qualified_name,

@@ -437,7 +437,11 @@ impl Store {
         })?;
         Ok(CreatedServer {
             server: row.into_server(None),
-            tools: new_tools.iter().cloned().map(Tool::from).collect(),
+            tools: new_tools
+                .iter()
+                .cloned()
+                .map(|t| t.into_tool(server_id))
+                .collect(),
         })
     }
 
@@ -642,7 +646,7 @@ impl Store {
             }
             Ok(query.load(conn).await?)
         })?;
-        Ok(rows.into_iter().map(Tool::from).collect())
+        Ok(rows.into_iter().map(|t| t.into_tool(server_id)).collect())
     }
 
     /// Removes the server, its mappings and the tools no other server
@@ -710,4 +714,52 @@ enum ServerWrite {
 
 fn secret_names_column(transport: &Transport) -> String {
     serde_json::to_string(&transport.secret_names()).unwrap_or_else(|_| "[]".into())
+}
+
+/// One entry of an organization's tool catalogue.
+#[derive(QueryableByName)]
+struct CatalogueRow {
+    #[diesel(embed)]
+    tool: ToolRow,
+    #[diesel(sql_type = diesel::sql_types::Text)]
+    server_id: String,
+    #[diesel(sql_type = diesel::sql_types::Bool)]
+    shared: bool,
+}
+
+impl Store {
+    /// Every tool of the organization by qualified name (then id), after
+    /// `after` (a qualified name and id), each with whether another tool of
+    /// the organization has the same qualified name.
+    pub async fn list_catalogue(
+        &self,
+        org: &str,
+        after: Option<(&str, &str)>,
+        limit: i64,
+    ) -> Result<Vec<(Tool, bool)>, StoreError> {
+        let (after_name, after_id) = after.unwrap_or(("", ""));
+        let rows: Vec<CatalogueRow> = with_conn!(self, Access::Read, |conn| {
+            Ok(diesel::sql_query(
+                "SELECT t.id, t.organization_id, t.name, t.qualified_name, t.description, \
+                 t.input_schema, t.created_at, t.title, t.annotations, t.output_schema, \
+                 st.server_id, \
+                 EXISTS (SELECT 1 FROM tools o WHERE o.organization_id = t.organization_id \
+                   AND o.qualified_name = t.qualified_name AND o.id <> t.id) AS shared \
+                 FROM tools t JOIN server_tools st ON st.tool_id = t.id \
+                 WHERE t.organization_id = $1 \
+                   AND (t.qualified_name > $2 OR (t.qualified_name = $2 AND t.id > $3)) \
+                 ORDER BY t.qualified_name, t.id LIMIT $4",
+            )
+            .bind::<diesel::sql_types::Text, _>(org)
+            .bind::<diesel::sql_types::Text, _>(after_name)
+            .bind::<diesel::sql_types::Text, _>(after_id)
+            .bind::<diesel::sql_types::BigInt, _>(limit)
+            .load(conn)
+            .await?)
+        })?;
+        Ok(rows
+            .into_iter()
+            .map(|row| (row.tool.into_tool(&row.server_id), row.shared))
+            .collect())
+    }
 }

@@ -109,8 +109,16 @@ impl Store {
                 }
                 Ok(SyncedTools {
                     server: server.into_server(None),
-                    added: diff.added.into_iter().map(Tool::from).collect(),
-                    updated: diff.updated.into_iter().map(Tool::from).collect(),
+                    added: diff
+                        .added
+                        .into_iter()
+                        .map(|t| t.into_tool(server_id))
+                        .collect(),
+                    updated: diff
+                        .updated
+                        .into_iter()
+                        .map(|t| t.into_tool(server_id))
+                        .collect(),
                     removed: diff.removed.into_iter().map(|t| t.name).collect(),
                 })
             })

@@ -110,6 +110,26 @@ impl Registry {
         .await
     }
 
+    /// Each tool row as `id@version`: on PostgreSQL the version is the
+    /// row's `xmin`, which any write to the row changes; SQLite keeps no
+    /// such thing, so there it is the row's content.
+    pub async fn tool_row_versions(&self) -> Vec<String> {
+        let rows: Vec<Named> = match &self.url {
+            DatabaseUrl::Postgres(_) => {
+                self.load("SELECT id || '@' || xmin::text AS what FROM tools ORDER BY id")
+                    .await
+            }
+            DatabaseUrl::Sqlite(_) => {
+                self.load(
+                    "SELECT id || '@' || qualified_name || description || input_schema || title \
+                     AS what FROM tools ORDER BY id",
+                )
+                .await
+            }
+        };
+        rows.into_iter().map(|r| r.what).collect()
+    }
+
     pub async fn api_keys(&self) -> Vec<StoredKey> {
         self.load(
             "SELECT id, organization_id, name, key_hash, revoked_at FROM api_keys ORDER BY id",
@@ -241,4 +261,10 @@ impl PgActivity {
         }
         terminated
     }
+}
+
+#[derive(QueryableByName)]
+struct Named {
+    #[diesel(sql_type = diesel::sql_types::Text)]
+    what: String,
 }

@@ -182,7 +182,7 @@ impl ServerHandler for TestServer {
                 env!("CARGO_PKG_NAME"),
                 env!("CARGO_PKG_VERSION"),
             ))
-            .with_instructions("Test server for mcpd: generated tools that echo their arguments.")
+            .with_instructions("Test server for mcpd: tools that echo their name and arguments.")
     }
 
     async fn discover(

@@ -1,0 +1,194 @@
+//! Keeping the registry true as servers change: SyncMcpServerTools writes
+//! exactly the difference, and the organization's catalogue shows every
+//! tool with its qualified name, on both backends.
+
+mod common;
+
+use common::*;
+use mcpd::proto;
+use serde_json::json;
+use tonic::Code;
+
+backend_tests!(
+    a_sync_writes_exactly_the_difference,
+    the_catalogue_shows_shared_qualified_names,
+);
+
+fn write_tools(path: &std::path::Path, tools: serde_json::Value) {
+    std::fs::write(path, tools.to_string()).unwrap();
+}
+
+fn tool(name: &str, description: &str) -> serde_json::Value {
+    json!({"name": name, "description": description, "input_schema": {"type": "object"}})
+}
+
+async fn sync(
+    acme: &OrgClient,
+    id: &str,
+) -> Result<proto::SyncMcpServerToolsResponse, tonic::Status> {
+    acme.raw()
+        .sync_mcp_server_tools(acme.req(proto::SyncMcpServerToolsRequest {
+            server_id: id.to_owned(),
+        }))
+        .await
+        .map(|r| r.into_inner())
+}
+
+fn names(tools: &[proto::Tool]) -> Vec<&str> {
+    tools.iter().map(|t| t.name.as_str()).collect()
+}
+
+async fn a_sync_writes_exactly_the_difference(backend: Backend) {
+    let daemon = Daemon::start(backend).await;
+    let acme = daemon.org("acme").await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("tools.json");
+    write_tools(
+        &file,
+        json!([tool("alpha", "a"), tool("beta", "b"), tool("gamma", "c")]),
+    );
+    let created = acme
+        .create("changing", stdio(["--tools-file", file.to_str().unwrap()]))
+        .await
+        .unwrap();
+    assert_eq!(names(&created.tools), ["alpha", "beta", "gamma"]);
+    let id = created.server.unwrap().id;
+    let beta_id = created.tools[1].id.clone();
+
+    // Nothing changed: nothing is written, however often.
+    let before = daemon.registry().tool_row_versions().await;
+    for _ in 0..2 {
+        let synced = sync(&acme, &id).await.unwrap();
+        assert!(
+            synced.added.is_empty() && synced.updated.is_empty() && synced.removed.is_empty(),
+            "{synced:?}"
+        );
+        assert_eq!(synced.server.unwrap().tool_count, 3);
+    }
+    assert_eq!(daemon.registry().tool_row_versions().await, before);
+
+    // One changed, one gone, one new, one invalid.
+    write_tools(
+        &file,
+        json!([
+            tool("alpha", "a"),
+            tool("beta", "b, now better"),
+            tool("delta", "d"),
+            tool("not valid", "spaces are not allowed in tool names"),
+        ]),
+    );
+    let synced = sync(&acme, &id).await.unwrap();
+    assert_eq!(names(&synced.added), ["delta"]);
+    assert_eq!(names(&synced.updated), ["beta"]);
+    assert_eq!(synced.updated[0].id, beta_id, "updated in place");
+    assert_eq!(synced.updated[0].description, "b, now better");
+    assert_eq!(synced.removed, ["gamma"]);
+    assert_eq!(synced.failed_tools.len(), 1, "{synced:?}");
+    assert_eq!(synced.failed_tools[0].name, "not valid");
+    assert_eq!(synced.server.unwrap().tool_count, 3);
+    let stored = acme.tools(&id).await.unwrap();
+    assert_eq!(names(&stored), ["alpha", "beta", "delta"]);
+    // Nothing stale: exactly one mapping per stored tool.
+    daemon.registry().assert_whole("acme", 3).await;
+
+    // Calls follow: the new tool runs, the removed one is unknown.
+    let answer = acme
+        .raw()
+        .call_mcp_tool(acme.req(call(&id, "delta", json!({}))))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!answer.is_error, "{answer:?}");
+    let status = acme
+        .raw()
+        .call_mcp_tool(acme.req(call(&id, "gamma", json!({}))))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::NotFound, "{status:?}");
+
+    // Unknown and foreign servers are NOT_FOUND; a server that cannot be
+    // reached leaves the registry as it was.
+    let status = sync(&acme, "01a22c9b-b1e9-7593-b6dd-d5fd91f63bc6")
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::NotFound, "{status:?}");
+    let other = daemon.org("globex").await;
+    assert_eq!(sync(&other, &id).await.unwrap_err().code(), Code::NotFound);
+    std::fs::remove_file(&file).unwrap();
+    let before = daemon.registry().tool_row_versions().await;
+    let status = sync(&acme, &id).await.unwrap_err();
+    assert_ne!(status.code(), Code::Ok);
+    assert_eq!(daemon.registry().tool_row_versions().await, before);
+    daemon.stop().await;
+}
+
+async fn the_catalogue_shows_shared_qualified_names(backend: Backend) {
+    let daemon = Daemon::start(backend).await;
+    let acme = daemon.org("acme").await;
+    let first = acme.create("first", stdio(["--tools", "2"])).await.unwrap();
+    let second = acme
+        .create("second", stdio(["--tools", "2"]))
+        .await
+        .unwrap();
+    let mut request = create_request("third", stdio(["--tools", "2"]));
+    request.tool_prefix = "third__".to_owned();
+    acme.raw()
+        .create_mcp_server(acme.req(request))
+        .await
+        .unwrap();
+
+    // Page by page, by qualified name: the two unprefixed servers' tools
+    // share their qualified names, the prefixed ones do not.
+    let mut seen = Vec::new();
+    let mut token = String::new();
+    loop {
+        let page = acme
+            .raw()
+            .list_mcp_server_tools(acme.req(proto::ListMcpServerToolsRequest {
+                server_id: String::new(),
+                page_size: 4,
+                page_token: token,
+            }))
+            .await
+            .unwrap()
+            .into_inner();
+        seen.extend(page.tools);
+        token = page.next_page_token;
+        if token.is_empty() {
+            break;
+        }
+    }
+    let listed: Vec<(&str, bool)> = seen
+        .iter()
+        .map(|t| (t.qualified_name.as_str(), t.qualified_name_shared))
+        .collect();
+    assert_eq!(
+        listed,
+        [
+            ("third__tool_0000", false),
+            ("third__tool_0001", false),
+            ("tool_0000", true),
+            ("tool_0000", true),
+            ("tool_0001", true),
+            ("tool_0001", true),
+        ]
+    );
+    let servers: std::collections::HashSet<&str> =
+        seen[2..4].iter().map(|t| t.server_id.as_str()).collect();
+    let expected: std::collections::HashSet<&str> = [
+        first.server.as_ref().unwrap().id.as_str(),
+        second.server.as_ref().unwrap().id.as_str(),
+    ]
+    .into();
+    assert_eq!(servers, expected);
+    // Another organization's catalogue is its own.
+    let other = daemon.org("globex").await;
+    let page = other
+        .raw()
+        .list_mcp_server_tools(other.req(proto::ListMcpServerToolsRequest::default()))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(page.tools.is_empty());
+    daemon.stop().await;
+}

@@ -12,7 +12,36 @@ use tonic::Code;
 backend_tests!(
     a_sync_writes_exactly_the_difference,
     the_catalogue_shows_shared_qualified_names,
+    updates_rename_reprefix_and_rotate_the_transport,
 );
+
+async fn update(
+    acme: &OrgClient,
+    id: &str,
+    paths: &[&str],
+    fill: impl FnOnce(&mut proto::UpdateMcpServerRequest),
+) -> Result<proto::UpdateMcpServerResponse, tonic::Status> {
+    let mut request = proto::UpdateMcpServerRequest {
+        server_id: id.to_owned(),
+        update_mask: Some(prost_types::FieldMask {
+            paths: paths.iter().map(|p| p.to_string()).collect(),
+        }),
+        ..Default::default()
+    };
+    fill(&mut request);
+    acme.raw()
+        .update_mcp_server(acme.req(request))
+        .await
+        .map(|r| r.into_inner())
+}
+
+fn http_with_bearer(url: &str, token: &str) -> proto::update_mcp_server_request::Transport {
+    proto::update_mcp_server_request::Transport::StreamableHttp(proto::StreamableHttpTransport {
+        url: url.to_owned(),
+        headers: [("authorization".to_owned(), format!("Bearer {token}"))].into(),
+        oauth: None,
+    })
+}
 
 fn write_tools(path: &std::path::Path, tools: serde_json::Value) {
     std::fs::write(path, tools.to_string()).unwrap();
@@ -190,5 +219,124 @@ async fn the_catalogue_shows_shared_qualified_names(backend: Backend) {
         .unwrap()
         .into_inner();
     assert!(page.tools.is_empty());
+    daemon.stop().await;
+}
+
+async fn updates_rename_reprefix_and_rotate_the_transport(backend: Backend) {
+    let daemon = Daemon::start(backend).await;
+    let acme = daemon.org("acme").await;
+    let alpha = acme.create("alpha", stdio(["--tools", "2"])).await.unwrap();
+    let id = alpha.server.unwrap().id;
+    acme.create("beta", stdio(["--tools", "1"])).await.unwrap();
+
+    // A taken name is refused, never a deletion; the mask is checked.
+    let status = update(&acme, &id, &["server_name"], |r| {
+        r.server_name = "beta".into()
+    })
+    .await
+    .unwrap_err();
+    assert_eq!(status.code(), Code::AlreadyExists, "{status:?}");
+    assert_eq!(acme.servers().await.unwrap().len(), 2);
+    assert_eq!(acme.get(&id).await.unwrap().server_name, "alpha");
+    for (paths, expected) in [
+        (&[][..], "names no field"),
+        (&["endpoint"][..], "\"endpoint\""),
+    ] {
+        let status = update(&acme, &id, paths, |_| {}).await.unwrap_err();
+        assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+        assert!(status.message().contains(expected), "{status:?}");
+    }
+
+    // Rename and prefix at once: the qualified names follow.
+    let updated = update(&acme, &id, &["server_name", "tool_prefix"], |r| {
+        r.server_name = "gamma".into();
+        r.tool_prefix = "g__".into();
+    })
+    .await
+    .unwrap();
+    let server = updated.server.unwrap();
+    assert_eq!(
+        (server.server_name.as_str(), server.tool_prefix.as_str()),
+        ("gamma", "g__")
+    );
+    let qualified: Vec<String> = acme
+        .tools(&id)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|t| t.qualified_name)
+        .collect();
+    assert_eq!(qualified, ["g__tool_0000", "g__tool_0001"]);
+
+    // Secret rotation: a server that takes a bearer token from a file.
+    let dir = tempfile::tempdir().unwrap();
+    let token = dir.path().join("token");
+    std::fs::write(&token, "first-token").unwrap();
+    let remote = HttpTestServer::start([
+        "--tools".to_owned(),
+        "3".to_owned(),
+        "--bearer-file".to_owned(),
+        token.to_string_lossy().into_owned(),
+    ])
+    .await;
+    let moved = update(&acme, &id, &["transport"], |r| {
+        r.transport = Some(http_with_bearer(&remote.url, "first-token"))
+    })
+    .await
+    .unwrap();
+    // The transport changed: its tools were synced in the same step.
+    assert_eq!(names(&moved.added), ["tool_0002"]);
+    assert!(
+        moved.removed.is_empty() && moved.updated.is_empty(),
+        "{moved:?}"
+    );
+    let server = moved.server.unwrap();
+    assert_eq!(server.endpoint, remote.url);
+    assert_eq!(server.tool_count, 3);
+    assert_eq!(server.secret_names, ["authorization"]);
+    let answer = acme
+        .raw()
+        .call_mcp_tool(acme.req(call(&id, "tool_0002", json!({}))))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!answer.is_error, "{answer:?}");
+
+    // The server now wants a new token: the old one is refused...
+    std::fs::write(&token, "second-token").unwrap();
+    let status = acme
+        .raw()
+        .call_mcp_tool(acme.req(call(&id, "tool_0002", json!({}))))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::FailedPrecondition, "{status:?}");
+    // ...a transport that cannot connect changes nothing...
+    let before = daemon.registry().tool_row_versions().await;
+    let stored_before = daemon.registry().servers("acme").await;
+    let (_socket, port) = refused_port();
+    let status = update(&acme, &id, &["transport"], |r| {
+        r.transport = Some(http_with_bearer(
+            &format!("http://127.0.0.1:{port}/mcp"),
+            "second-token",
+        ))
+    })
+    .await
+    .unwrap_err();
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    assert_eq!(daemon.registry().tool_row_versions().await, before);
+    assert_eq!(daemon.registry().servers("acme").await, stored_before);
+    // ...and the rotated one is used from the next call on.
+    update(&acme, &id, &["transport"], |r| {
+        r.transport = Some(http_with_bearer(&remote.url, "second-token"))
+    })
+    .await
+    .unwrap();
+    let answer = acme
+        .raw()
+        .call_mcp_tool(acme.req(call(&id, "tool_0002", json!({}))))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!answer.is_error, "{answer:?}");
     daemon.stop().await;
 }

@@ -31,6 +31,20 @@ pub fn transport_request(
     })
 }
 
+/// An UpdateMcpServer's transport: the same three kinds as a create's.
+pub fn update_transport(
+    transport: Option<proto::update_mcp_server_request::Transport>,
+) -> Option<TransportRequest> {
+    use proto::{
+        create_mcp_server_request::Transport as Create, update_mcp_server_request::Transport,
+    };
+    transport_request(transport.map(|t| match t {
+        Transport::Stdio(s) => Create::Stdio(s),
+        Transport::StreamableHttp(h) => Create::StreamableHttp(h),
+        Transport::Sse(h) => Create::Sse(h),
+    }))
+}
+
 fn oauth_request(oauth: proto::OAuth) -> OAuthRequest {
     use proto::client_credentials::Credential;
     OAuthRequest {

@@ -7,7 +7,7 @@ use tonic::{Code, Request, Response, Status, metadata::MetadataValue};
 
 use super::{auth, convert, deadline, status::to_status, stream};
 use crate::{
-    manager::{CallStats, CreateServer, Manager, ManagerError},
+    manager::{CallStats, CreateServer, Manager, ManagerError, UpdateServer},
     proto::{self, mcp_server_service_server::McpServerService},
 };
 
@@ -218,6 +218,44 @@ impl McpServerService for McpServerApi {
                         server_id,
                         removed_tools: closed.removed_tools,
                         removed_mappings: closed.removed_mappings,
+                    },
+                    stats,
+                ))
+            },
+        )
+        .await
+    }
+
+    async fn update_mcp_server(
+        &self,
+        request: Request<proto::UpdateMcpServerRequest>,
+    ) -> Result<Response<proto::UpdateMcpServerResponse>, Status> {
+        observed(
+            "UpdateMcpServer",
+            &self.manager,
+            request,
+            |org, body| async move {
+                let update = UpdateServer {
+                    server_id: body.server_id,
+                    mask: body.update_mask.map(|m| m.paths).unwrap_or_default(),
+                    name: body.server_name,
+                    tool_prefix: body.tool_prefix,
+                    transport: convert::update_transport(body.transport),
+                };
+                let manager = self.manager.clone();
+                let (updated, stats) =
+                    detached(async move { manager.update_server(&org, update).await }).await?;
+                Ok(with_stats(
+                    proto::UpdateMcpServerResponse {
+                        server: Some(convert::server(updated.server)),
+                        added: updated.added.into_iter().map(convert::tool).collect(),
+                        updated: updated.updated.into_iter().map(convert::tool).collect(),
+                        removed: updated.removed,
+                        failed_tools: updated
+                            .failed_tools
+                            .into_iter()
+                            .map(convert::failed_tool)
+                            .collect(),
                     },
                     stats,
                 ))

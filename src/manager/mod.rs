@@ -10,6 +10,7 @@ mod keys;
 mod paging;
 mod sync;
 mod tools;
+mod update;
 mod validate;
 
 use std::time::{Duration, Instant};
@@ -19,6 +20,7 @@ pub use call::CallTool;
 pub use error::ManagerError;
 pub use keys::NewApiKey;
 pub use sync::Synced;
+pub use update::{UpdateServer, Updated};
 pub use validate::{ClientCredentialsRequest, OAuthRequest, TransportRequest};
 
 pub use crate::mcp::PoolStats as LiveStats;

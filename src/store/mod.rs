@@ -37,7 +37,7 @@ pub use metrics::{PoolStats, track_connections};
 pub use migrate::run_migrations;
 pub use queries::{CreatedServer, DeletedServer};
 pub use sealer::{Sealer, SealerError};
-pub use sync::SyncedTools;
+pub use sync::{ServerUpdate, SyncedTools};
 
 use metrics::{LeaseCount, PoolMetrics};
 

@@ -331,7 +331,11 @@ impl Store {
         })
     }
 
-    fn seal_transport(&self, server_id: &str, transport: &Transport) -> Result<String, StoreError> {
+    pub(super) fn seal_transport(
+        &self,
+        server_id: &str,
+        transport: &Transport,
+    ) -> Result<String, StoreError> {
         let config = serde_json::to_string(transport)
             .map_err(|e| StoreError::Sealing(format!("encoding the transport: {e}")))?;
         // Bound to the row: a sealed config copied to another server does
@@ -494,7 +498,7 @@ impl Store {
     }
 
     /// The domain view of a row, its authorization URL unsealed.
-    fn server_of(&self, row: ServerRow) -> Result<Server, StoreError> {
+    pub(super) fn server_of(&self, row: ServerRow) -> Result<Server, StoreError> {
         let url = match &row.authorization_url {
             Some(sealed) => {
                 let plain = self

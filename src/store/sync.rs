@@ -3,17 +3,17 @@
 
 use std::collections::HashMap;
 
-use diesel::{prelude::*, sql_types::Text};
+use diesel::prelude::*;
 use diesel_async::{AsyncConnection, RunQueryDsl};
 
 use super::{
     Access, Backend, Store, StoreError,
     batch::{InsertMappings, InsertTools},
-    models::{MappingRow, ServerRow, ToolRow, to_ms},
+    models::{MappingRow, ServerRow, ToolRow, to_ms, transport_kind_column},
     schema::{mcp_servers, server_tools, tools},
     with_conn,
 };
-use crate::model::{NewTool, Server, Tool};
+use crate::model::{NewTool, Server, Tool, Transport};
 
 /// What [`Store::sync_tools`] changed. Nothing changed: nothing was written.
 #[derive(Debug, Clone)]
@@ -26,7 +26,7 @@ pub struct SyncedTools {
 }
 
 /// Rows per multi-row statement (bind-parameter limits).
-const BATCH_ROWS: usize = 500;
+pub(super) const BATCH_ROWS: usize = 500;
 
 impl Store {
     /// Makes the server's stored tools equal to `listed`: new names are
@@ -46,89 +46,104 @@ impl Store {
         let listed = &listed;
         with_conn!(self, Access::Write, |conn| {
             conn.transaction::<_, StoreError, _>(async |conn| {
-                if postgres {
-                    diesel::sql_query("SELECT pg_advisory_xact_lock(hashtextextended($1, 7))")
-                        .bind::<Text, _>(server_id)
-                        .execute(conn)
-                        .await?;
-                }
-                let server: ServerRow = mcp_servers::table
-                    .filter(mcp_servers::organization_id.eq(org))
-                    .filter(mcp_servers::id.eq(server_id))
-                    .select(ServerRow::as_select())
-                    .first(conn)
-                    .await
-                    .optional()?
-                    .ok_or_else(|| StoreError::ServerNotFound(server_id.to_owned()))?;
-                let stored: Vec<ToolRow> = server_tools::table
-                    .inner_join(tools::table)
-                    .filter(server_tools::server_id.eq(server_id))
-                    .select(ToolRow::as_select())
-                    .load(conn)
-                    .await?;
-                let diff = Diff::of(&server, stored, listed, now);
-
-                for batch in diff.added.chunks(BATCH_ROWS) {
-                    InsertTools(batch).execute(conn).await?;
-                    let mappings: Vec<MappingRow> = batch
-                        .iter()
-                        .map(|tool| MappingRow {
-                            server_id: server_id.to_owned(),
-                            tool_id: tool.id.clone(),
-                        })
-                        .collect();
-                    InsertMappings(&mappings).execute(conn).await?;
-                }
-                for tool in &diff.updated {
-                    diesel::update(tools::table.find(&tool.id))
-                        .set((
-                            tools::qualified_name.eq(&tool.qualified_name),
-                            tools::description.eq(&tool.description),
-                            tools::input_schema.eq(&tool.input_schema),
-                            tools::title.eq(&tool.title),
-                            tools::annotations.eq(&tool.annotations),
-                            tools::output_schema.eq(&tool.output_schema),
-                        ))
-                        .execute(conn)
-                        .await?;
-                }
-                let removed_ids: Vec<&String> = diff.removed.iter().map(|t| &t.id).collect();
-                for batch in removed_ids.chunks(BATCH_ROWS) {
-                    // Their mappings go with them (ON DELETE CASCADE).
-                    diesel::delete(tools::table.filter(tools::id.eq_any(batch)))
-                        .execute(conn)
-                        .await?;
-                }
-                let mut server = server;
-                if diff.changes_anything() {
-                    server.tool_count = i32::try_from(listed.len()).unwrap_or(i32::MAX);
-                    diesel::update(mcp_servers::table.find(server_id))
-                        .set(mcp_servers::tool_count.eq(server.tool_count))
-                        .execute(conn)
-                        .await?;
-                }
-                Ok(SyncedTools {
-                    server: server.into_server(None),
-                    added: diff
-                        .added
-                        .into_iter()
-                        .map(|t| t.into_tool(server_id))
-                        .collect(),
-                    updated: diff
-                        .updated
-                        .into_iter()
-                        .map(|t| t.into_tool(server_id))
-                        .collect(),
-                    removed: diff.removed.into_iter().map(|t| t.name).collect(),
-                })
+                Ok(sync_in_transaction!(
+                    conn, postgres, org, server_id, listed, now
+                ))
             })
             .await
         })
     }
 }
 
+/// The body of a sync, inside a transaction the caller opened on `$conn`
+/// (a macro: it is instantiated for each backend's connection). Evaluates to
+/// the [`SyncedTools`]; returns early with a [`StoreError`].
+macro_rules! sync_in_transaction {
+    ($conn:expr, $postgres:expr, $org:expr, $server_id:expr, $listed:expr, $now:expr) => {{
+        let conn = $conn;
+        let server_id: &str = $server_id;
+        if $postgres {
+            diesel::sql_query("SELECT pg_advisory_xact_lock(hashtextextended($1, 7))")
+                .bind::<diesel::sql_types::Text, _>(server_id)
+                .execute(conn)
+                .await?;
+        }
+        let server: ServerRow = mcp_servers::table
+            .filter(mcp_servers::organization_id.eq($org))
+            .filter(mcp_servers::id.eq(server_id))
+            .select(ServerRow::as_select())
+            .first(conn)
+            .await
+            .optional()?
+            .ok_or_else(|| StoreError::ServerNotFound(server_id.to_owned()))?;
+        let stored: Vec<ToolRow> = server_tools::table
+            .inner_join(tools::table)
+            .filter(server_tools::server_id.eq(server_id))
+            .select(ToolRow::as_select())
+            .load(conn)
+            .await?;
+        let listed: &[NewTool] = $listed;
+        let diff = Diff::of(&server, stored, listed, $now);
+
+        for batch in diff.added.chunks(BATCH_ROWS) {
+            InsertTools(batch).execute(conn).await?;
+            let mappings: Vec<MappingRow> = batch
+                .iter()
+                .map(|tool| MappingRow {
+                    server_id: server_id.to_owned(),
+                    tool_id: tool.id.clone(),
+                })
+                .collect();
+            InsertMappings(&mappings).execute(conn).await?;
+        }
+        for tool in &diff.updated {
+            diesel::update(tools::table.find(&tool.id))
+                .set((
+                    tools::qualified_name.eq(&tool.qualified_name),
+                    tools::description.eq(&tool.description),
+                    tools::input_schema.eq(&tool.input_schema),
+                    tools::title.eq(&tool.title),
+                    tools::annotations.eq(&tool.annotations),
+                    tools::output_schema.eq(&tool.output_schema),
+                ))
+                .execute(conn)
+                .await?;
+        }
+        let removed_ids: Vec<&String> = diff.removed.iter().map(|t| &t.id).collect();
+        for batch in removed_ids.chunks(BATCH_ROWS) {
+            // Their mappings go with them (ON DELETE CASCADE).
+            diesel::delete(tools::table.filter(tools::id.eq_any(batch)))
+                .execute(conn)
+                .await?;
+        }
+        let mut server = server;
+        if diff.changes_anything() {
+            server.tool_count = i32::try_from(listed.len()).unwrap_or(i32::MAX);
+            diesel::update(mcp_servers::table.find(server_id))
+                .set(mcp_servers::tool_count.eq(server.tool_count))
+                .execute(conn)
+                .await?;
+        }
+        SyncedTools {
+            server: server.into_server(None),
+            added: diff
+                .added
+                .into_iter()
+                .map(|t| t.into_tool(server_id))
+                .collect(),
+            updated: diff
+                .updated
+                .into_iter()
+                .map(|t| t.into_tool(server_id))
+                .collect(),
+            removed: diff.removed.into_iter().map(|t| t.name).collect(),
+        }
+    }};
+}
+pub(super) use sync_in_transaction;
+
 /// The rows to write to go from what is stored to what is listed.
-struct Diff {
+pub(super) struct Diff {
     added: Vec<ToolRow>,
     /// The stored rows with their new content.
     updated: Vec<ToolRow>,
@@ -136,7 +151,12 @@ struct Diff {
 }
 
 impl Diff {
-    fn of(server: &ServerRow, stored: Vec<ToolRow>, listed: &[NewTool], now: i64) -> Diff {
+    pub(super) fn of(
+        server: &ServerRow,
+        stored: Vec<ToolRow>,
+        listed: &[NewTool],
+        now: i64,
+    ) -> Diff {
         let mut stored: HashMap<String, ToolRow> =
             stored.into_iter().map(|t| (t.name.clone(), t)).collect();
         let mut added = Vec::new();
@@ -173,7 +193,111 @@ impl Diff {
         }
     }
 
-    fn changes_anything(&self) -> bool {
+    pub(super) fn changes_anything(&self) -> bool {
         !(self.added.is_empty() && self.updated.is_empty() && self.removed.is_empty())
+    }
+}
+
+/// What [`Store::update_server`] changes; `None` leaves a field as it is.
+#[derive(Default)]
+pub struct ServerUpdate {
+    pub name: Option<String>,
+    pub tool_prefix: Option<String>,
+    /// A new transport, with the tools listed over it (synced in the same
+    /// transaction).
+    pub transport: Option<(Transport, Vec<NewTool>)>,
+}
+
+impl Store {
+    /// Applies `update` to the server in one transaction: a name the
+    /// organization uses already is [`StoreError::ServerNameTaken`] and
+    /// changes nothing; a new prefix renames every tool's qualified name; a
+    /// new transport replaces the sealed one (old secrets gone) and its tools
+    /// are synced. Answers the server as stored, and the sync when there was
+    /// one.
+    pub async fn update_server(
+        &self,
+        org: &str,
+        server_id: &str,
+        update: ServerUpdate,
+    ) -> Result<(Server, Option<SyncedTools>), StoreError> {
+        let postgres = matches!(self.inner.backend, Backend::Postgres(_));
+        let now = to_ms(std::time::SystemTime::now());
+        let sealed = match &update.transport {
+            Some((transport, _)) => Some((
+                self.seal_transport(server_id, transport)?,
+                serde_json::to_string(&transport.secret_names()).unwrap_or_else(|_| "[]".into()),
+                transport_kind_column(transport.kind()),
+                transport.endpoint(),
+            )),
+            None => None,
+        };
+        let update = &update;
+        let sealed = &sealed;
+        let (row, synced) = with_conn!(self, Access::Write, |conn| {
+            conn.transaction::<_, StoreError, _>(async |conn| {
+                let target = mcp_servers::table
+                    .filter(mcp_servers::organization_id.eq(org))
+                    .filter(mcp_servers::id.eq(server_id));
+                let found = diesel::select(diesel::dsl::exists(target))
+                    .get_result::<bool>(conn)
+                    .await?;
+                if !found {
+                    return Err(StoreError::ServerNotFound(server_id.to_owned()));
+                }
+                if let Some(name) = &update.name {
+                    diesel::update(target)
+                        .set(mcp_servers::name.eq(name))
+                        .execute(conn)
+                        .await
+                        .map_err(|err| {
+                            if super::error::is_unique_violation(&err) {
+                                StoreError::ServerNameTaken(name.clone())
+                            } else {
+                                StoreError::from(err)
+                            }
+                        })?;
+                }
+                if let Some(prefix) = &update.tool_prefix {
+                    diesel::update(target)
+                        .set(mcp_servers::tool_prefix.eq(prefix))
+                        .execute(conn)
+                        .await?;
+                    let own = server_tools::table
+                        .filter(server_tools::server_id.eq(server_id))
+                        .select(server_tools::tool_id);
+                    diesel::update(tools::table.filter(tools::id.eq_any(own)))
+                        .set(
+                            tools::qualified_name.eq(prefix
+                                .clone()
+                                .into_sql::<diesel::sql_types::Text>()
+                                .concat(tools::name)),
+                        )
+                        .execute(conn)
+                        .await?;
+                }
+                let mut synced = None;
+                if let (Some((config, names, kind, endpoint)), Some((_, listed))) =
+                    (sealed, &update.transport)
+                {
+                    diesel::update(target)
+                        .set((
+                            mcp_servers::transport_config.eq(config),
+                            mcp_servers::secret_names.eq(names),
+                            mcp_servers::transport.eq(*kind),
+                            mcp_servers::endpoint.eq(endpoint),
+                        ))
+                        .execute(conn)
+                        .await?;
+                    synced = Some(sync_in_transaction!(
+                        &mut *conn, postgres, org, server_id, listed, now
+                    ));
+                }
+                let row: ServerRow = target.select(ServerRow::as_select()).first(conn).await?;
+                Ok((row, synced))
+            })
+            .await
+        })?;
+        Ok((self.server_of(row)?, synced))
     }
 }

@@ -11,7 +11,7 @@ use mcpd::store::DatabaseUrl;
 
 use super::TestDb;
 
-#[derive(Debug, Clone, QueryableByName)]
+#[derive(Debug, Clone, PartialEq, Eq, QueryableByName)]
 pub struct StoredServer {
     #[diesel(sql_type = diesel::sql_types::Text)]
     pub id: String,

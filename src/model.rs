@@ -279,6 +279,20 @@ impl std::fmt::Debug for Transport {
     }
 }
 
+/// What a server says about itself when a session starts.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServerIdentity {
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub title: Option<String>,
+    pub version: String,
+    pub protocol_version: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instructions: Option<String>,
+    /// Its capabilities, as MCP spells them (a JSON object).
+    pub capabilities: serde_json::Value,
+}
+
 /// A server about to be stored. The id is chosen before the MCP server is
 /// contacted, so the session can be tracked under it.
 #[derive(Debug, Clone)]
@@ -289,6 +303,7 @@ pub struct NewServer {
     pub transport: Transport,
     /// Put before its tools' names in the organization's catalogue.
     pub tool_prefix: String,
+    pub identity: Option<ServerIdentity>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -308,6 +323,8 @@ pub struct Server {
     /// While [`ServerState::AuthorizationPending`]: where a person grants access.
     pub authorization_url: Option<String>,
     pub tool_prefix: String,
+    /// From the last session that listed its tools (create, sync, update).
+    pub identity: Option<ServerIdentity>,
 }
 
 /// A tool that passed validation, about to be stored.

@@ -81,6 +81,17 @@ async fn a_sync_writes_exactly_the_difference(backend: Backend) {
         .await
         .unwrap();
     assert_eq!(names(&created.tools), ["alpha", "beta", "gamma"]);
+    // What the server said about itself is kept.
+    let info = created
+        .server
+        .as_ref()
+        .unwrap()
+        .server_info
+        .clone()
+        .unwrap();
+    assert_eq!(info.name, "mcp-test-server", "{info:?}");
+    assert!(!info.protocol_version.is_empty(), "{info:?}");
+    assert!(info.capabilities_json.contains("tools"), "{info:?}");
     let id = created.server.unwrap().id;
     let beta_id = created.tools[1].id.clone();
 

@@ -188,8 +188,8 @@ impl Statement {
                  VALUES ($1, $2, $3, 'streamable_http', 'http://127.0.0.1/mcp', '{}', 0, 0)"
             }
             Statement::Tool => {
-                "INSERT INTO tools (id, organization_id, name, description, input_schema, created_at) \
-                 VALUES ($1, $2, $3, 'fan-out tool', '{\"type\":\"object\"}', 0)"
+                "INSERT INTO tools (id, organization_id, name, qualified_name, description, input_schema, created_at) \
+                 VALUES ($1, $2, $3, $3, 'fan-out tool', '{\"type\":\"object\"}', 0)"
             }
             Statement::Mapping => "INSERT INTO server_tools (server_id, tool_id) VALUES ($1, $2)",
         };

@@ -57,6 +57,8 @@ impl PgFloor {
     pub async fn write(&mut self, rows: &Rows) -> anyhow::Result<f64> {
         let tools_copy = copy_text(rows.tools.iter().map(|t| {
             let mut row = t.to_vec();
+            // qualified_name: no prefix, as the daemon stores it.
+            row.push(t[2].clone());
             row.push(rows.now.to_string());
             row
         }));
@@ -75,7 +77,7 @@ impl PgFloor {
         .await?;
         for (statement, data) in [
             (
-                "COPY tools (id, organization_id, name, description, input_schema, created_at) FROM STDIN",
+                "COPY tools (id, organization_id, name, description, input_schema, qualified_name, created_at) FROM STDIN",
                 tools_copy,
             ),
             (
@@ -144,9 +146,10 @@ impl SqliteFloor {
                 .iter()
                 .map(|t| {
                     format!(
-                        "({}, {}, {}, {}, {}, {})",
+                        "({}, {}, {}, {}, {}, {}, {})",
                         q(&t[0]),
                         q(&t[1]),
+                        q(&t[2]),
                         q(&t[2]),
                         q(&t[3]),
                         q(&t[4]),
@@ -160,7 +163,7 @@ impl SqliteFloor {
                 .map(|t| format!("({}, {})", q(&rows.server_id), q(&t[0])))
                 .collect();
             sql.push_str(&format!(
-                "INSERT INTO tools (id, organization_id, name, description, input_schema, created_at) VALUES {};\
+                "INSERT INTO tools (id, organization_id, name, qualified_name, description, input_schema, created_at) VALUES {};\
                  INSERT INTO server_tools (server_id, tool_id) VALUES {};",
                 tools.join(","),
                 mappings.join(",")

@@ -88,6 +88,14 @@ pub fn server(server: Server) -> proto::McpServer {
         authorization_url: server.authorization_url.unwrap_or_default(),
         state_reason: server.state_reason,
         tool_prefix: server.tool_prefix,
+        server_info: server.identity.map(|i| proto::ServerInfo {
+            name: i.name,
+            title: i.title.unwrap_or_default(),
+            version: i.version,
+            protocol_version: i.protocol_version,
+            instructions: i.instructions.unwrap_or_default(),
+            capabilities_json: i.capabilities.to_string(),
+        }),
     }
 }
 

@@ -204,6 +204,7 @@ impl Manager {
                 server_id,
                 &server.tool_prefix,
                 &transport,
+                listed.identity.as_ref(),
                 listed.tools,
             )
             .await;

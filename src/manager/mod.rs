@@ -183,6 +183,7 @@ impl Manager {
                     name: request.name,
                     transport: spec,
                     tool_prefix: request.tool_prefix,
+                    identity: None,
                 },
                 stats,
             )
@@ -199,7 +200,7 @@ impl Manager {
     async fn register(
         &self,
         org: &str,
-        server: NewServer,
+        mut server: NewServer,
         stats: &mut CallStats,
     ) -> Result<Created, ManagerError> {
         let listed = match self
@@ -212,6 +213,7 @@ impl Manager {
             Err(err) => return Err(err.into()),
             Ok(listed) => listed,
         };
+        server.identity = listed.identity;
         let persist_started = Instant::now();
         let persisted = self.store.create_server(server, listed.tools).await;
         stats.persist = persist_started.elapsed();
@@ -239,6 +241,7 @@ impl Manager {
             Err(err) => return Err(Listing::of(err)),
         };
         let listed = session.list_tools().await;
+        let identity = session.identity();
         // The session is done with; its teardown overlaps the persistence.
         let teardown = Teardown(tokio::spawn(session.close()));
         stats.mcp = started.elapsed();
@@ -260,6 +263,7 @@ impl Manager {
         }
         let (tools, failed) = tools::check(listed);
         Ok(Listed {
+            identity,
             tools,
             failed,
             teardown,
@@ -376,6 +380,8 @@ impl Manager {
 /// Tools listed and checked, with the teardown of the session that listed
 /// them still running.
 struct Listed {
+    /// What the server said about itself.
+    identity: Option<crate::model::ServerIdentity>,
     tools: Vec<crate::model::NewTool>,
     failed: Vec<FailedTool>,
     teardown: Teardown,

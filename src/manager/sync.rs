@@ -60,7 +60,10 @@ impl Manager {
             .connect_and_list(org, server_id, &transport, stats)
             .await?;
         let persist_started = std::time::Instant::now();
-        let synced = self.store.sync_tools(org, server_id, listed.tools).await;
+        let synced = self
+            .store
+            .sync_tools(org, server_id, listed.tools, listed.identity.as_ref())
+            .await;
         stats.persist = persist_started.elapsed();
         listed.teardown.await;
         let synced = synced?;

@@ -91,6 +91,7 @@ impl Manager {
             failed_tools = listed.failed;
             teardown = Some(listed.teardown);
             update.transport = Some((transport, listed.tools));
+            update.identity = listed.identity;
         }
         let persist_started = std::time::Instant::now();
         let stored = self.store.update_server(org, server_id, update).await;

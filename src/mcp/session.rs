@@ -21,6 +21,7 @@ use super::{
     result::tool_call_result,
     stdio::Malformed,
 };
+use crate::model::ServerIdentity;
 use crate::model::ToolCallResult;
 
 /// Why a call failed, and whether it may be retried elsewhere.
@@ -76,6 +77,27 @@ impl Session {
             list_timeout,
             grace,
         }
+    }
+
+    /// What the server said about itself when the session started.
+    pub fn identity(&self) -> Option<ServerIdentity> {
+        self.peer.peer_info().map(|info| ServerIdentity {
+            // A server/discover answer need not name its implementation.
+            name: info
+                .server_info
+                .as_ref()
+                .map(|i| i.name.clone())
+                .unwrap_or_default(),
+            title: info.server_info.as_ref().and_then(|i| i.title.clone()),
+            version: info
+                .server_info
+                .as_ref()
+                .map(|i| i.version.clone())
+                .unwrap_or_default(),
+            protocol_version: info.protocol_version.to_string(),
+            instructions: info.instructions.clone(),
+            capabilities: serde_json::to_value(&info.capabilities).unwrap_or_default(),
+        })
     }
 
     /// Every tool the server offers, following pagination cursors.

@@ -29,6 +29,8 @@ pub(super) struct ServerRow {
     /// Sealed, bound to the row like `transport_config`.
     pub authorization_url: Option<String>,
     pub tool_prefix: String,
+    /// JSON of the [`crate::model::ServerIdentity`].
+    pub server_info: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Queryable, QueryableByName, Selectable, Insertable)]
@@ -127,6 +129,11 @@ impl ServerRow {
             state_reason: self.state_reason,
             authorization_url,
             tool_prefix: self.tool_prefix,
+            // Written by this store from the same type; a row it cannot
+            // read shows none rather than failing.
+            identity: self
+                .server_info
+                .and_then(|json| serde_json::from_str(&json).ok()),
         }
     }
 }

@@ -14,7 +14,9 @@ use super::{
     schema::{mcp_servers, oauth_authorizations, server_tools, tools},
     with_conn,
 };
-use crate::model::{CallTarget, NewServer, NewTool, Server, ServerState, Tool, Transport};
+use crate::model::{
+    CallTarget, NewServer, NewTool, Server, ServerIdentity, ServerState, Tool, Transport,
+};
 
 /// Rows per multi-row INSERT: big enough to make round trips rare, small
 /// enough to stay far below SQLite's and PostgreSQL's bind-parameter limits.
@@ -126,12 +128,14 @@ impl Store {
         server_id: &str,
         tool_prefix: &str,
         transport: &Transport,
+        identity: Option<&ServerIdentity>,
         new_tools: Vec<NewTool>,
     ) -> Result<CreatedServer, StoreError> {
         let write = ServerWrite::Authorized {
             id: server_id.to_owned(),
             organization_id: org.to_owned(),
             tool_prefix: tool_prefix.to_owned(),
+            server_info: identity_column(identity),
             transport_config: self.seal_transport(server_id, transport)?,
             secret_names: secret_names_column(transport),
         };
@@ -328,6 +332,7 @@ impl Store {
             state_reason: String::new(),
             authorization_url,
             tool_prefix: server.tool_prefix,
+            server_info: identity_column(server.identity.as_ref()),
         })
     }
 
@@ -377,6 +382,7 @@ impl Store {
                         organization_id,
                         transport_config,
                         secret_names,
+                        server_info,
                         ..
                     } => {
                         let updated = diesel::update(
@@ -391,6 +397,7 @@ impl Store {
                         .set((
                             mcp_servers::transport_config.eq(transport_config),
                             mcp_servers::secret_names.eq(secret_names),
+                            mcp_servers::server_info.eq(server_info),
                             mcp_servers::state.eq(state_column(ServerState::Ready)),
                             mcp_servers::state_reason.eq(""),
                             mcp_servers::authorization_url.eq(None::<String>),
@@ -711,9 +718,14 @@ enum ServerWrite {
         id: String,
         organization_id: String,
         tool_prefix: String,
+        server_info: Option<String>,
         transport_config: String,
         secret_names: String,
     },
+}
+
+pub(super) fn identity_column(identity: Option<&ServerIdentity>) -> Option<String> {
+    identity.and_then(|i| serde_json::to_string(i).ok())
 }
 
 fn secret_names_column(transport: &Transport) -> String {

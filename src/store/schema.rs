@@ -16,6 +16,7 @@ diesel::table! {
         state_reason -> Text,
         authorization_url -> Nullable<Text>,
         tool_prefix -> Text,
+        server_info -> Nullable<Text>,
     }
 }
 

@@ -13,7 +13,7 @@ use super::{
     schema::{mcp_servers, server_tools, tools},
     with_conn,
 };
-use crate::model::{NewTool, Server, Tool, Transport};
+use crate::model::{NewTool, Server, ServerIdentity, Tool, Transport};
 
 /// What [`Store::sync_tools`] changed. Nothing changed: nothing was written.
 #[derive(Debug, Clone)]
@@ -40,14 +40,23 @@ impl Store {
         org: &str,
         server_id: &str,
         listed: Vec<NewTool>,
+        identity: Option<&ServerIdentity>,
     ) -> Result<SyncedTools, StoreError> {
+        let identity = super::queries::identity_column(identity);
+        let identity = &identity;
         let postgres = matches!(self.inner.backend, Backend::Postgres(_));
         let now = to_ms(std::time::SystemTime::now());
         let listed = &listed;
         with_conn!(self, Access::Write, |conn| {
             conn.transaction::<_, StoreError, _>(async |conn| {
                 Ok(sync_in_transaction!(
-                    conn, postgres, org, server_id, listed, now
+                    conn,
+                    postgres,
+                    org,
+                    server_id,
+                    listed,
+                    identity.clone(),
+                    now
                 ))
             })
             .await
@@ -59,7 +68,7 @@ impl Store {
 /// (a macro: it is instantiated for each backend's connection). Evaluates to
 /// the [`SyncedTools`]; returns early with a [`StoreError`].
 macro_rules! sync_in_transaction {
-    ($conn:expr, $postgres:expr, $org:expr, $server_id:expr, $listed:expr, $now:expr) => {{
+    ($conn:expr, $postgres:expr, $org:expr, $server_id:expr, $listed:expr, $identity:expr, $now:expr) => {{
         let conn = $conn;
         let server_id: &str = $server_id;
         if $postgres {
@@ -117,6 +126,14 @@ macro_rules! sync_in_transaction {
                 .await?;
         }
         let mut server = server;
+        let identity: Option<String> = $identity;
+        if identity.is_some() && identity != server.server_info {
+            diesel::update(mcp_servers::table.find(server_id))
+                .set(mcp_servers::server_info.eq(&identity))
+                .execute(conn)
+                .await?;
+            server.server_info = identity;
+        }
         if diff.changes_anything() {
             server.tool_count = i32::try_from(listed.len()).unwrap_or(i32::MAX);
             diesel::update(mcp_servers::table.find(server_id))
@@ -206,6 +223,8 @@ pub struct ServerUpdate {
     /// A new transport, with the tools listed over it (synced in the same
     /// transaction).
     pub transport: Option<(Transport, Vec<NewTool>)>,
+    /// What the server said about itself over the new transport.
+    pub identity: Option<ServerIdentity>,
 }
 
 impl Store {
@@ -232,6 +251,8 @@ impl Store {
             )),
             None => None,
         };
+        let identity = super::queries::identity_column(update.identity.as_ref());
+        let identity = &identity;
         let update = &update;
         let sealed = &sealed;
         let (row, synced) = with_conn!(self, Access::Write, |conn| {
@@ -290,7 +311,13 @@ impl Store {
                         .execute(conn)
                         .await?;
                     synced = Some(sync_in_transaction!(
-                        &mut *conn, postgres, org, server_id, listed, now
+                        &mut *conn,
+                        postgres,
+                        org,
+                        server_id,
+                        listed,
+                        identity.clone(),
+                        now
                     ));
                 }
                 let row: ServerRow = target.select(ServerRow::as_select()).first(conn).await?;

@@ -40,7 +40,7 @@ pub struct Callback {
 pub enum Authorized {
     /// The server is registered: tools listed and stored, state READY.
     Ready {
-        server: Server,
+        server: Box<Server>,
         failed_tools: Vec<FailedTool>,
     },
     /// The server is not ready, for this reason: in state ERROR, or
@@ -172,7 +172,7 @@ impl Manager {
             let server = self.store.reauthorized(org, server_id, &transport).await?;
             tracing::info!(server = %server_id, "MCP server authorized again");
             return Ok(Authorized::Ready {
-                server,
+                server: Box::new(server),
                 failed_tools: Vec::new(),
             });
         }
@@ -213,7 +213,7 @@ impl Manager {
         let failed_tools = listed.failed;
         tracing::info!(server = %server_id, tools = created.tools.len(), "MCP server authorized");
         Ok(Authorized::Ready {
-            server: created.server,
+            server: Box::new(created.server),
             failed_tools,
         })
     }

@@ -3,7 +3,7 @@
 use crate::{
     manager::{
         CallEvent, CallTool, ClientAnswer, ClientCredentialsRequest, ClientSecret, Content,
-        ContentKind, FailedTool, OAuthRequest, ResourceContents, Server, ServerState, Tool,
+        ContentKind, FailedTool, OAuthRequest, ResourceContents, Server, ServerState, Synced, Tool,
         ToolCallResult, TransportKind, TransportRequest,
     },
     proto,
@@ -117,6 +117,18 @@ pub fn tool(tool: Tool) -> proto::Tool {
             open_world_hint: a.open_world_hint,
         }),
         output_schema_json: tool.output_schema_json.unwrap_or_default(),
+    }
+}
+
+/// What a sync or an update changed, as the sync's answer (an update's
+/// answer has the same fields).
+pub fn tool_changes(synced: Synced) -> proto::SyncMcpServerToolsResponse {
+    proto::SyncMcpServerToolsResponse {
+        server: Some(server(synced.server)),
+        added: synced.added.into_iter().map(tool).collect(),
+        updated: synced.updated.into_iter().map(tool).collect(),
+        removed: synced.removed,
+        failed_tools: synced.failed_tools.into_iter().map(failed_tool).collect(),
     }
 }
 

@@ -245,17 +245,14 @@ impl McpServerService for McpServerApi {
                 let manager = self.manager.clone();
                 let (updated, stats) =
                     detached(async move { manager.update_server(&org, update).await }).await?;
+                let changes = convert::tool_changes(updated);
                 Ok(with_stats(
                     proto::UpdateMcpServerResponse {
-                        server: Some(convert::server(updated.server)),
-                        added: updated.added.into_iter().map(convert::tool).collect(),
-                        updated: updated.updated.into_iter().map(convert::tool).collect(),
-                        removed: updated.removed,
-                        failed_tools: updated
-                            .failed_tools
-                            .into_iter()
-                            .map(convert::failed_tool)
-                            .collect(),
+                        server: changes.server,
+                        added: changes.added,
+                        updated: changes.updated,
+                        removed: changes.removed,
+                        failed_tools: changes.failed_tools,
                     },
                     stats,
                 ))
@@ -277,20 +274,7 @@ impl McpServerService for McpServerApi {
                 let (synced, stats) =
                     detached(async move { manager.sync_server_tools(&org, &body.server_id).await })
                         .await?;
-                Ok(with_stats(
-                    proto::SyncMcpServerToolsResponse {
-                        server: Some(convert::server(synced.server)),
-                        added: synced.added.into_iter().map(convert::tool).collect(),
-                        updated: synced.updated.into_iter().map(convert::tool).collect(),
-                        removed: synced.removed,
-                        failed_tools: synced
-                            .failed_tools
-                            .into_iter()
-                            .map(convert::failed_tool)
-                            .collect(),
-                    },
-                    stats,
-                ))
+                Ok(with_stats(convert::tool_changes(synced), stats))
             },
         )
         .await

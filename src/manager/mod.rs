@@ -20,7 +20,7 @@ pub use call::CallTool;
 pub use error::ManagerError;
 pub use keys::NewApiKey;
 pub use sync::Synced;
-pub use update::{UpdateServer, Updated};
+pub use update::UpdateServer;
 pub use validate::{ClientCredentialsRequest, OAuthRequest, TransportRequest};
 
 pub use crate::mcp::PoolStats as LiveStats;

@@ -8,7 +8,7 @@ use crate::{
     store::track_connections,
 };
 
-/// What a sync changed.
+/// What a sync (or an update with a new transport) changed.
 #[derive(Debug, Clone)]
 pub struct Synced {
     pub server: Server,

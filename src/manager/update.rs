@@ -2,9 +2,7 @@
 //! the transport. A new transport is connected and listed before anything
 //! is written (no connection held meanwhile); then one transaction.
 
-use super::{
-    CallStats, FailedTool, Manager, ManagerError, Server, Tool, TransportRequest, validate,
-};
+use super::{CallStats, Manager, ManagerError, Synced, TransportRequest, validate};
 use crate::{
     model::ServerState,
     store::{ServerUpdate, track_connections},
@@ -20,15 +18,6 @@ pub struct UpdateServer {
     pub transport: Option<TransportRequest>,
 }
 
-#[derive(Debug, Clone)]
-pub struct Updated {
-    pub server: Server,
-    pub added: Vec<Tool>,
-    pub updated: Vec<Tool>,
-    pub removed: Vec<String>,
-    pub failed_tools: Vec<FailedTool>,
-}
-
 /// The fields a mask may name.
 const PATHS: [&str; 3] = ["server_name", "tool_prefix", "transport"];
 
@@ -37,7 +26,7 @@ impl Manager {
         &self,
         org: &str,
         request: UpdateServer,
-    ) -> (Result<Updated, ManagerError>, CallStats) {
+    ) -> (Result<Synced, ManagerError>, CallStats) {
         let mut stats = CallStats::default();
         let (result, peak) = track_connections(self.update_inner(org, request, &mut stats)).await;
         stats.peak_connections = peak;
@@ -49,7 +38,7 @@ impl Manager {
         org: &str,
         request: UpdateServer,
         stats: &mut CallStats,
-    ) -> Result<Updated, ManagerError> {
+    ) -> Result<Synced, ManagerError> {
         validate::organization_id(org)?;
         validate::server_id(&request.server_id)?;
         if request.mask.is_empty() {
@@ -110,7 +99,8 @@ impl Manager {
             .map(|s| (s.added, s.updated, s.removed))
             .unwrap_or_default();
         tracing::info!(server = %server_id, fields = %request.mask.join(","), "MCP server updated");
-        Ok(Updated {
+        // With no new transport nothing was synced: the lists are empty.
+        Ok(Synced {
             server,
             added,
             updated,

@@ -455,11 +455,9 @@ async fn every_server_keeps_its_own_tools(backend: Backend) {
     // Each server's tool_0000 runs on that server.
     for server in [&first.server.clone().unwrap().id, &second_server.id] {
         let answer = acme
-            .raw()
-            .call_mcp_tool(acme.req(call(server, "tool_0000", serde_json::json!({"x": 1}))))
+            .call_tool(call(server, "tool_0000", serde_json::json!({"x": 1})))
             .await
-            .unwrap()
-            .into_inner();
+            .unwrap();
         assert!(!answer.is_error, "{answer:?}");
     }
     // Closing the second removes its tools only.

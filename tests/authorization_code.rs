@@ -107,12 +107,7 @@ async fn another_replica_finishes_the_authorization() {
         acme.get(&pending.id).await.unwrap().state(),
         McpServerState::Ready
     );
-    let answer = acme
-        .raw()
-        .call_mcp_tool(acme.req(call(&pending.id)))
-        .await
-        .unwrap()
-        .into_inner();
+    let answer = acme.call_tool(call(&pending.id)).await.unwrap();
     assert!(!answer.is_error, "{answer:?}");
     // The first replica cannot use the same return again.
     let (status, _) = open_in_browser(&back).await;
@@ -245,11 +240,7 @@ async fn a_person_authorizes_and_the_server_is_registered(backend: Backend) {
     assert_eq!(acme.get(&pending.id).await.unwrap(), pending);
 
     // Calls wait for the authorization.
-    let status = acme
-        .raw()
-        .call_mcp_tool(acme.req(call(&pending.id)))
-        .await
-        .unwrap_err();
+    let status = acme.call_tool(call(&pending.id)).await.unwrap_err();
     assert_eq!(status.code(), Code::FailedPrecondition, "{status:?}");
     assert!(status.message().contains("authorization_url"), "{status:?}");
 
@@ -289,12 +280,7 @@ async fn a_person_authorizes_and_the_server_is_registered(backend: Backend) {
     assert!(!format!("{rows:?}").contains(&access), "{rows:?}");
     assert!(!format!("{ready:?}").contains(&access), "{ready:?}");
 
-    let answer = acme
-        .raw()
-        .call_mcp_tool(acme.req(call(&pending.id)))
-        .await
-        .unwrap()
-        .into_inner();
+    let answer = acme.call_tool(call(&pending.id)).await.unwrap();
     assert!(!answer.is_error, "{answer:?}");
 
     // The same return once more: the state was used up.
@@ -329,12 +315,7 @@ async fn a_pre_registered_client_renews_its_tokens_until_revoked(backend: Backen
     assert_eq!(ready.secret_names, ["oauth.client_secret", "oauth.tokens"]);
 
     for round in 1..=2 {
-        let answer = acme
-            .raw()
-            .call_mcp_tool(acme.req(call(&pending.id)))
-            .await
-            .unwrap()
-            .into_inner();
+        let answer = acme.call_tool(call(&pending.id)).await.unwrap();
         assert!(!answer.is_error, "{answer:?}");
         let refreshes = log_lines(&log)
             .iter()
@@ -351,11 +332,7 @@ async fn a_pre_registered_client_renews_its_tokens_until_revoked(backend: Backen
         .await
         .unwrap();
     assert_eq!(revoked.status(), reqwest::StatusCode::NO_CONTENT);
-    let status = acme
-        .raw()
-        .call_mcp_tool(acme.req(call(&pending.id)))
-        .await
-        .unwrap_err();
+    let status = acme.call_tool(call(&pending.id)).await.unwrap_err();
     assert_eq!(status.code(), Code::FailedPrecondition, "{status:?}");
     assert!(status.message().contains("invalid_grant"), "{status:?}");
     let failed = acme.get(&pending.id).await.unwrap();
@@ -364,11 +341,7 @@ async fn a_pre_registered_client_renews_its_tokens_until_revoked(backend: Backen
         failed.state_reason.contains("authorize mcpd again"),
         "{failed:?}"
     );
-    let status = acme
-        .raw()
-        .call_mcp_tool(acme.req(call(&pending.id)))
-        .await
-        .unwrap_err();
+    let status = acme.call_tool(call(&pending.id)).await.unwrap_err();
     assert_eq!(status.code(), Code::FailedPrecondition, "{status:?}");
     assert!(status.message().contains("create it again"), "{status:?}");
     daemon.stop().await;
@@ -526,23 +499,14 @@ async fn a_tool_that_needs_more_scope_asks_for_it_once(backend: Backend) {
         .unwrap();
     let (status, page) = open_in_browser(&pending.authorization_url).await;
     assert_eq!(status, reqwest::StatusCode::OK, "{page}");
-    let answer = acme
-        .raw()
-        .call_mcp_tool(acme.req(call(&pending.id)))
-        .await
-        .unwrap()
-        .into_inner();
+    let answer = acme.call_tool(call(&pending.id)).await.unwrap();
     assert!(!answer.is_error, "{answer:?}");
 
     // tool_0001 needs `admin`: the server says so (403 insufficient_scope),
     // and mcpd asks a person for everything granted so far plus admin.
     let mut admin_call = call(&pending.id);
     admin_call.tool_name = "tool_0001".to_owned();
-    let status = acme
-        .raw()
-        .call_mcp_tool(acme.req(admin_call.clone()))
-        .await
-        .unwrap_err();
+    let status = acme.call_tool(admin_call.clone()).await.unwrap_err();
     assert_eq!(status.code(), Code::FailedPrecondition, "{status:?}");
     assert!(
         status
@@ -564,12 +528,7 @@ async fn a_tool_that_needs_more_scope_asks_for_it_once(backend: Backend) {
     let ready = acme.get(&pending.id).await.unwrap();
     assert_eq!(ready.state(), McpServerState::Ready);
     assert_eq!(ready.tool_count, 2);
-    let answer = acme
-        .raw()
-        .call_mcp_tool(acme.req(admin_call))
-        .await
-        .unwrap()
-        .into_inner();
+    let answer = acme.call_tool(admin_call).await.unwrap();
     assert!(!answer.is_error, "{answer:?}");
     let authorizations = log_lines(&log)
         .into_iter()

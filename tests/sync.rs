@@ -132,16 +132,10 @@ async fn a_sync_writes_exactly_the_difference(backend: Backend) {
     daemon.registry().assert_whole("acme", 3).await;
 
     // Calls follow: the new tool runs, the removed one is unknown.
-    let answer = acme
-        .raw()
-        .call_mcp_tool(acme.req(call(&id, "delta", json!({}))))
-        .await
-        .unwrap()
-        .into_inner();
+    let answer = acme.call_tool(call(&id, "delta", json!({}))).await.unwrap();
     assert!(!answer.is_error, "{answer:?}");
     let status = acme
-        .raw()
-        .call_mcp_tool(acme.req(call(&id, "gamma", json!({}))))
+        .call_tool(call(&id, "gamma", json!({})))
         .await
         .unwrap_err();
     assert_eq!(status.code(), Code::NotFound, "{status:?}");
@@ -306,18 +300,15 @@ async fn updates_rename_reprefix_and_rotate_the_transport(backend: Backend) {
     assert_eq!(server.tool_count, 3);
     assert_eq!(server.secret_names, ["authorization"]);
     let answer = acme
-        .raw()
-        .call_mcp_tool(acme.req(call(&id, "tool_0002", json!({}))))
+        .call_tool(call(&id, "tool_0002", json!({})))
         .await
-        .unwrap()
-        .into_inner();
+        .unwrap();
     assert!(!answer.is_error, "{answer:?}");
 
     // The server now wants a new token: the old one is refused...
     std::fs::write(&token, "second-token").unwrap();
     let status = acme
-        .raw()
-        .call_mcp_tool(acme.req(call(&id, "tool_0002", json!({}))))
+        .call_tool(call(&id, "tool_0002", json!({})))
         .await
         .unwrap_err();
     assert_eq!(status.code(), Code::FailedPrecondition, "{status:?}");
@@ -343,11 +334,9 @@ async fn updates_rename_reprefix_and_rotate_the_transport(backend: Backend) {
     .await
     .unwrap();
     let answer = acme
-        .raw()
-        .call_mcp_tool(acme.req(call(&id, "tool_0002", json!({}))))
+        .call_tool(call(&id, "tool_0002", json!({})))
         .await
-        .unwrap()
-        .into_inner();
+        .unwrap();
     assert!(!answer.is_error, "{answer:?}");
     daemon.stop().await;
 }

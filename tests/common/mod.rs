@@ -440,6 +440,18 @@ impl OrgClient {
         .await
     }
 
+    /// CallMcpTool as this organization.
+    pub async fn call_tool(
+        &self,
+        request: proto::CallMcpToolRequest,
+    ) -> Result<proto::CallMcpToolResponse, Status> {
+        Ok(self
+            .raw()
+            .call_mcp_tool(self.req(request))
+            .await?
+            .into_inner())
+    }
+
     pub async fn get(&self, server_id: &str) -> Result<proto::McpServer, Status> {
         let response = self
             .raw()

@@ -33,17 +33,24 @@ pub async fn wait_until(what: &str, within: Duration, mut condition: impl AsyncF
 }
 
 /// Whether a process with this pid still exists (a zombie counts as gone:
-/// it is reaped by whoever owns it).
+/// it is reaped by whoever owns it). Every thread counts: a killed
+/// multi-threaded process shows its main thread as a zombie while the others
+/// are still exiting, and its parent cannot reap it until they have.
 pub fn process_alive(pid: u32) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(stat) => {
-            let state = stat
-                .rsplit_once(')')
-                .and_then(|(_, rest)| rest.split_whitespace().next());
-            !matches!(state, Some("Z") | Some("X") | None)
+    let Ok(threads) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return false;
+    };
+    threads.filter_map(Result::ok).any(|thread| {
+        match std::fs::read_to_string(thread.path().join("stat")) {
+            Ok(stat) => {
+                let state = stat
+                    .rsplit_once(')')
+                    .and_then(|(_, rest)| rest.split_whitespace().next());
+                !matches!(state, Some("Z") | Some("X") | None)
+            }
+            Err(_) => false,
         }
-        Err(_) => false,
-    }
+    })
 }
 
 /// Fails the test unless every pid is gone within `within`.

@@ -395,7 +395,9 @@ pub fn append(log: &std::path::Path, line: &str) {
         .create(true)
         .append(true)
         .open(log)
-        .and_then(|mut file| writeln!(file, "{line}"));
+        // One write per line: `writeln!` writes the line and its newline
+        // separately, and two calls logging at once interleave them.
+        .and_then(|mut file| file.write_all(format!("{line}\n").as_bytes()));
     if let Err(err) = written {
         eprintln!("mcp-test-server: writing {}: {err}", log.display());
     }

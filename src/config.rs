@@ -146,6 +146,14 @@ pub struct ServeArgs {
     /// How long an authorization URL stays good.
     #[arg(long, env = "MCPD_OAUTH_STATE_TTL", default_value = "10m", value_parser = humantime::parse_duration)]
     pub oauth_state_ttl: Duration,
+    /// Contact every ready MCP server this often (a ping on its live session,
+    /// else on a session opened for it: a stdio server is started) and keep
+    /// its state READY or UNREACHABLE. Off unless set.
+    #[arg(long, env = "MCPD_HEALTH_INTERVAL", value_parser = humantime::parse_duration)]
+    pub health_interval: Option<Duration>,
+    /// MCP servers contacted at once by a health round.
+    #[arg(long, env = "MCPD_HEALTH_CONCURRENCY", default_value_t = 4)]
+    pub health_concurrency: usize,
 }
 
 impl DatabaseArgs {
@@ -209,6 +217,8 @@ impl ServeArgs {
         Limits {
             max_tools_per_server: self.max_tools_per_server,
             authorization_ttl: self.oauth_state_ttl,
+            health_interval: self.health_interval.filter(|every| !every.is_zero()),
+            health_concurrency: self.health_concurrency.max(1),
         }
     }
 }

@@ -183,6 +183,15 @@ impl std::fmt::Debug for AuthorizationStart {
     }
 }
 
+/// Which servers a listing shows.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ServerFilter {
+    /// Only this state; `None`: every state.
+    pub state: Option<ServerState>,
+    /// Only names starting with this; empty: every name.
+    pub name_prefix: String,
+}
+
 /// Whether mcpd can use a server.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ServerState {
@@ -191,6 +200,9 @@ pub enum ServerState {
     AuthorizationPending,
     /// The authorization failed or was revoked.
     Error,
+    /// Ready, but the last attempt to reach it failed (`last_error` says
+    /// how). Calls still try it; the next contact that works makes it ready.
+    Unreachable,
 }
 
 /// A client registered with the authorization server for machine-to-machine
@@ -325,6 +337,13 @@ pub struct Server {
     pub tool_prefix: String,
     /// From the last session that listed its tools (create, sync, update).
     pub identity: Option<ServerIdentity>,
+    /// Why the last attempt to reach it failed; empty once reached again.
+    pub last_error: String,
+    /// When mcpd last reached it (create, sync, health check, or a call that
+    /// found it back).
+    pub last_connected_at: Option<SystemTime>,
+    /// When its tools were last listed and stored (create, sync, update).
+    pub last_synced_at: Option<SystemTime>,
 }
 
 /// A tool that passed validation, about to be stored.
@@ -377,6 +396,8 @@ pub struct ToolAnnotations {
 #[derive(Debug, Clone)]
 pub struct CallTarget {
     pub transport: Transport,
+    /// The server's last contact failed: a call that works records it back.
+    pub unreachable: bool,
     pub input_schema_json: String,
 }
 

@@ -281,6 +281,7 @@ pub async fn memory(
                 proto::ListMcpServersRequest {
                     page_size: 100,
                     page_token: token.clone(),
+                    ..Default::default()
                 },
             ))
             .await?

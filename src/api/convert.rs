@@ -83,6 +83,7 @@ pub fn server(server: Server) -> proto::McpServer {
             ServerState::Ready => proto::McpServerState::Ready,
             ServerState::AuthorizationPending => proto::McpServerState::AuthorizationPending,
             ServerState::Error => proto::McpServerState::Error,
+            ServerState::Unreachable => proto::McpServerState::Unreachable,
         }
         .into(),
         authorization_url: server.authorization_url.unwrap_or_default(),
@@ -96,6 +97,25 @@ pub fn server(server: Server) -> proto::McpServer {
             instructions: i.instructions.unwrap_or_default(),
             capabilities_json: i.capabilities.to_string(),
         }),
+        last_error: server.last_error,
+        last_connected_at: server.last_connected_at.map(prost_types::Timestamp::from),
+        last_synced_at: server.last_synced_at.map(prost_types::Timestamp::from),
+    }
+}
+
+/// A listing's state filter: UNSPECIFIED shows every state.
+pub fn state_filter(state: i32) -> Result<Option<ServerState>, tonic::Status> {
+    match proto::McpServerState::try_from(state) {
+        Ok(proto::McpServerState::Unspecified) => Ok(None),
+        Ok(proto::McpServerState::Ready) => Ok(Some(ServerState::Ready)),
+        Ok(proto::McpServerState::AuthorizationPending) => {
+            Ok(Some(ServerState::AuthorizationPending))
+        }
+        Ok(proto::McpServerState::Error) => Ok(Some(ServerState::Error)),
+        Ok(proto::McpServerState::Unreachable) => Ok(Some(ServerState::Unreachable)),
+        Err(_) => Err(tonic::Status::invalid_argument(format!(
+            "state {state} is not an McpServerState"
+        ))),
     }
 }
 

@@ -61,6 +61,14 @@ pub async fn serve(
     let stopping = CancellationToken::new();
     let http = http.map(|edge| tokio::spawn(http::serve(edge, manager.clone(), stopping.clone())));
     tokio::spawn(sweep_authorizations(manager.clone(), stopping.clone()));
+    if let Some(every) = manager.limits().health_interval {
+        let concurrency = manager.limits().health_concurrency;
+        tokio::spawn(
+            manager
+                .clone()
+                .run_health_checks(every, concurrency, stopping.clone()),
+        );
+    }
     let signal = {
         let stopping = stopping.clone();
         let health = health_reporter.clone();

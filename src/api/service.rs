@@ -7,7 +7,7 @@ use tonic::{Code, Request, Response, Status, metadata::MetadataValue};
 
 use super::{auth, convert, deadline, status::to_status, stream};
 use crate::{
-    manager::{CallStats, CreateServer, Manager, ManagerError, UpdateServer},
+    manager::{CallStats, CreateServer, Manager, ManagerError, ServerFilter, UpdateServer},
     proto::{self, mcp_server_service_server::McpServerService},
 };
 
@@ -311,9 +311,13 @@ impl McpServerService for McpServerApi {
             &self.manager,
             request,
             |org, body| async move {
+                let filter = ServerFilter {
+                    state: convert::state_filter(body.state)?,
+                    name_prefix: body.name_prefix,
+                };
                 let page = self
                     .manager
-                    .list_servers(&org, body.page_size, &body.page_token)
+                    .list_servers(&org, &filter, body.page_size, &body.page_token)
                     .await
                     .map_err(to_status)?;
                 Ok(Response::new(proto::ListMcpServersResponse {

@@ -16,7 +16,7 @@ use super::{CallStats, Manager, ManagerError, authorize, validate};
 use crate::{
     mcp::McpError,
     model::{CallEvent, CallTarget, ClientAnswer, ToolCallResult},
-    store::track_connections,
+    store::{Contact, track_connections},
 };
 
 /// Largest `arguments_json` accepted.
@@ -135,10 +135,21 @@ impl Manager {
         let (result, peak) = track_connections(async {
             let (arguments, target) = self.prepare(org, call).await?;
             let transport = target.transport.clone();
+            let was_unreachable = target.unreachable;
             let mcp_started = Instant::now();
             let remaining = deadline.map(|d| d.saturating_sub(started.elapsed()));
             let result = mcp_call(arguments, target, remaining).await;
             stats.mcp = mcp_started.elapsed();
+            match &result {
+                Err(err) if err.unreachable() => {
+                    self.note_contact(org, &call.server_id, Contact::Unreachable(err.to_string()))
+                        .await;
+                }
+                Ok(_) if was_unreachable => {
+                    self.note_contact(org, &call.server_id, Contact::Reached).await;
+                }
+                _ => {}
+            }
             if let Err(err) = &result {
                 match authorize::refusal(&transport, err) {
                     Some(authorize::Refusal::Renew(stale)) => {

@@ -6,6 +6,7 @@ mod call;
 mod error;
 #[cfg(test)]
 mod fuzz;
+mod health;
 mod keys;
 mod paging;
 mod sync;
@@ -18,6 +19,7 @@ use std::time::{Duration, Instant};
 pub use authorize::{Authorized, Callback};
 pub use call::CallTool;
 pub use error::ManagerError;
+pub use health::HealthRound;
 pub use keys::NewApiKey;
 pub use sync::Synced;
 pub use update::UpdateServer;
@@ -26,7 +28,7 @@ pub use validate::{ClientCredentialsRequest, OAuthRequest, TransportRequest};
 pub use crate::mcp::PoolStats as LiveStats;
 pub use crate::model::{
     ApiKey, CallEvent, ClientAnswer, ClientSecret, Content, ContentKind, ResourceContents, Server,
-    ServerState, Tool, ToolAnnotations, ToolCallResult, TransportKind,
+    ServerFilter, ServerState, Tool, ToolAnnotations, ToolCallResult, TransportKind,
 };
 use crate::{
     mcp::{McpConnector, McpError},
@@ -83,6 +85,11 @@ pub struct Limits {
     pub max_tools_per_server: usize,
     /// How long an authorization URL stays good (its `state`).
     pub authorization_ttl: Duration,
+    /// How often every ready server is contacted (`--health-interval`);
+    /// `None`: never (contacts by syncs and calls still count).
+    pub health_interval: Option<Duration>,
+    /// Servers contacted at once in a health round.
+    pub health_concurrency: usize,
 }
 
 impl Default for Limits {
@@ -90,6 +97,8 @@ impl Default for Limits {
         Limits {
             max_tools_per_server: 10_000,
             authorization_ttl: Duration::from_secs(600),
+            health_interval: None,
+            health_concurrency: 4,
         }
     }
 }
@@ -111,6 +120,10 @@ pub struct Manager {
 }
 
 impl Manager {
+    pub fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
     pub fn new(store: Store, mcp: McpConnector, limits: Limits) -> Self {
         Manager {
             store,
@@ -304,17 +317,21 @@ impl Manager {
     pub async fn list_servers(
         &self,
         org: &str,
+        filter: &ServerFilter,
         page_size: i32,
         page_token: &str,
     ) -> Result<Page<Server>, ManagerError> {
         validate::organization_id(org)?;
+        validate::name_prefix(&filter.name_prefix)?;
         let limit = paging::page_size(page_size)?;
-        let scope = format!("servers/{org}");
+        // A token belongs to its filter too (AIP-158: changing the filter
+        // mid-listing is an error, not a silently different listing).
+        let scope = format!("servers/{org}/{:?}/{}", filter.state, filter.name_prefix);
         let after = paging::decode_token(&scope, page_token)?;
         // One more than asked tells whether another page exists.
         let mut items = self
             .store
-            .list_servers(org, after.as_deref(), limit + 1)
+            .list_servers(org, filter, after.as_deref(), limit + 1)
             .await?;
         let next_page_token = next_token(&mut items, limit, |server| {
             paging::encode_token(&scope, &server.id)
@@ -409,6 +426,19 @@ impl Listing {
                 error: err,
             },
             err => Listing::Failed(err.into()),
+        }
+    }
+}
+
+impl Listing {
+    /// How the server could not be reached, when that is why nothing was
+    /// listed (not a refusal, nor a limit of mcpd's).
+    fn unreachable(&self) -> Option<String> {
+        match self {
+            Listing::Failed(
+                ManagerError::Unavailable(why) | ManagerError::DeadlineExceeded(why),
+            ) => Some(why.clone()),
+            _ => None,
         }
     }
 }

@@ -5,7 +5,7 @@
 use super::{CallStats, FailedTool, Manager, ManagerError, validate};
 use crate::{
     model::{Server, ServerState, Tool},
-    store::track_connections,
+    store::{Contact, track_connections},
 };
 
 /// What a sync (or an update with a new transport) changed.
@@ -56,9 +56,19 @@ impl Manager {
             )));
         }
         let transport = self.fresh_transport(org, server_id, transport).await?;
-        let listed = self
+        let listed = match self
             .connect_and_list(org, server_id, &transport, stats)
-            .await?;
+            .await
+        {
+            Ok(listed) => listed,
+            Err(failed) => {
+                if let Some(why) = failed.unreachable() {
+                    self.note_contact(org, server_id, Contact::Unreachable(why))
+                        .await;
+                }
+                return Err(failed.into());
+            }
+        };
         let persist_started = std::time::Instant::now();
         let synced = self
             .store

@@ -119,6 +119,24 @@ pub fn server_name(name: &str) -> Result<(), ManagerError> {
     Ok(())
 }
 
+/// A list filter on server names: a start of a valid name (it may end in
+/// any allowed character, or be empty for no filter).
+pub fn name_prefix(prefix: &str) -> Result<(), ManagerError> {
+    if prefix.is_empty() {
+        return Ok(());
+    }
+    if prefix.len() > MAX_SERVER_NAME
+        || !prefix
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c))
+    {
+        return Err(invalid(format!(
+            "name_prefix {prefix:?} cannot start any server name: names are at most {MAX_SERVER_NAME} letters, digits, '.', '_' and '-'"
+        )));
+    }
+    Ok(())
+}
+
 /// Longest tool prefix: a qualified name stays readable.
 pub const MAX_TOOL_PREFIX: usize = 64;
 

@@ -471,6 +471,27 @@ impl McpConnector {
         })
     }
 
+    /// Whether the server answers: a `ping` on its live session when it has
+    /// one (an idle server is not woken for it: no process is spawned for a
+    /// pooled stdio server that is up), else on a session opened for the
+    /// purpose and closed after.
+    pub async fn check(
+        &self,
+        organization_id: &str,
+        server_id: &str,
+        transport: &Transport,
+    ) -> Result<(), McpError> {
+        let key = (organization_id.to_owned(), server_id.to_owned());
+        let timeout = self.settings.connect_timeout;
+        if let Some(live) = self.pool.live(&key) {
+            return live.ping(timeout).await;
+        }
+        let session = self.connect(organization_id, server_id, transport).await?;
+        let answered = session.ping(timeout).await;
+        session.close().await;
+        answered
+    }
+
     /// Calls a tool on the server's live session (opened if needed). The
     /// caller's deadline bounds it, `--mcp-call-timeout` when it sets none.
     pub async fn call_tool(

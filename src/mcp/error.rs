@@ -63,6 +63,19 @@ pub enum McpError {
 }
 
 impl McpError {
+    /// Whether the server could not be reached at all (not started, no
+    /// answer, broke before or during the session's start or its listing),
+    /// as opposed to a call it refused or a limit of mcpd's own.
+    pub fn unreachable(&self) -> bool {
+        match self {
+            McpError::Spawn { .. } => true,
+            McpError::Timeout { stage, .. } | McpError::Failed { stage, .. } => {
+                matches!(stage, Stage::Connect | Stage::ListTools)
+            }
+            _ => false,
+        }
+    }
+
     pub(super) fn failed(stage: Stage, detail: impl std::fmt::Display) -> Self {
         McpError::Failed {
             stage,

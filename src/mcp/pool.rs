@@ -271,6 +271,13 @@ impl SessionPool {
         Ok(session)
     }
 
+    /// The server's open live session, if it has one; never opens one.
+    pub(super) fn live(&self, key: &ServerKey) -> Option<Arc<Session>> {
+        let entry = self.inner.servers.lock().ok()?.get(key)?.clone();
+        let slot = entry.session.try_lock().ok()?;
+        slot.as_ref().filter(|session| session.is_open()).cloned()
+    }
+
     /// Closes the server's live session, if any. Calls on it end with an error.
     pub(super) fn remove(&self, key: &ServerKey) {
         let entry = self

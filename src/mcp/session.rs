@@ -112,6 +112,20 @@ impl Session {
         }
     }
 
+    /// `ping`: whether the server still answers on this session. Any
+    /// answer counts, an error too (some servers do not implement `ping`).
+    pub(super) async fn ping(&self, timeout: Duration) -> Result<(), McpError> {
+        let request = ClientRequest::PingRequest(Default::default());
+        match tokio::time::timeout(timeout, self.peer.send_request(request)).await {
+            Ok(Ok(_) | Err(ServiceError::McpError(_))) => Ok(()),
+            Ok(Err(err)) => Err(self.remote_error(Stage::Connect, &err)),
+            Err(_) => Err(McpError::Timeout {
+                stage: Stage::Connect,
+                after: timeout,
+            }),
+        }
+    }
+
     /// Calls a tool; the deadline is the call's. When the deadline passes or
     /// the caller goes away first, the server is sent
     /// `notifications/cancelled` for the request.

@@ -6,6 +6,7 @@
 mod authorizations;
 mod batch;
 mod error;
+mod health;
 mod keys;
 mod metrics;
 mod migrate;
@@ -32,6 +33,7 @@ use tokio::sync::{Mutex, MutexGuard};
 
 pub use authorizations::PendingAuthorization;
 pub use error::StoreError;
+pub use health::Contact;
 pub use keys::KeyMatch;
 pub use metrics::{PoolStats, track_connections};
 pub use migrate::run_migrations;

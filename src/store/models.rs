@@ -31,6 +31,13 @@ pub(super) struct ServerRow {
     pub tool_prefix: String,
     /// JSON of the [`crate::model::ServerIdentity`].
     pub server_info: Option<String>,
+    /// Why the last attempt to reach the server failed; empty once reached.
+    pub last_error: String,
+    /// Set while the server cannot be reached (a ready server is then
+    /// shown as unreachable); NULL once the last contact worked.
+    pub unreachable_since: Option<i64>,
+    pub last_connected_at: Option<i64>,
+    pub last_synced_at: Option<i64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Queryable, QueryableByName, Selectable, Insertable)]
@@ -101,6 +108,8 @@ pub(super) fn state_column(state: ServerState) -> &'static str {
         ServerState::Ready => "ready",
         ServerState::AuthorizationPending => "authorization_pending",
         ServerState::Error => "error",
+        // Not a stored state: a ready server with `unreachable_since` set.
+        ServerState::Unreachable => "ready",
     }
 }
 
@@ -119,7 +128,11 @@ impl ServerRow {
     pub(super) fn into_server(self, authorization_url: Option<String>) -> crate::model::Server {
         crate::model::Server {
             transport: transport_kind(&self.transport),
-            state: server_state(&self.state),
+            // Reachability only matters to a server that is otherwise ready.
+            state: match server_state(&self.state) {
+                ServerState::Ready if self.unreachable_since.is_some() => ServerState::Unreachable,
+                state => state,
+            },
             id: self.id,
             name: self.name,
             endpoint: self.endpoint,
@@ -134,6 +147,9 @@ impl ServerRow {
             identity: self
                 .server_info
                 .and_then(|json| serde_json::from_str(&json).ok()),
+            last_error: self.last_error,
+            last_connected_at: self.last_connected_at.map(from_ms),
+            last_synced_at: self.last_synced_at.map(from_ms),
         }
     }
 }

@@ -15,7 +15,8 @@ use super::{
     with_conn,
 };
 use crate::model::{
-    CallTarget, NewServer, NewTool, Server, ServerIdentity, ServerState, Tool, Transport,
+    CallTarget, NewServer, NewTool, Server, ServerFilter, ServerIdentity, ServerState, Tool,
+    Transport,
 };
 
 /// Rows per multi-row INSERT: big enough to make round trips rare, small
@@ -82,7 +83,8 @@ impl Store {
         new_tools: Vec<NewTool>,
     ) -> Result<CreatedServer, StoreError> {
         let row = self.server_row(server, ServerState::Ready, None)?;
-        self.persist(ServerWrite::Insert(row), new_tools).await
+        self.persist(ServerWrite::Insert(Box::new(row)), new_tools)
+            .await
     }
 
     /// Stores a server that waits for a person to authorize mcpd, with no
@@ -318,13 +320,20 @@ impl Store {
         state: ServerState,
         authorization_url: Option<String>,
     ) -> Result<ServerRow, StoreError> {
+        let now = to_ms(std::time::SystemTime::now());
+        // A ready server was just reached and listed; a pending one not yet.
+        let listed_at = (state == ServerState::Ready).then_some(now);
         Ok(ServerRow {
             transport: transport_kind_column(server.transport.kind()).to_owned(),
             endpoint: server.transport.endpoint(),
             secret_names: secret_names_column(&server.transport),
             transport_config: self.seal_transport(&server.id, &server.transport)?,
             tool_count: 0,
-            created_at: to_ms(std::time::SystemTime::now()),
+            created_at: now,
+            last_error: String::new(),
+            unreachable_since: None,
+            last_connected_at: listed_at,
+            last_synced_at: listed_at,
             id: server.id,
             organization_id: server.organization_id,
             name: server.name,
@@ -375,7 +384,7 @@ impl Store {
             conn.transaction::<_, StoreError, _>(async |conn| {
                 match write {
                     ServerWrite::Insert(row) => {
-                        insert_server!(conn, row);
+                        insert_server!(conn, &**row);
                     }
                     ServerWrite::Authorized {
                         id,
@@ -401,6 +410,8 @@ impl Store {
                             mcp_servers::state.eq(state_column(ServerState::Ready)),
                             mcp_servers::state_reason.eq(""),
                             mcp_servers::authorization_url.eq(None::<String>),
+                            mcp_servers::last_connected_at.eq(now),
+                            mcp_servers::last_synced_at.eq(now),
                         ))
                         .execute(conn)
                         .await?;
@@ -431,7 +442,7 @@ impl Store {
                             .await?;
                         ServerRow {
                             tool_count,
-                            ..row.clone()
+                            ..(**row).clone()
                         }
                     }
                     ServerWrite::Authorized { .. } => {
@@ -532,7 +543,8 @@ impl Store {
         server_id: &str,
         tool: &str,
     ) -> Result<CallTarget, StoreError> {
-        let found: Option<(String, String, String)> = with_conn!(self, Access::Read, |conn| {
+        type Found = (String, String, Option<i64>, String);
+        let found: Option<Found> = with_conn!(self, Access::Read, |conn| {
             let found = mcp_servers::table
                 .inner_join(server_tools::table.inner_join(tools::table))
                 .filter(mcp_servers::organization_id.eq(org))
@@ -541,6 +553,7 @@ impl Store {
                 .select((
                     mcp_servers::transport_config,
                     mcp_servers::state,
+                    mcp_servers::unreachable_since,
                     tools::input_schema,
                 ))
                 .first(conn)
@@ -570,10 +583,11 @@ impl Store {
             }
             Ok(found)
         })?;
-        let (sealed, state, input_schema_json) = found.ok_or_else(|| StoreError::ToolNotFound {
-            server_id: server_id.to_owned(),
-            tool: tool.to_owned(),
-        })?;
+        let (sealed, state, unreachable_since, input_schema_json) =
+            found.ok_or_else(|| StoreError::ToolNotFound {
+                server_id: server_id.to_owned(),
+                tool: tool.to_owned(),
+            })?;
         if server_state(&state) != ServerState::Ready {
             // Its reason is read again only on this rare path.
             let reason = self.get_server(org, server_id).await?.state_reason;
@@ -585,6 +599,7 @@ impl Store {
         }
         Ok(CallTarget {
             transport: self.unseal_transport(server_id, &sealed)?,
+            unreachable: unreachable_since.is_some(),
             input_schema_json,
         })
     }
@@ -604,13 +619,16 @@ impl Store {
             .map_err(|e| StoreError::Sealing(format!("decoding the transport of {server_id}: {e}")))
     }
 
-    /// Servers of `org` in creation order (ids are UUIDv7), after `after_id`.
+    /// Servers of `org` that pass `filter`, in creation order (ids are
+    /// UUIDv7), after `after_id`.
     pub async fn list_servers(
         &self,
         org: &str,
+        filter: &ServerFilter,
         after_id: Option<&str>,
         limit: i64,
     ) -> Result<Vec<Server>, StoreError> {
+        let prefix_chars = i32::try_from(filter.name_prefix.chars().count()).unwrap_or(i32::MAX);
         let rows: Vec<ServerRow> = with_conn!(self, Access::Read, |conn| {
             let mut query = mcp_servers::table
                 .filter(mcp_servers::organization_id.eq(org))
@@ -620,6 +638,26 @@ impl Store {
                 .into_boxed();
             if let Some(after) = after_id {
                 query = query.filter(mcp_servers::id.gt(after));
+            }
+            if let Some(state) = filter.state {
+                query = query.filter(mcp_servers::state.eq(state_column(state)));
+                query = match state {
+                    ServerState::Ready => query.filter(mcp_servers::unreachable_since.is_null()),
+                    ServerState::Unreachable => {
+                        query.filter(mcp_servers::unreachable_since.is_not_null())
+                    }
+                    _ => query,
+                };
+            }
+            if !filter.name_prefix.is_empty() {
+                // Not LIKE: SQLite's is case-insensitive and both treat `_`
+                // as a wildcard; names are ASCII, so characters are bytes.
+                query = query.filter(
+                    diesel::dsl::sql::<diesel::sql_types::Bool>("substr(name, 1, ")
+                        .bind::<diesel::sql_types::Integer, _>(prefix_chars)
+                        .sql(") = ")
+                        .bind::<diesel::sql_types::Text, _>(&filter.name_prefix),
+                );
             }
             Ok(query.load(conn).await?)
         })?;
@@ -712,7 +750,7 @@ impl Store {
 /// How [`Store::persist`] writes the server row.
 enum ServerWrite {
     /// A new server.
-    Insert(ServerRow),
+    Insert(Box<ServerRow>),
     /// A server whose authorization just completed: its row exists, pending.
     Authorized {
         id: String,

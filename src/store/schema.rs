@@ -17,6 +17,10 @@ diesel::table! {
         authorization_url -> Nullable<Text>,
         tool_prefix -> Text,
         server_info -> Nullable<Text>,
+        last_error -> Text,
+        unreachable_since -> Nullable<BigInt>,
+        last_connected_at -> Nullable<BigInt>,
+        last_synced_at -> Nullable<BigInt>,
     }
 }
 

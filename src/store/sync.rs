@@ -141,6 +141,22 @@ macro_rules! sync_in_transaction {
                 .execute(conn)
                 .await?;
         }
+        // The server was reached and listed just now. Its tools and mappings
+        // are untouched when nothing changed; this row says when it was seen.
+        let now: i64 = $now;
+        diesel::update(mcp_servers::table.find(server_id))
+            .set((
+                mcp_servers::last_connected_at.eq(now),
+                mcp_servers::last_synced_at.eq(now),
+                mcp_servers::unreachable_since.eq(None::<i64>),
+                mcp_servers::last_error.eq(""),
+            ))
+            .execute(conn)
+            .await?;
+        server.last_connected_at = Some(now);
+        server.last_synced_at = Some(now);
+        server.unreachable_since = None;
+        server.last_error = String::new();
         SyncedTools {
             server: server.into_server(None),
             added: diff

@@ -509,11 +509,20 @@ impl OrgClient {
         page_size: i32,
         page_token: &str,
     ) -> Result<proto::ListMcpServersResponse, Status> {
+        self.list_servers(proto::ListMcpServersRequest {
+            page_size,
+            page_token: page_token.to_owned(),
+            ..Default::default()
+        })
+        .await
+    }
+
+    pub async fn list_servers(
+        &self,
+        request: proto::ListMcpServersRequest,
+    ) -> Result<proto::ListMcpServersResponse, Status> {
         self.raw()
-            .list_mcp_servers(self.req(proto::ListMcpServersRequest {
-                page_size,
-                page_token: page_token.to_owned(),
-            }))
+            .list_mcp_servers(self.req(request))
             .await
             .map(tonic::Response::into_inner)
     }

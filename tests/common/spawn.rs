@@ -131,9 +131,23 @@ pub struct HttpTestServer {
 
 impl HttpTestServer {
     pub async fn start(args: impl IntoIterator<Item = impl Into<String>>) -> HttpTestServer {
+        HttpTestServer::start_on(0, args).await
+    }
+
+    /// On this loopback port (0: one it picks); a server back on the port
+    /// of one that went away is the same server to its clients.
+    pub async fn start_on(
+        port: u16,
+        args: impl IntoIterator<Item = impl Into<String>>,
+    ) -> HttpTestServer {
         let mut command = Command::new(test_server_bin());
         command
-            .args(["--transport", "http", "--listen", "127.0.0.1:0"])
+            .args([
+                "--transport",
+                "http",
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+            ])
             .args(args.into_iter().map(Into::into));
         let process = spawn_announcing(command, On::Stdout, after_prefix("LISTENING ")).await;
         HttpTestServer {
@@ -144,6 +158,18 @@ impl HttpTestServer {
 
     pub fn pid(&self) -> u32 {
         self.process.child.id().expect("running")
+    }
+
+    pub fn port(&self) -> u16 {
+        url::Url::parse(&self.url)
+            .ok()
+            .and_then(|url| url.port())
+            .expect("the announced URL has a port")
+    }
+
+    /// Kills it and waits until it is gone (its port refuses connections).
+    pub async fn stop(self) {
+        self.process.kill().await;
     }
 }
 

@@ -154,6 +154,11 @@ pub struct ServeArgs {
     /// MCP servers contacted at once by a health round.
     #[arg(long, env = "MCPD_HEALTH_CONCURRENCY", default_value_t = 4)]
     pub health_concurrency: usize,
+    /// How long after a live session hears that its server's tools changed
+    /// (`notifications/tools/list_changed`, and the last of a burst) mcpd
+    /// syncs them.
+    #[arg(long, env = "MCPD_SYNC_DEBOUNCE", default_value = "500ms", value_parser = humantime::parse_duration)]
+    pub sync_debounce: Duration,
 }
 
 impl DatabaseArgs {
@@ -219,6 +224,7 @@ impl ServeArgs {
             authorization_ttl: self.oauth_state_ttl,
             health_interval: self.health_interval.filter(|every| !every.is_zero()),
             health_concurrency: self.health_concurrency.max(1),
+            sync_debounce: self.sync_debounce,
         }
     }
 }

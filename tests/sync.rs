@@ -4,6 +4,8 @@
 
 mod common;
 
+use std::time::Duration;
+
 use common::*;
 use mcpd::proto;
 use serde_json::json;
@@ -11,8 +13,10 @@ use tonic::Code;
 
 backend_tests!(
     a_sync_writes_exactly_the_difference,
+    announced_tool_changes_are_synced_at_2026_07_28,
     the_catalogue_shows_shared_qualified_names,
     updates_rename_reprefix_and_rotate_the_transport,
+    announced_tool_changes_are_synced,
 );
 
 async fn update(
@@ -338,5 +342,83 @@ async fn updates_rename_reprefix_and_rotate_the_transport(backend: Backend) {
         .await
         .unwrap();
     assert!(!answer.is_error, "{answer:?}");
+    daemon.stop().await;
+}
+
+/// A server that announces `notifications/tools/list_changed` on the live
+/// session of its calls gets synced without anyone asking: additions,
+/// changes and removals, with the usual exactness.
+async fn announced_tool_changes_are_synced(backend: Backend) {
+    announcements_are_synced(backend, &["--legacy"]).await
+}
+
+/// The same at 2026-07-28, where the live session asks for announcements
+/// with `subscriptions/listen`.
+async fn announced_tool_changes_are_synced_at_2026_07_28(backend: Backend) {
+    announcements_are_synced(backend, &[]).await
+}
+
+async fn announcements_are_synced(backend: Backend, lifecycle: &[&str]) {
+    let daemon = Daemon::start_with(
+        backend,
+        DaemonOptions {
+            limits: mcpd::manager::Limits {
+                sync_debounce: Duration::from_millis(50),
+                ..Default::default()
+            },
+            ..Default::default()
+        },
+    )
+    .await;
+    let acme = daemon.org("acme").await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("tools.json");
+    write_tools(&file, json!([tool("alpha", "a")]));
+    let mut args = lifecycle.to_vec();
+    args.extend([
+        "--notify-list-changed",
+        "--tools-file",
+        file.to_str().unwrap(),
+    ]);
+    let id = acme
+        .create("announcing", stdio(args))
+        .await
+        .unwrap()
+        .server
+        .unwrap()
+        .id;
+    // A call opens the live session that hears the announcements.
+    acme.call_tool(call(&id, "alpha", json!({}))).await.unwrap();
+    let alpha_id = acme.tools(&id).await.unwrap()[0].id.clone();
+
+    write_tools(
+        &file,
+        json!([tool("alpha", "a, changed"), tool("beta", "b")]),
+    );
+    let tools = wait_for(
+        "the announced change to be synced",
+        Duration::from_secs(10),
+        async || {
+            Some(acme.tools(&id).await.unwrap()).filter(|tools| {
+                names(tools) == ["alpha", "beta"] && tools[0].description == "a, changed"
+            })
+        },
+    )
+    .await;
+    assert_eq!(tools[0].id, alpha_id, "changed in place");
+    assert_eq!(acme.get(&id).await.unwrap().tool_count, 2);
+
+    write_tools(&file, json!([tool("beta", "b")]));
+    wait_until(
+        "the removal to be synced",
+        Duration::from_secs(10),
+        async || names(&acme.tools(&id).await.unwrap()) == ["beta"],
+    )
+    .await;
+    let status = acme
+        .call_tool(call(&id, "alpha", json!({})))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::NotFound, "{status:?}");
     daemon.stop().await;
 }

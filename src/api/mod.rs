@@ -61,6 +61,7 @@ pub async fn serve(
     let stopping = CancellationToken::new();
     let http = http.map(|edge| tokio::spawn(http::serve(edge, manager.clone(), stopping.clone())));
     tokio::spawn(sweep_authorizations(manager.clone(), stopping.clone()));
+    tokio::spawn(manager.clone().run_auto_sync(stopping.clone()));
     if let Some(every) = manager.limits().health_interval {
         let concurrency = manager.limits().health_concurrency;
         tokio::spawn(

@@ -2,6 +2,7 @@
 //! one pooled connection at a time and never holds one across MCP traffic.
 
 mod authorize;
+mod auto_sync;
 mod call;
 mod error;
 #[cfg(test)]
@@ -90,6 +91,9 @@ pub struct Limits {
     pub health_interval: Option<Duration>,
     /// Servers contacted at once in a health round.
     pub health_concurrency: usize,
+    /// How long after a server announces a tool change (and the last of a
+    /// burst of them) its tools are synced.
+    pub sync_debounce: Duration,
 }
 
 impl Default for Limits {
@@ -99,6 +103,7 @@ impl Default for Limits {
             authorization_ttl: Duration::from_secs(600),
             health_interval: None,
             health_concurrency: 4,
+            sync_debounce: Duration::from_millis(500),
         }
     }
 }

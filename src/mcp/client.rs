@@ -27,11 +27,12 @@ use rmcp::{
         ElicitRequestParams, ElicitResult, ErrorCode, ErrorData, Implementation, InputRequest,
         ListRootsResult, ProtocolVersion,
     },
-    service::{DynService, RequestContext, ServiceExt},
+    service::{DynService, NotificationContext, RequestContext, ServiceExt},
 };
 use serde::{Serialize, de::DeserializeOwned};
 use tokio::sync::{mpsc, oneshot};
 
+use super::live::ServerKey;
 use crate::model::{CallEvent, ClientAnswer};
 
 fn implementation() -> Implementation {
@@ -130,11 +131,22 @@ impl Handler {
     }
 }
 
-/// For unary calls: no client capabilities.
-pub(super) fn plain() -> Handler {
+/// Where a live session reports that its server's tools changed
+/// (`notifications/tools/list_changed`): the server it belongs to, sent to
+/// whoever keeps the registry in sync.
+#[derive(Clone)]
+pub(super) struct ToolChanges {
+    pub(super) server: ServerKey,
+    pub(super) to: mpsc::Sender<ServerKey>,
+}
+
+/// For the pool's live sessions (unary calls): no client capabilities, and
+/// their servers' tool list changes are reported.
+pub(super) fn watching(tool_changes: ToolChanges) -> Handler {
     Handler::Plain(Plain {
         capabilities: ClientCapabilities::default(),
         protocol: None,
+        tool_changes: Some(tool_changes),
     })
 }
 
@@ -146,6 +158,7 @@ pub(super) fn listing() -> Handler {
     Handler::Plain(Plain {
         capabilities: streaming_capabilities(),
         protocol: None,
+        tool_changes: None,
     })
 }
 
@@ -166,11 +179,22 @@ fn client_config(
 pub(super) struct Plain {
     capabilities: ClientCapabilities,
     protocol: Option<ProtocolVersion>,
+    tool_changes: Option<ToolChanges>,
 }
 
 impl ClientHandler for Plain {
     fn get_info(&self) -> ClientConfig {
         client_config(self.capabilities.clone(), self.protocol.as_ref())
+    }
+
+    async fn on_tool_list_changed(&self, _context: NotificationContext<RoleClient>) {
+        if let Some(changes) = &self.tool_changes {
+            // Never waits: a server that announces faster than syncs run
+            // loses nothing, since one sync after the burst sees it all.
+            if changes.to.try_send(changes.server.clone()).is_err() {
+                tracing::debug!(server = %changes.server.1, "tool list change not queued (a sync is due already or nobody syncs)");
+            }
+        }
     }
 
     async fn create_message(

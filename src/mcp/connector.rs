@@ -3,7 +3,10 @@
 use std::{collections::HashMap, future::Future, time::Duration};
 
 use http::{HeaderMap, HeaderName, HeaderValue};
-use tokio::time::{Instant, timeout_at};
+use tokio::{
+    sync::mpsc,
+    time::{Instant, timeout_at},
+};
 
 use crate::model::{
     AuthorizationFlow, AuthorizationStart, CallEvent, ClientAnswer, OAuthGrant, ToolCallResult,
@@ -43,7 +46,14 @@ pub struct McpConnector {
     pool: SessionPool,
     legacy: std::sync::Arc<LegacyTargets>,
     oauth: OAuthClient,
+    /// Servers whose live session said their tools changed.
+    tool_changes: mpsc::Sender<ServerKey>,
+    tool_changes_rx: std::sync::Arc<std::sync::Mutex<Option<mpsc::Receiver<ServerKey>>>>,
 }
+
+/// Tool list changes queued for the syncing side; more are dropped (the
+/// queue holds each busy server at most a few times over).
+const TOOL_CHANGES_QUEUE: usize = 1024;
 
 impl McpConnector {
     pub fn new(settings: McpSettings) -> Result<Self, McpError> {
@@ -59,6 +69,7 @@ impl McpConnector {
             PolicedHttp::new(settings.outbound.clone(), settings.connect_timeout)
                 .map_err(|e| McpError::Settings(format!("OAuth HTTP client: {e}")))?,
         );
+        let (tool_changes, tool_changes_rx) = mpsc::channel(TOOL_CHANGES_QUEUE);
         Ok(McpConnector {
             http,
             pool: SessionPool::new(settings.pool),
@@ -66,6 +77,8 @@ impl McpConnector {
             live: LiveSessions::default(),
             legacy: Default::default(),
             oauth,
+            tool_changes,
+            tool_changes_rx: std::sync::Arc::new(std::sync::Mutex::new(Some(tool_changes_rx))),
         })
     }
 
@@ -469,6 +482,20 @@ impl McpConnector {
         deadline.map_or(self.settings.call_timeout, |d| {
             d.min(self.settings.call_timeout)
         })
+    }
+
+    /// (organization, server id) of each server whose live session announced
+    /// that its tools changed (`notifications/tools/list_changed`). One
+    /// receiver per connector: the first caller gets it.
+    pub fn take_tool_changes(&self) -> Option<mpsc::Receiver<(String, String)>> {
+        self.tool_changes_rx.lock().ok()?.take()
+    }
+
+    pub(super) fn tool_changes_to(&self, server: &ServerKey) -> super::client::ToolChanges {
+        super::client::ToolChanges {
+            server: server.clone(),
+            to: self.tool_changes.clone(),
+        }
     }
 
     /// Whether the server answers: a `ping` on its live session when it has

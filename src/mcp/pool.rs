@@ -260,12 +260,18 @@ impl SessionPool {
         }
         let session = tokio::time::timeout_at(
             deadline,
-            connector.open_for_calls(&key.0, &key.1, transport, super::client::plain()),
+            connector.open_for_calls(
+                &key.0,
+                &key.1,
+                transport,
+                super::client::watching(connector.tool_changes_to(key)),
+            ),
         )
         .await
         .map_err(|_| timed_out())??;
         self.inner.opens.fetch_add(1, Ordering::Relaxed);
         tracing::debug!(server = %key.1, "opened a live MCP session");
+        session.listen_for_tool_changes();
         let session = Arc::new(session);
         *slot = Some(session.clone());
         Ok(session)

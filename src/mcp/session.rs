@@ -6,7 +6,8 @@ use rmcp::{
     RoleClient,
     model::{
         CallToolRequest, CallToolRequestParams, CancelledNotification, CancelledNotificationParam,
-        ClientRequest, InputRequests, InputResponses, RequestId, ServerResult,
+        ClientRequest, InputRequests, InputResponses, RequestId, ServerResult, SubscriptionFilter,
+        SubscriptionsListenRequest, SubscriptionsListenRequestParams,
     },
     service::{Peer, PeerRequestOptions, ServiceError},
 };
@@ -110,6 +111,41 @@ impl Session {
                 after: self.list_timeout,
             }),
         }
+    }
+
+    /// At 2026-07-28 a server announces tool changes only on a
+    /// `subscriptions/listen` stream its client opens (earlier revisions
+    /// send them on the session). For a server that offers them, the stream
+    /// is opened in the background and lives as long as the session; its
+    /// announcements reach the session's handler like the older ones.
+    pub(super) fn listen_for_tool_changes(&self) {
+        let Some(info) = self.peer.peer_info() else {
+            return;
+        };
+        let announces = info
+            .capabilities
+            .tools
+            .as_ref()
+            .and_then(|tools| tools.list_changed)
+            .unwrap_or(false);
+        if info.protocol_version.has_initialize() || !announces {
+            return;
+        }
+        let peer = self.peer.clone();
+        let target = self.target.clone();
+        tokio::spawn(async move {
+            let filter = SubscriptionFilter::builder().tools_list_changed().build();
+            let request = ClientRequest::SubscriptionsListenRequest(
+                SubscriptionsListenRequest::new(SubscriptionsListenRequestParams::new(filter)),
+            );
+            // Ends when the server ends the stream or the session closes.
+            match peer.send_request(request).await {
+                Ok(_) => {
+                    tracing::debug!(%target, "the server ended its subscriptions/listen stream")
+                }
+                Err(err) => tracing::debug!(%target, error = %err, "subscriptions/listen ended"),
+            }
+        });
     }
 
     /// `ping`: whether the server still answers on this session. Any

@@ -146,7 +146,7 @@ pub(super) fn watching(tool_changes: ToolChanges) -> Handler {
     Handler::Plain(Plain {
         capabilities: ClientCapabilities::default(),
         protocol: None,
-        tool_changes: Some(tool_changes),
+        tool_changes: Some(Arc::new(tool_changes)),
     })
 }
 
@@ -179,7 +179,7 @@ fn client_config(
 pub(super) struct Plain {
     capabilities: ClientCapabilities,
     protocol: Option<ProtocolVersion>,
-    tool_changes: Option<ToolChanges>,
+    tool_changes: Option<Arc<ToolChanges>>,
 }
 
 impl ClientHandler for Plain {

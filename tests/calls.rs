@@ -4,7 +4,7 @@
 
 mod common;
 
-use std::{path::PathBuf, time::Duration};
+use std::time::Duration;
 
 use common::*;
 use mcpd::{
@@ -18,17 +18,6 @@ backend_tests!(
     concurrent_calls_share_one_live_session,
     a_dead_session_is_replaced_on_the_next_call,
 );
-
-fn everything_js() -> String {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/support/node_modules/@modelcontextprotocol/server-everything/dist/index.js");
-    assert!(
-        path.exists(),
-        "{} is missing: run `npm ci --prefix tests/support` (the README's test command does)",
-        path.display()
-    );
-    path.to_string_lossy().into_owned()
-}
 
 async fn call_tool(
     client: &OrgClient,

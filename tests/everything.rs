@@ -4,8 +4,6 @@
 
 mod common;
 
-use std::path::PathBuf;
-
 use common::*;
 use mcpd::proto::{self, create_mcp_server_request::Transport};
 
@@ -14,21 +12,6 @@ backend_tests!(
     everything_over_streamable_http,
     everything_over_sse
 );
-
-fn support_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/support")
-}
-
-fn everything_js() -> String {
-    let path =
-        support_dir().join("node_modules/@modelcontextprotocol/server-everything/dist/index.js");
-    assert!(
-        path.exists(),
-        "{} is missing: run `npm ci --prefix tests/support` (the README's test command does)",
-        path.display()
-    );
-    path.to_string_lossy().into_owned()
-}
 
 /// server-everything over HTTP, held to loopback by a preload (it listens on
 /// every interface otherwise) on a port it picks and announces (another

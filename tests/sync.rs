@@ -422,3 +422,31 @@ async fn announcements_are_synced(backend: Backend, lifecycle: &[&str]) {
     assert_eq!(status.code(), Code::NotFound, "{status:?}");
     daemon.stop().await;
 }
+
+/// The reference server's tools (schemas, titles, annotations, output
+/// schemas) read back equal to what it lists: a sync right after the create
+/// finds no difference and writes no tool row.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn server_everything_syncs_to_no_difference() {
+    let daemon = Daemon::start(Backend::Postgres).await;
+    let acme = daemon.org("acme").await;
+    let created = acme
+        .create(
+            "everything",
+            command("node", [everything_js(), "stdio".to_owned()]),
+        )
+        .await
+        .expect("register server-everything");
+    assert!(created.tools.len() >= 5, "{:?}", names(&created.tools));
+    let id = created.server.unwrap().id;
+    let before = daemon.registry().tool_row_versions().await;
+    let synced = sync(&acme, &id).await.unwrap();
+    assert!(
+        synced.added.is_empty() && synced.updated.is_empty() && synced.removed.is_empty(),
+        "{synced:?}"
+    );
+    assert_eq!(daemon.registry().tool_row_versions().await, before);
+    let info = synced.server.unwrap().server_info.expect("server info");
+    assert!(info.name.contains("everything"), "{info:?}");
+    daemon.stop().await;
+}

@@ -551,6 +551,24 @@ fn target_dir() -> PathBuf {
         .to_path_buf()
 }
 
+/// Where the npm packages the tests use are installed (`npm ci --prefix`).
+pub fn support_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/support")
+}
+
+/// The reference server `@modelcontextprotocol/server-everything`'s entry
+/// point, for `node`.
+pub fn everything_js() -> String {
+    let path =
+        support_dir().join("node_modules/@modelcontextprotocol/server-everything/dist/index.js");
+    assert!(
+        path.exists(),
+        "{} is missing: run `npm ci --prefix tests/support` (the README's test command does)",
+        path.display()
+    );
+    path.to_string_lossy().into_owned()
+}
+
 /// The rmcp test server (tests/mcp-test-server), built by the test command.
 pub fn test_server_bin() -> String {
     if let Ok(path) = std::env::var("MCP_TEST_SERVER_BIN") {

@@ -18,18 +18,6 @@ backend_tests!(
     servers_are_listed_by_state_and_name_prefix,
 );
 
-async fn sync(
-    acme: &OrgClient,
-    id: &str,
-) -> Result<proto::SyncMcpServerToolsResponse, tonic::Status> {
-    acme.raw()
-        .sync_mcp_server_tools(acme.req(proto::SyncMcpServerToolsRequest {
-            server_id: id.to_owned(),
-        }))
-        .await
-        .map(tonic::Response::into_inner)
-}
-
 /// A timestamp in milliseconds (what the store keeps); 0 when absent.
 fn ms(at: &Option<prost_types::Timestamp>) -> i64 {
     at.as_ref()
@@ -59,7 +47,7 @@ async fn syncs_and_calls_track_a_server_that_goes_away_and_comes_back(backend: B
 
     // Gone: the sync fails as before, and the record says so.
     http.stop().await;
-    let status = sync(&acme, &id).await.unwrap_err();
+    let status = acme.sync(&id).await.unwrap_err();
     assert_eq!(status.code(), Code::Unavailable, "{status:?}");
     let gone = acme.get(&id).await.unwrap();
     assert_eq!(state(&gone), Unreachable, "{gone:?}");
@@ -93,7 +81,7 @@ async fn syncs_and_calls_track_a_server_that_goes_away_and_comes_back(backend: B
     assert_eq!(back.last_synced_at, Some(connected), "a call lists nothing");
 
     // A sync that works records both times.
-    sync(&acme, &id).await.unwrap();
+    acme.sync(&id).await.unwrap();
     let synced = acme.get(&id).await.unwrap();
     assert!(
         ms(&synced.last_synced_at) > ms(&Some(connected)),
@@ -208,7 +196,7 @@ async fn servers_are_listed_by_state_and_name_prefix(backend: Backend) {
         .unwrap()
         .id;
     other.stop().await;
-    sync(&acme, &moved).await.unwrap_err();
+    acme.sync(&moved).await.unwrap_err();
     let unreachable = proto::ListMcpServersRequest {
         state: Unreachable.into(),
         ..Default::default()

@@ -55,18 +55,6 @@ fn tool(name: &str, description: &str) -> serde_json::Value {
     json!({"name": name, "description": description, "input_schema": {"type": "object"}})
 }
 
-async fn sync(
-    acme: &OrgClient,
-    id: &str,
-) -> Result<proto::SyncMcpServerToolsResponse, tonic::Status> {
-    acme.raw()
-        .sync_mcp_server_tools(acme.req(proto::SyncMcpServerToolsRequest {
-            server_id: id.to_owned(),
-        }))
-        .await
-        .map(|r| r.into_inner())
-}
-
 fn names(tools: &[proto::Tool]) -> Vec<&str> {
     tools.iter().map(|t| t.name.as_str()).collect()
 }
@@ -102,7 +90,7 @@ async fn a_sync_writes_exactly_the_difference(backend: Backend) {
     // Nothing changed: nothing is written, however often.
     let before = daemon.registry().tool_row_versions().await;
     for _ in 0..2 {
-        let synced = sync(&acme, &id).await.unwrap();
+        let synced = acme.sync(&id).await.unwrap();
         assert!(
             synced.added.is_empty() && synced.updated.is_empty() && synced.removed.is_empty(),
             "{synced:?}"
@@ -121,7 +109,7 @@ async fn a_sync_writes_exactly_the_difference(backend: Backend) {
             tool("not valid", "spaces are not allowed in tool names"),
         ]),
     );
-    let synced = sync(&acme, &id).await.unwrap();
+    let synced = acme.sync(&id).await.unwrap();
     assert_eq!(names(&synced.added), ["delta"]);
     assert_eq!(names(&synced.updated), ["beta"]);
     assert_eq!(synced.updated[0].id, beta_id, "updated in place");
@@ -146,15 +134,16 @@ async fn a_sync_writes_exactly_the_difference(backend: Backend) {
 
     // Unknown and foreign servers are NOT_FOUND; a server that cannot be
     // reached leaves the registry as it was.
-    let status = sync(&acme, "01a22c9b-b1e9-7593-b6dd-d5fd91f63bc6")
+    let status = acme
+        .sync("01a22c9b-b1e9-7593-b6dd-d5fd91f63bc6")
         .await
         .unwrap_err();
     assert_eq!(status.code(), Code::NotFound, "{status:?}");
     let other = daemon.org("globex").await;
-    assert_eq!(sync(&other, &id).await.unwrap_err().code(), Code::NotFound);
+    assert_eq!(other.sync(&id).await.unwrap_err().code(), Code::NotFound);
     std::fs::remove_file(&file).unwrap();
     let before = daemon.registry().tool_row_versions().await;
-    let status = sync(&acme, &id).await.unwrap_err();
+    let status = acme.sync(&id).await.unwrap_err();
     assert_ne!(status.code(), Code::Ok);
     assert_eq!(daemon.registry().tool_row_versions().await, before);
     daemon.stop().await;
@@ -440,7 +429,7 @@ async fn server_everything_syncs_to_no_difference() {
     assert!(created.tools.len() >= 5, "{:?}", names(&created.tools));
     let id = created.server.unwrap().id;
     let before = daemon.registry().tool_row_versions().await;
-    let synced = sync(&acme, &id).await.unwrap();
+    let synced = acme.sync(&id).await.unwrap();
     assert!(
         synced.added.is_empty() && synced.updated.is_empty() && synced.removed.is_empty(),
         "{synced:?}"

@@ -503,6 +503,15 @@ impl OrgClient {
         }
     }
 
+    pub async fn sync(&self, server_id: &str) -> Result<proto::SyncMcpServerToolsResponse, Status> {
+        self.raw()
+            .sync_mcp_server_tools(self.req(proto::SyncMcpServerToolsRequest {
+                server_id: server_id.to_owned(),
+            }))
+            .await
+            .map(tonic::Response::into_inner)
+    }
+
     /// One page of the organization's servers.
     pub async fn servers_page(
         &self,

@@ -58,7 +58,7 @@ async fn syncs_and_calls_track_a_server_that_goes_away_and_comes_back(backend: B
     assert_eq!(gone.last_connected_at, Some(connected));
     assert_eq!(gone.tool_count, 2, "its tools stay");
 
-    // A call that cannot connect keeps it unreachable, with the newer error.
+    // A call that cannot connect keeps it unreachable.
     let status = acme
         .call_tool(call(&id, "tool_0000", serde_json::json!({})))
         .await

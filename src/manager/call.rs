@@ -140,8 +140,11 @@ impl Manager {
             let remaining = deadline.map(|d| d.saturating_sub(started.elapsed()));
             let result = mcp_call(arguments, target, remaining).await;
             stats.mcp = mcp_started.elapsed();
+            // Written on a change only: calls to a server that is down do
+            // not each write a row (syncs and health checks keep its error
+            // current).
             match &result {
-                Err(err) if err.unreachable() => {
+                Err(err) if err.unreachable() && !was_unreachable => {
                     self.note_contact(org, &call.server_id, Contact::Unreachable(err.to_string()))
                         .await;
                 }

@@ -74,6 +74,8 @@ enum Which {
 
 struct Plan {
     sizes: Vec<(usize, usize)>,
+    /// Tools of the synced server, how many change, runs.
+    sync: (usize, usize, usize),
     load_creates: usize,
     memory_servers: usize,
 }
@@ -83,12 +85,14 @@ impl Plan {
         if quick {
             Plan {
                 sizes: vec![(1, 10), (50, 10), (500, 5), (5000, 2)],
+                sync: (1000, 10, 2),
                 load_creates: 200,
                 memory_servers: 1_000,
             }
         } else {
             Plan {
                 sizes: vec![(1, 40), (50, 40), (500, 20), (5000, 5)],
+                sync: (5000, 50, 5),
                 load_creates: 200,
                 memory_servers: 10_000,
             }
@@ -166,7 +170,7 @@ async fn run_backend(cli: &Cli, plan: &Plan, db: &Db) -> anyhow::Result<(Vec<Val
         .sizes
         .iter()
         .map(|(n, _)| format!("single-{n}"))
-        .chain(["load".to_owned(), "memory".to_owned()])
+        .chain(["load".to_owned(), "memory".to_owned(), "sync".to_owned()])
         .collect();
     let daemon =
         Daemon::start(&cli.daemon, db, cli.pool_size, cli.pool_timeout, &orgs, &[]).await?;
@@ -253,6 +257,13 @@ async fn run_backend(cli: &Cli, plan: &Plan, db: &Db) -> anyhow::Result<(Vec<Val
     });
     eprintln!("  fan-out load: {row}");
     theirs.push(row);
+
+    // Sync of a large server with 1% of its tools changed, against closing
+    // and registering it again.
+    let (n, changed, runs) = plan.sync;
+    let row = scenarios::sync_vs_recreate(&daemon, &cli.test_server, n, changed, runs).await?;
+    eprintln!("  sync n={n} changed={changed}: {row}");
+    ours.push(tag(row));
 
     // 4: load.
     let (_server, url) = start_mcp_server(&cli.test_server, LOAD_TOOLS).await?;
@@ -434,6 +445,37 @@ fn print_registry(rows: &[Value], fanout: &[Value], f: impl Fn(&Value) -> String
             f(&r["errors"]),
             f(&r["max_wait_ms"]),
             f(&r["speedup_vs_daemon_persist"]),
+        );
+    }
+    println!("\nSync with 1% changed vs close and register again (daemon)");
+    println!(
+        "{:<9} {:>5} {:>7} {:>9} {:>11} {:>7} {:>11} {:>15} {:>8} {:>9} {:>9}",
+        "backend",
+        "n",
+        "changed",
+        "sync ms",
+        "persist ms",
+        "rows",
+        "recreate ms",
+        "persist ms",
+        "rows",
+        "rows x",
+        "time x"
+    );
+    for r in rows.iter().filter(|r| r["scenario"] == "sync_vs_recreate") {
+        println!(
+            "{:<9} {:>5} {:>7} {:>9} {:>11} {:>7} {:>11} {:>15} {:>8} {:>9} {:>9}",
+            r["backend"].as_str().unwrap_or(""),
+            f(&r["n"]),
+            f(&r["changed"]),
+            f(&r["sync_p50_ms"]),
+            f(&r["sync_persist_p50_ms"]),
+            f(&r["sync_rows_written"]),
+            f(&r["recreate_p50_ms"]),
+            f(&r["recreate_persist_p50_ms"]),
+            f(&r["recreate_rows_written"]),
+            f(&r["rows_ratio"]),
+            f(&r["time_ratio"]),
         );
     }
     println!("\nLoad: concurrent creates then closes (daemon)");

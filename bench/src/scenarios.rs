@@ -312,3 +312,113 @@ pub async fn memory(
         "list_p99_ms": round(l.p99),
     }))
 }
+
+/// The tools file of the sync scenario: `n` tools, the first `changed` of
+/// them with a new description when `round` > 0.
+fn write_tools_file(
+    path: &std::path::Path,
+    n: usize,
+    changed: usize,
+    round: usize,
+) -> anyhow::Result<()> {
+    let tools: Vec<Value> = (0..n)
+        .map(|i| {
+            let description = if i < changed && round > 0 {
+                format!("Tool number {i}, revised in round {round}.")
+            } else {
+                format!("Tool number {i}; echoes its name and arguments.")
+            };
+            json!({
+                "name": format!("tool_{i:05}"),
+                "description": description,
+                "input_schema": {"type": "object", "properties": {"x": {"type": "integer"}}},
+            })
+        })
+        .collect();
+    std::fs::write(path, serde_json::to_vec(&tools)?).context("writing the tools file")
+}
+
+/// Issue 10's sync figure: an `n`-tool server with `changed` tools changed,
+/// synced (the exact difference, in place) against what a resync without a
+/// difference does (close it and register it again). Rows written are the
+/// answer's own counts: tools updated or added/removed (with their mapping),
+/// plus the server row; a close and create write and delete the server, every
+/// tool and every mapping.
+pub async fn sync_vs_recreate(
+    daemon: &Daemon,
+    test_server: &str,
+    n: usize,
+    changed: usize,
+    runs: usize,
+) -> anyhow::Result<Value> {
+    let org = "sync";
+    let dir = tempfile::tempdir()?;
+    let file = dir.path().join("tools.json");
+    write_tools_file(&file, n, changed, 0)?;
+    let file_arg = file.to_string_lossy().into_owned();
+    let (_server, url) =
+        crate::env::start_http_server(test_server, &["--tools-file", &file_arg]).await?;
+    let mut client = daemon.client();
+    let created = create(daemon, &mut client, org, "synced", &url).await?;
+    anyhow::ensure!(
+        created.stored_tools == n,
+        "stored {} of {n} tools",
+        created.stored_tools
+    );
+    let mut sync_ms = Vec::new();
+    let mut sync_persist_ms = Vec::new();
+    let mut sync_rows = 0;
+    for round in 1..=runs {
+        write_tools_file(&file, n, changed, round)?;
+        let started = Instant::now();
+        let response = client
+            .sync_mcp_server_tools(daemon.req(
+                org,
+                proto::SyncMcpServerToolsRequest {
+                    server_id: created.server_id.clone(),
+                },
+            ))
+            .await?;
+        sync_ms.push(started.elapsed().as_secs_f64() * 1000.0);
+        sync_persist_ms.push(header_u64(response.metadata(), PERSIST_US_HEADER) as f64 / 1000.0);
+        let body = response.into_inner();
+        anyhow::ensure!(
+            body.updated.len() == changed && body.added.is_empty() && body.removed.is_empty(),
+            "round {round}: sync reported {} updated, {} added, {} removed; expected {changed} updated",
+            body.updated.len(),
+            body.added.len(),
+            body.removed.len()
+        );
+        sync_rows = body.updated.len() + 2 * (body.added.len() + body.removed.len()) + 1;
+    }
+    // The same change applied the other way: close, then register again.
+    let mut recreate_ms = Vec::new();
+    let mut recreate_persist_ms = Vec::new();
+    let mut server_id = created.server_id;
+    for _ in 0..runs {
+        let started = Instant::now();
+        close(daemon, &mut client, org, &server_id).await?;
+        let again = create(daemon, &mut client, org, "synced", &url).await?;
+        recreate_ms.push(started.elapsed().as_secs_f64() * 1000.0);
+        recreate_persist_ms.push(again.persist_ms);
+        server_id = again.server_id;
+    }
+    close(daemon, &mut client, org, &server_id).await?;
+    let recreate_rows = 2 * (1 + 2 * n);
+    let (sync, sync_persist) = (summarize(&sync_ms), summarize(&sync_persist_ms));
+    let (recreate, recreate_persist) = (summarize(&recreate_ms), summarize(&recreate_persist_ms));
+    Ok(json!({
+        "scenario": "sync_vs_recreate",
+        "n": n,
+        "changed": changed,
+        "runs": runs,
+        "sync_p50_ms": round(sync.p50),
+        "sync_persist_p50_ms": round(sync_persist.p50),
+        "sync_rows_written": sync_rows,
+        "recreate_p50_ms": round(recreate.p50),
+        "recreate_persist_p50_ms": round(recreate_persist.p50),
+        "recreate_rows_written": recreate_rows,
+        "rows_ratio": if sync_rows > 0 { round(recreate_rows as f64 / sync_rows as f64) } else { 0.0 },
+        "time_ratio": if sync.p50 > 0.0 { round(recreate.p50 / sync.p50) } else { 0.0 },
+    }))
+}

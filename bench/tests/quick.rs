@@ -83,6 +83,25 @@ fn quick_run_writes_the_documented_json() {
             load[0]["peak_connections"].as_u64().unwrap() <= load[0]["pool_size"].as_u64().unwrap()
         );
         assert!(load[0]["throughput_per_s"].as_f64().unwrap() > 0.0);
+        let sync = of("sync_vs_recreate");
+        assert_eq!(sync.len(), 1, "{backend}");
+        let sync = sync[0];
+        // The exact difference: the changed tools and the server row.
+        assert_eq!(
+            sync["sync_rows_written"],
+            sync["changed"].as_u64().unwrap() + 1,
+            "{sync}"
+        );
+        assert!(
+            sync["rows_ratio"].as_f64().is_some_and(|x| x >= 10.0),
+            "{sync}"
+        );
+        for key in ["sync_p50_ms", "recreate_p50_ms", "recreate_persist_p50_ms"] {
+            assert!(
+                sync[key].as_f64().is_some_and(|v| v > 0.0),
+                "{backend} {key}: {sync}"
+            );
+        }
         let memory = of("memory");
         assert_eq!(memory.len(), 1);
         assert!(memory[0]["rss_mb"].as_f64().unwrap() > 0.0);

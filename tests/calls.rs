@@ -56,10 +56,7 @@ async fn server_everything_results_keep_what_mcp_gives_them() {
     let daemon = Daemon::start(Backend::Postgres).await;
     let acme = daemon.org("acme").await;
     let created = acme
-        .create(
-            "everything",
-            command("node", [everything_js(), "stdio".to_owned()]),
-        )
+        .create("everything", everything_stdio())
         .await
         .expect("register server-everything");
     let id = created.server.unwrap().id;

@@ -71,7 +71,7 @@ async fn create_and_check(backend: Backend, transport: Transport, kind: proto::T
 }
 
 async fn everything_over_stdio(backend: Backend) {
-    let transport = command("node", [everything_js(), "stdio".into()]);
+    let transport = everything_stdio();
     create_and_check(backend, transport, proto::TransportKind::Stdio).await;
 }
 

@@ -420,10 +420,7 @@ async fn server_everything_syncs_to_no_difference() {
     let daemon = Daemon::start(Backend::Postgres).await;
     let acme = daemon.org("acme").await;
     let created = acme
-        .create(
-            "everything",
-            command("node", [everything_js(), "stdio".to_owned()]),
-        )
+        .create("everything", everything_stdio())
         .await
         .expect("register server-everything");
     assert!(created.tools.len() >= 5, "{:?}", names(&created.tools));

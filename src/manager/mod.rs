@@ -417,6 +417,8 @@ pub(super) enum Listing {
         challenge: String,
         error: McpError,
     },
+    /// The server could not be reached at all ([`McpError::unreachable`]).
+    Unreachable(McpError),
     Failed(ManagerError),
 }
 
@@ -430,6 +432,7 @@ impl Listing {
                 challenge: challenge.clone(),
                 error: err,
             },
+            err if err.unreachable() => Listing::Unreachable(err),
             err => Listing::Failed(err.into()),
         }
     }
@@ -440,9 +443,7 @@ impl Listing {
     /// listed (not a refusal, nor a limit of mcpd's).
     fn unreachable(&self) -> Option<String> {
         match self {
-            Listing::Failed(
-                ManagerError::Unavailable(why) | ManagerError::DeadlineExceeded(why),
-            ) => Some(why.clone()),
+            Listing::Unreachable(err) => Some(err.to_string()),
             _ => None,
         }
     }
@@ -451,7 +452,7 @@ impl Listing {
 impl From<Listing> for ManagerError {
     fn from(listing: Listing) -> Self {
         match listing {
-            Listing::Refused { error, .. } => error.into(),
+            Listing::Refused { error, .. } | Listing::Unreachable(error) => error.into(),
             Listing::Failed(err) => err,
         }
     }

@@ -499,9 +499,8 @@ impl McpConnector {
     }
 
     /// Whether the server answers: a `ping` on its live session when it has
-    /// one (an idle server is not woken for it: no process is spawned for a
-    /// pooled stdio server that is up), else on a session opened for the
-    /// purpose and closed after.
+    /// one (a pooled stdio server is not started a second time), else on a
+    /// session opened for the check and closed after.
     pub async fn check(
         &self,
         organization_id: &str,

@@ -127,25 +127,24 @@ macro_rules! sync_in_transaction {
         }
         let mut server = server;
         let identity: Option<String> = $identity;
-        if identity.is_some() && identity != server.server_info {
-            diesel::update(mcp_servers::table.find(server_id))
-                .set(mcp_servers::server_info.eq(&identity))
-                .execute(conn)
-                .await?;
+        if identity.is_some() {
             server.server_info = identity;
         }
         if diff.changes_anything() {
             server.tool_count = i32::try_from(listed.len()).unwrap_or(i32::MAX);
-            diesel::update(mcp_servers::table.find(server_id))
-                .set(mcp_servers::tool_count.eq(server.tool_count))
-                .execute(conn)
-                .await?;
         }
-        // The server was reached and listed just now. Its tools and mappings
-        // are untouched when nothing changed; this row says when it was seen.
+        // The server was reached and listed just now: one write of its row
+        // says so (with its identity and tool count). Its tools and mappings
+        // are untouched when nothing changed.
         let now: i64 = $now;
+        server.last_connected_at = Some(now);
+        server.last_synced_at = Some(now);
+        server.unreachable_since = None;
+        server.last_error = String::new();
         diesel::update(mcp_servers::table.find(server_id))
             .set((
+                mcp_servers::server_info.eq(&server.server_info),
+                mcp_servers::tool_count.eq(server.tool_count),
                 mcp_servers::last_connected_at.eq(now),
                 mcp_servers::last_synced_at.eq(now),
                 mcp_servers::unreachable_since.eq(None::<i64>),
@@ -153,10 +152,6 @@ macro_rules! sync_in_transaction {
             ))
             .execute(conn)
             .await?;
-        server.last_connected_at = Some(now);
-        server.last_synced_at = Some(now);
-        server.unreachable_since = None;
-        server.last_error = String::new();
         SyncedTools {
             server: server.into_server(None),
             added: diff

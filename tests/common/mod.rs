@@ -578,6 +578,11 @@ pub fn everything_js() -> String {
     path.to_string_lossy().into_owned()
 }
 
+/// server-everything over stdio, run by `node`.
+pub fn everything_stdio() -> Transport {
+    command("node", [everything_js(), "stdio".to_owned()])
+}
+
 /// The rmcp test server (tests/mcp-test-server), built by the test command.
 pub fn test_server_bin() -> String {
     if let Ok(path) = std::env::var("MCP_TEST_SERVER_BIN") {

@@ -10,7 +10,7 @@ use crate::{
         McpSettings, OAuthSettings, PoolLimits,
         outbound::{OutboundPolicy, PolicyError},
     },
-    store::{DatabaseUrl, StoreError, StoreSettings},
+    store::{DatabaseUrl, EventRetention, StoreError, StoreSettings},
     telemetry::LogFormat,
 };
 
@@ -159,6 +159,13 @@ pub struct ServeArgs {
     /// syncs them.
     #[arg(long, env = "MCPD_SYNC_DEBOUNCE", default_value = "500ms", value_parser = humantime::parse_duration)]
     pub sync_debounce: Duration,
+    /// WatchMcpServers resumes from events this recent; a watcher whose
+    /// cursor is older is told to list again (FAILED_PRECONDITION).
+    #[arg(long, env = "MCPD_WATCH_RETENTION", default_value = "24h", value_parser = humantime::parse_duration)]
+    pub watch_retention: Duration,
+    /// And from at most this many of each organization's newest events.
+    #[arg(long, env = "MCPD_WATCH_RETENTION_EVENTS", default_value_t = 10_000)]
+    pub watch_retention_events: u64,
 }
 
 impl DatabaseArgs {
@@ -168,6 +175,7 @@ impl DatabaseArgs {
             pool_size: self.pool_size.max(1),
             acquire_timeout: self.pool_timeout,
             sealer: None,
+            event_retention: EventRetention::default(),
         })
     }
 }
@@ -216,6 +224,13 @@ impl ServeArgs {
             client_metadata_url,
             client_name: "mcpd".into(),
         })
+    }
+
+    pub fn event_retention(&self) -> EventRetention {
+        EventRetention {
+            max_events: self.watch_retention_events.max(1),
+            max_age: self.watch_retention,
+        }
     }
 
     pub fn limits(&self) -> Limits {

@@ -41,6 +41,7 @@ async fn main() -> anyhow::Result<()> {
             let sealer = open_sealer(&settings, &args.secret_key_file).await?;
             let store = Store::open(StoreSettings {
                 sealer: Some(sealer),
+                event_retention: args.event_retention(),
                 ..settings
             })
             .await?;

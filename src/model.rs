@@ -192,6 +192,53 @@ pub struct ServerFilter {
     pub name_prefix: String,
 }
 
+/// A change to one of an organization's servers, as `WatchMcpServers`
+/// streams it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerEvent {
+    /// Counts up by one per organization with no gap, in commit order: a
+    /// watcher resumes after the last one it handled.
+    pub cursor: u64,
+    pub kind: ServerEventKind,
+    pub server_id: String,
+    /// The server as the change left it (for `Closed`, as it was removed).
+    /// Never its authorization URL, which events do not keep.
+    pub server: Server,
+    /// For `ToolsChanged`, and `Created`/`Updated`/`StatusChanged` when the
+    /// same transaction stored tools: their names.
+    pub tools: ToolChanges,
+    pub occurred_at: SystemTime,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ServerEventKind {
+    Created,
+    /// Renamed, its tool prefix or its transport changed.
+    Updated,
+    /// A sync stored a difference.
+    ToolsChanged,
+    /// Ready, unreachable, waiting for authorization or failed.
+    StatusChanged,
+    Closed,
+}
+
+/// The names of the tools one change added, updated and removed.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ToolChanges {
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub added: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub updated: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub removed: Vec<String>,
+}
+
+impl ToolChanges {
+    pub fn is_empty(&self) -> bool {
+        self.added.is_empty() && self.updated.is_empty() && self.removed.is_empty()
+    }
+}
+
 /// Whether mcpd can use a server.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ServerState {

@@ -78,6 +78,8 @@ struct Plan {
     sync: (usize, usize, usize),
     load_creates: usize,
     memory_servers: usize,
+    /// Changes timed from request to a watcher's event.
+    watch_rounds: usize,
 }
 
 impl Plan {
@@ -86,6 +88,7 @@ impl Plan {
             Plan {
                 sizes: vec![(1, 10), (50, 10), (500, 5), (5000, 2)],
                 sync: (1000, 10, 2),
+                watch_rounds: 30,
                 load_creates: 200,
                 memory_servers: 1_000,
             }
@@ -93,6 +96,7 @@ impl Plan {
             Plan {
                 sizes: vec![(1, 40), (50, 40), (500, 20), (5000, 5)],
                 sync: (5000, 50, 5),
+                watch_rounds: 300,
                 load_creates: 200,
                 memory_servers: 10_000,
             }
@@ -170,7 +174,7 @@ async fn run_backend(cli: &Cli, plan: &Plan, db: &Db) -> anyhow::Result<(Vec<Val
         .sizes
         .iter()
         .map(|(n, _)| format!("single-{n}"))
-        .chain(["load".to_owned(), "memory".to_owned(), "sync".to_owned()])
+        .chain(["load", "memory", "sync", "watch"].map(String::from))
         .collect();
     let daemon =
         Daemon::start(&cli.daemon, db, cli.pool_size, cli.pool_timeout, &orgs, &[]).await?;
@@ -263,6 +267,34 @@ async fn run_backend(cli: &Cli, plan: &Plan, db: &Db) -> anyhow::Result<(Vec<Val
     let (n, changed, runs) = plan.sync;
     let row = scenarios::sync_vs_recreate(&daemon, &cli.test_server, n, changed, runs).await?;
     eprintln!("  sync n={n} changed={changed}: {row}");
+    ours.push(tag(row));
+
+    // Watch latency: across two daemons on PostgreSQL, in one on SQLite.
+    let second = match backend {
+        Backend::Postgres => Some(
+            Daemon::start(
+                &cli.daemon,
+                db,
+                cli.pool_size,
+                cli.pool_timeout,
+                &["watch".to_owned()],
+                &[],
+            )
+            .await?,
+        ),
+        Backend::Sqlite => None,
+    };
+    let row = scenarios::watch_latency(
+        &daemon,
+        second.as_ref().unwrap_or(&daemon),
+        &cli.test_server,
+        plan.watch_rounds,
+    )
+    .await?;
+    if let Some(second) = second {
+        second.proc.terminate().await;
+    }
+    eprintln!("  watch: {row}");
     ours.push(tag(row));
 
     // 4: load.
@@ -476,6 +508,23 @@ fn print_registry(rows: &[Value], fanout: &[Value], f: impl Fn(&Value) -> String
             f(&r["recreate_rows_written"]),
             f(&r["rows_ratio"]),
             f(&r["time_ratio"]),
+        );
+    }
+    println!("\nWatch: request to event at a watcher (daemon)");
+    println!(
+        "{:<9} {:>8} {:>7} {:>10} {:>10} {:>9} {:>9}",
+        "backend", "daemons", "rounds", "event p50", "event p99", "rpc p50", "rpc p99"
+    );
+    for r in rows.iter().filter(|r| r["scenario"] == "watch_latency") {
+        println!(
+            "{:<9} {:>8} {:>7} {:>10} {:>10} {:>9} {:>9}",
+            r["backend"].as_str().unwrap_or(""),
+            f(&r["daemons"]),
+            f(&r["rounds"]),
+            f(&r["event_p50_ms"]),
+            f(&r["event_p99_ms"]),
+            f(&r["rpc_p50_ms"]),
+            f(&r["rpc_p99_ms"]),
         );
     }
     println!("\nLoad: concurrent creates then closes (daemon)");

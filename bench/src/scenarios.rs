@@ -342,8 +342,8 @@ fn write_tools_file(
 /// synced (the exact difference, in place) against what a resync without a
 /// difference does (close it and register it again). Rows written are the
 /// answer's own counts: tools updated or added/removed (with their mapping),
-/// plus the server row; a close and create write and delete the server, every
-/// tool and every mapping.
+/// plus the server row and the watch event; a close and create write and
+/// delete the server, every tool and every mapping, and write two events.
 pub async fn sync_vs_recreate(
     daemon: &Daemon,
     test_server: &str,
@@ -389,7 +389,8 @@ pub async fn sync_vs_recreate(
             body.added.len(),
             body.removed.len()
         );
-        sync_rows = body.updated.len() + 2 * (body.added.len() + body.removed.len()) + 1;
+        // Tools, mappings, the server row and the event that announces it.
+        sync_rows = body.updated.len() + 2 * (body.added.len() + body.removed.len()) + 2;
     }
     // The same change applied the other way: close, then register again.
     let mut recreate_ms = Vec::new();
@@ -404,7 +405,8 @@ pub async fn sync_vs_recreate(
         server_id = again.server_id;
     }
     close(daemon, &mut client, org, &server_id).await?;
-    let recreate_rows = 2 * (1 + 2 * n);
+    // Server, tools and mappings, twice, and the CLOSED and CREATED events.
+    let recreate_rows = 2 * (1 + 2 * n) + 2;
     let (sync, sync_persist) = (summarize(&sync_ms), summarize(&sync_persist_ms));
     let (recreate, recreate_persist) = (summarize(&recreate_ms), summarize(&recreate_persist_ms));
     Ok(json!({
@@ -420,5 +422,82 @@ pub async fn sync_vs_recreate(
         "recreate_rows_written": recreate_rows,
         "rows_ratio": if sync_rows > 0 { round(recreate_rows as f64 / sync_rows as f64) } else { 0.0 },
         "time_ratio": if sync.p50 > 0.0 { round(recreate.p50 / sync.p50) } else { 0.0 },
+    }))
+}
+
+/// Issue 10's watch figure: how long after a change is asked for its event
+/// reaches a watcher on another daemon (PostgreSQL: `writer` and `watcher`
+/// are two daemons on one database, the event crossing by NOTIFY; SQLite:
+/// one daemon, watchers are in-process). Each round renames a server on
+/// `writer` and waits for the event on `watcher`; the RPC's own time is
+/// reported beside it, since the commit happens inside it.
+pub async fn watch_latency(
+    writer: &Daemon,
+    watcher: &Daemon,
+    test_server: &str,
+    rounds: usize,
+) -> anyhow::Result<Value> {
+    let org = "watch";
+    let (_server, url) = crate::env::start_mcp_server(test_server, 1).await?;
+    let mut client = writer.client();
+    let created = create(writer, &mut client, org, "watched", &url).await?;
+    let mut events = watcher
+        .client()
+        .watch_mcp_servers(watcher.req(org, proto::WatchMcpServersRequest { after: None }))
+        .await?
+        .into_inner();
+    let bookmark = events.message().await?.context("the watch ended")?;
+    anyhow::ensure!(
+        bookmark.kind() == proto::McpServerEventKind::Bookmark,
+        "the watch started with {bookmark:?}"
+    );
+    let mut event_ms = Vec::with_capacity(rounds);
+    let mut rpc_ms = Vec::with_capacity(rounds);
+    for round in 0..rounds {
+        let name = format!("watched-{round}");
+        let started = Instant::now();
+        let rename = client.update_mcp_server(writer.req(
+            org,
+            proto::UpdateMcpServerRequest {
+                server_id: created.server_id.clone(),
+                server_name: name.clone(),
+                update_mask: Some(prost_types::FieldMask {
+                    paths: vec!["server_name".into()],
+                }),
+                ..Default::default()
+            },
+        ));
+        let heard = async {
+            loop {
+                let event = tokio::time::timeout(Duration::from_secs(10), events.message())
+                    .await
+                    .context("no event within 10 s")??
+                    .context("the watch ended")?;
+                if event.server.as_ref().is_some_and(|s| s.server_name == name) {
+                    return anyhow::Ok(started.elapsed());
+                }
+            }
+        };
+        let (renamed, heard) = tokio::join!(
+            async {
+                let result = rename.await;
+                (result, started.elapsed())
+            },
+            heard
+        );
+        renamed.0?;
+        rpc_ms.push(renamed.1.as_secs_f64() * 1000.0);
+        event_ms.push(heard?.as_secs_f64() * 1000.0);
+    }
+    close(writer, &mut client, org, &created.server_id).await?;
+    let (event, rpc) = (summarize(&event_ms), summarize(&rpc_ms));
+    Ok(json!({
+        "scenario": "watch_latency",
+        "daemons": if std::ptr::eq(writer, watcher) { 1 } else { 2 },
+        "rounds": rounds,
+        "event_p50_ms": round(event.p50),
+        "event_p99_ms": round(event.p99),
+        "rpc_p50_ms": round(rpc.p50),
+        "rpc_p99_ms": round(rpc.p99),
     }))
 }

@@ -86,10 +86,11 @@ fn quick_run_writes_the_documented_json() {
         let sync = of("sync_vs_recreate");
         assert_eq!(sync.len(), 1, "{backend}");
         let sync = sync[0];
-        // The exact difference: the changed tools and the server row.
+        // The exact difference: the changed tools, the server row and the
+        // event.
         assert_eq!(
             sync["sync_rows_written"],
-            sync["changed"].as_u64().unwrap() + 1,
+            sync["changed"].as_u64().unwrap() + 2,
             "{sync}"
         );
         assert!(
@@ -100,6 +101,17 @@ fn quick_run_writes_the_documented_json() {
             assert!(
                 sync[key].as_f64().is_some_and(|v| v > 0.0),
                 "{backend} {key}: {sync}"
+            );
+        }
+        let watch = of("watch_latency");
+        assert_eq!(watch.len(), 1, "{backend}");
+        let daemons = if backend == "postgres" { 2 } else { 1 };
+        assert_eq!(watch[0]["daemons"], daemons, "{}", watch[0]);
+        for key in ["event_p50_ms", "event_p99_ms", "rpc_p50_ms"] {
+            assert!(
+                watch[0][key].as_f64().is_some_and(|v| v > 0.0),
+                "{backend} {key}: {}",
+                watch[0]
             );
         }
         let memory = of("memory");

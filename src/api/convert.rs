@@ -3,8 +3,8 @@
 use crate::{
     manager::{
         CallEvent, CallTool, ClientAnswer, ClientCredentialsRequest, ClientSecret, Content,
-        ContentKind, FailedTool, OAuthRequest, ResourceContents, Server, ServerState, Synced, Tool,
-        ToolCallResult, TransportKind, TransportRequest,
+        ContentKind, FailedTool, OAuthRequest, ResourceContents, Server, ServerEventKind,
+        ServerState, Synced, Tool, ToolCallResult, TransportKind, TransportRequest, Watched,
     },
     proto,
 };
@@ -273,5 +273,37 @@ pub fn client_answer(answer: proto::ServerRequestAnswer) -> ClientAnswer {
     ClientAnswer {
         request_id: answer.request_id,
         outcome,
+    }
+}
+
+pub fn watched(watched: Watched) -> proto::WatchMcpServersResponse {
+    match watched {
+        Watched::Bookmark(cursor) => proto::WatchMcpServersResponse {
+            cursor,
+            kind: proto::McpServerEventKind::Bookmark.into(),
+            ..Default::default()
+        },
+        Watched::Event(event) => {
+            let event = *event;
+            proto::WatchMcpServersResponse {
+                cursor: event.cursor,
+                kind: match event.kind {
+                    ServerEventKind::Created => proto::McpServerEventKind::Created,
+                    ServerEventKind::Updated => proto::McpServerEventKind::Updated,
+                    ServerEventKind::ToolsChanged => proto::McpServerEventKind::ToolsChanged,
+                    ServerEventKind::StatusChanged => proto::McpServerEventKind::StatusChanged,
+                    ServerEventKind::Closed => proto::McpServerEventKind::Closed,
+                }
+                .into(),
+                server_id: event.server_id,
+                server: Some(server(event.server)),
+                tool_changes: Some(proto::ToolChanges {
+                    added: event.tools.added,
+                    updated: event.tools.updated,
+                    removed: event.tools.removed,
+                }),
+                occurred_at: Some(prost_types::Timestamp::from(event.occurred_at)),
+            }
+        }
     }
 }

@@ -10,6 +10,7 @@ mod limits;
 mod service;
 mod status;
 mod stream;
+mod watch;
 
 use std::{future::Future, net::SocketAddr, time::Duration};
 
@@ -60,7 +61,8 @@ pub async fn serve(
 
     let stopping = CancellationToken::new();
     let http = http.map(|edge| tokio::spawn(http::serve(edge, manager.clone(), stopping.clone())));
-    tokio::spawn(sweep_authorizations(manager.clone(), stopping.clone()));
+    tokio::spawn(sweep_expired(manager.clone(), stopping.clone()));
+    tokio::spawn(manager.clone().run_event_listener(stopping.clone()));
     tokio::spawn(manager.clone().run_auto_sync(stopping.clone()));
     if let Some(every) = manager.limits().health_interval {
         let concurrency = manager.limits().health_concurrency;
@@ -95,6 +97,7 @@ pub async fn serve(
         .add_service(
             proto::mcp_server_service_server::McpServerServiceServer::new(McpServerApi::new(
                 manager.clone(),
+                stopping.clone(),
             ))
             .max_decoding_message_size(limits::MAX_REQUEST_BYTES),
         )
@@ -126,16 +129,14 @@ pub async fn serve(
     result
 }
 
-/// How often authorizations nobody finished are looked for.
-const AUTHORIZATION_SWEEP: Duration = Duration::from_secs(60);
+/// How often authorizations nobody finished, and events past their
+/// retention, are looked for.
+const SWEEP: Duration = Duration::from_secs(60);
 
-async fn sweep_authorizations(manager: Manager, stopping: CancellationToken) {
+async fn sweep_expired(manager: Manager, stopping: CancellationToken) {
     // Not at start-up: the first sweep would compete with the first calls
     // for the pool, for authorizations that cannot have expired yet.
-    let mut every = tokio::time::interval_at(
-        tokio::time::Instant::now() + AUTHORIZATION_SWEEP,
-        AUTHORIZATION_SWEEP,
-    );
+    let mut every = tokio::time::interval_at(tokio::time::Instant::now() + SWEEP, SWEEP);
     every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
@@ -144,6 +145,9 @@ async fn sweep_authorizations(manager: Manager, stopping: CancellationToken) {
         }
         if let Err(err) = manager.sweep_authorizations().await {
             tracing::debug!(error = %err, "sweeping expired authorizations failed");
+        }
+        if let Err(err) = manager.sweep_events().await {
+            tracing::debug!(error = %err, "sweeping events past their retention failed");
         }
     }
 }

@@ -3,9 +3,10 @@
 
 use std::{future::Future, time::Instant};
 
+use tokio_util::sync::CancellationToken;
 use tonic::{Code, Request, Response, Status, metadata::MetadataValue};
 
-use super::{auth, convert, deadline, status::to_status, stream};
+use super::{auth, convert, deadline, status::to_status, stream, watch};
 use crate::{
     manager::{CallStats, CreateServer, Manager, ManagerError, ServerFilter, UpdateServer},
     proto::{self, mcp_server_service_server::McpServerService},
@@ -22,11 +23,13 @@ pub const PERSIST_US_HEADER: &str = "mcpd-persist-us";
 
 pub struct McpServerApi {
     manager: Manager,
+    /// Cancelled at shutdown: ends the streams that would otherwise last.
+    stopping: CancellationToken,
 }
 
 impl McpServerApi {
-    pub fn new(manager: Manager) -> Self {
-        McpServerApi { manager }
+    pub fn new(manager: Manager, stopping: CancellationToken) -> Self {
+        McpServerApi { manager, stopping }
     }
 }
 
@@ -134,6 +137,15 @@ fn with_stats<T>(message: T, stats: CallStats) -> Response<T> {
 impl McpServerService for McpServerApi {
     type StreamMcpToolCallStream =
         futures::stream::BoxStream<'static, Result<proto::StreamMcpToolCallResponse, Status>>;
+
+    type WatchMcpServersStream = watch::Outbound;
+
+    async fn watch_mcp_servers(
+        &self,
+        request: Request<proto::WatchMcpServersRequest>,
+    ) -> Result<Response<Self::WatchMcpServersStream>, Status> {
+        watch::watch(&self.manager, &self.stopping, request).await
+    }
 
     async fn call_mcp_tool(
         &self,

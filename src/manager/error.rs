@@ -44,7 +44,9 @@ impl From<StoreError> for ManagerError {
             StoreError::ServerNotFound(_) | StoreError::ToolNotFound { .. } => {
                 ManagerError::NotFound(err.to_string())
             }
-            StoreError::ServerNotReady { .. } => ManagerError::FailedPrecondition(err.to_string()),
+            StoreError::ServerNotReady { .. }
+            | StoreError::CursorExpired { .. }
+            | StoreError::CursorAhead { .. } => ManagerError::FailedPrecondition(err.to_string()),
             StoreError::PoolExhausted(_) => ManagerError::ResourceExhausted(err.to_string()),
             StoreError::Unavailable(_) => ManagerError::Unavailable(err.to_string()),
             StoreError::InvalidUrl { .. }

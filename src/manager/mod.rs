@@ -14,6 +14,7 @@ mod sync;
 mod tools;
 mod update;
 mod validate;
+mod watch;
 
 use std::time::{Duration, Instant};
 
@@ -25,11 +26,13 @@ pub use keys::NewApiKey;
 pub use sync::Synced;
 pub use update::UpdateServer;
 pub use validate::{ClientCredentialsRequest, OAuthRequest, TransportRequest};
+pub use watch::Watched;
 
 pub use crate::mcp::PoolStats as LiveStats;
 pub use crate::model::{
     ApiKey, CallEvent, ClientAnswer, ClientSecret, Content, ContentKind, ResourceContents, Server,
-    ServerFilter, ServerState, Tool, ToolAnnotations, ToolCallResult, TransportKind,
+    ServerEvent, ServerEventKind, ServerFilter, ServerState, Tool, ToolAnnotations, ToolCallResult,
+    ToolChanges, TransportKind,
 };
 use crate::{
     mcp::{McpConnector, McpError},

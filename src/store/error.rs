@@ -24,6 +24,16 @@ pub enum StoreError {
         state: crate::model::ServerState,
         reason: String,
     },
+    #[error(
+        "cursor {after} is older than the events kept (the oldest is {oldest}): list the \
+         servers again and watch without `after`"
+    )]
+    CursorExpired { after: u64, oldest: u64 },
+    #[error(
+        "cursor {after} is beyond this organization's newest event ({head}); it does not \
+         come from this registry: list the servers again and watch without `after`"
+    )]
+    CursorAhead { after: u64, head: u64 },
     #[error("invalid database URL {url:?}: {reason}")]
     InvalidUrl { url: String, reason: &'static str },
     #[error("database migrations failed: {0}")]

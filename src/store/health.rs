@@ -3,15 +3,16 @@
 //! last contact that worked).
 
 use diesel::prelude::*;
-use diesel_async::RunQueryDsl;
+use diesel_async::{AsyncConnection, RunQueryDsl};
 
 use super::{
     Access, Store, StoreError,
-    models::{state_column, to_ms},
+    events::{AppendEvents, EventDraft},
+    models::{ServerRow, state_column, to_ms},
     schema::mcp_servers,
     with_conn,
 };
-use crate::model::ServerState;
+use crate::model::{ServerEventKind, ServerState, ToolChanges};
 
 /// What contacting a server showed.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -33,50 +34,72 @@ impl Store {
     ) -> Result<bool, StoreError> {
         let now = to_ms(std::time::SystemTime::now());
         let ready = state_column(ServerState::Ready);
-        with_conn!(self, Access::Write, |conn| {
-            let server = mcp_servers::table
-                .filter(mcp_servers::organization_id.eq(org))
-                .filter(mcp_servers::id.eq(server_id))
-                .filter(mcp_servers::state.eq(ready));
-            Ok(match contact {
-                Contact::Reached => {
-                    let changed =
-                        diesel::update(server.filter(mcp_servers::unreachable_since.is_not_null()))
-                            .set((
-                                mcp_servers::unreachable_since.eq(None::<i64>),
-                                mcp_servers::last_error.eq(""),
-                                mcp_servers::last_connected_at.eq(now),
-                            ))
-                            .execute(conn)
-                            .await?;
-                    if changed == 0 {
-                        diesel::update(server)
-                            .set(mcp_servers::last_connected_at.eq(now))
-                            .execute(conn)
-                            .await?;
+        let retention = &self.inner.settings.event_retention;
+        let changed = with_conn!(self, Access::Write, |conn| {
+            conn.transaction::<_, StoreError, _>(async |conn| {
+                let server = mcp_servers::table
+                    .filter(mcp_servers::organization_id.eq(org))
+                    .filter(mcp_servers::id.eq(server_id))
+                    .filter(mcp_servers::state.eq(ready));
+                let transition: Option<ServerRow> = match contact {
+                    Contact::Reached => {
+                        let changed = diesel::update(
+                            server.filter(mcp_servers::unreachable_since.is_not_null()),
+                        )
+                        .set((
+                            mcp_servers::unreachable_since.eq(None::<i64>),
+                            mcp_servers::last_error.eq(""),
+                            mcp_servers::last_connected_at.eq(now),
+                        ))
+                        .returning(ServerRow::as_returning())
+                        .get_result(conn)
+                        .await
+                        .optional()?;
+                        if changed.is_none() {
+                            diesel::update(server)
+                                .set(mcp_servers::last_connected_at.eq(now))
+                                .execute(conn)
+                                .await?;
+                        }
+                        changed
                     }
-                    changed > 0
-                }
-                Contact::Unreachable(error) => {
-                    // Since the first failure, not the latest.
-                    let changed =
-                        diesel::update(server.filter(mcp_servers::unreachable_since.is_null()))
-                            .set((
-                                mcp_servers::unreachable_since.eq(now),
-                                mcp_servers::last_error.eq(error),
-                            ))
-                            .execute(conn)
-                            .await?;
-                    if changed == 0 {
-                        diesel::update(server)
-                            .set(mcp_servers::last_error.eq(error))
-                            .execute(conn)
-                            .await?;
+                    Contact::Unreachable(error) => {
+                        // Since the first failure, not the latest.
+                        let changed =
+                            diesel::update(server.filter(mcp_servers::unreachable_since.is_null()))
+                                .set((
+                                    mcp_servers::unreachable_since.eq(now),
+                                    mcp_servers::last_error.eq(error),
+                                ))
+                                .returning(ServerRow::as_returning())
+                                .get_result(conn)
+                                .await
+                                .optional()?;
+                        if changed.is_none() {
+                            diesel::update(server)
+                                .set(mcp_servers::last_error.eq(error))
+                                .execute(conn)
+                                .await?;
+                        }
+                        changed
                     }
-                    changed > 0
+                };
+                if let Some(row) = &transition {
+                    let event = EventDraft::new(
+                        ServerEventKind::StatusChanged,
+                        row,
+                        ToolChanges::default(),
+                    );
+                    conn.append_events(retention, org, &[event]).await?;
                 }
+                Ok(transition.is_some())
             })
-        })
+            .await
+        })?;
+        if changed {
+            self.events_committed(org);
+        }
+        Ok(changed)
     }
 
     /// (organization, server id) of up to `limit` ready servers of every

@@ -6,6 +6,7 @@
 mod authorizations;
 mod batch;
 mod error;
+mod events;
 mod health;
 mod keys;
 mod metrics;
@@ -33,6 +34,7 @@ use tokio::sync::{Mutex, MutexGuard};
 
 pub use authorizations::PendingAuthorization;
 pub use error::StoreError;
+pub use events::{EventPage, EventRetention, EventSignal};
 pub use health::Contact;
 pub use keys::KeyMatch;
 pub use metrics::{PoolStats, track_connections};
@@ -103,6 +105,8 @@ pub struct StoreSettings {
     /// Seals each server's transport config (header and env values) at
     /// rest. Without one the store can read but not create servers.
     pub sealer: Option<Sealer>,
+    /// How much of the event log `WatchMcpServers` can resume from.
+    pub event_retention: EventRetention,
 }
 
 enum Backend {
@@ -133,6 +137,7 @@ struct Inner {
     backend: Backend,
     settings: StoreSettings,
     metrics: Arc<PoolMetrics>,
+    events: events::EventBus,
 }
 
 /// A checked-out connection, counted while it lives.
@@ -237,6 +242,7 @@ impl Store {
                 backend,
                 settings,
                 metrics: Arc::default(),
+                events: events::event_bus(),
             }),
         })
     }

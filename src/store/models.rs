@@ -5,11 +5,16 @@
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use diesel::prelude::*;
+use serde::{Deserialize, Serialize};
 
 use super::schema::{api_keys, mcp_servers, server_tools, tools};
 use crate::model::{ApiKey, NewTool, ServerState, Tool, ToolAnnotations, TransportKind};
 
-#[derive(Debug, Clone, PartialEq, Eq, Queryable, Selectable, Insertable)]
+/// Also the server snapshot an event keeps (JSON), less its secrets: the
+/// sealed transport and authorization URL are not serialized.
+#[derive(
+    Debug, Clone, PartialEq, Eq, Queryable, Selectable, Insertable, Serialize, Deserialize,
+)]
 #[diesel(table_name = mcp_servers)]
 pub(super) struct ServerRow {
     pub id: String,
@@ -18,6 +23,7 @@ pub(super) struct ServerRow {
     pub transport: String,
     pub endpoint: String,
     /// The sealed JSON of the [`crate::model::Transport`].
+    #[serde(skip)]
     pub transport_config: String,
     pub tool_count: i32,
     pub created_at: i64,
@@ -27,6 +33,7 @@ pub(super) struct ServerRow {
     pub state: String,
     pub state_reason: String,
     /// Sealed, bound to the row like `transport_config`.
+    #[serde(skip)]
     pub authorization_url: Option<String>,
     pub tool_prefix: String,
     /// JSON of the [`crate::model::ServerIdentity`].
@@ -99,7 +106,7 @@ pub(super) fn to_ms(time: SystemTime) -> i64 {
         .unwrap_or_default()
 }
 
-fn from_ms(ms: i64) -> SystemTime {
+pub(super) fn from_ms(ms: i64) -> SystemTime {
     UNIX_EPOCH + Duration::from_millis(u64::try_from(ms).unwrap_or_default())
 }
 

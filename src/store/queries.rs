@@ -8,6 +8,7 @@ use super::{
     Access, Sealer, Store, StoreError,
     batch::{InsertMappings, InsertTools},
     error::is_unique_violation,
+    events::{AppendEvents, EventDraft},
     models::{
         MappingRow, ServerRow, ToolRow, server_state, state_column, to_ms, transport_kind_column,
     },
@@ -15,8 +16,8 @@ use super::{
     with_conn,
 };
 use crate::model::{
-    CallTarget, NewServer, NewTool, Server, ServerFilter, ServerIdentity, ServerState, Tool,
-    Transport,
+    CallTarget, NewServer, NewTool, Server, ServerEventKind, ServerFilter, ServerIdentity,
+    ServerState, Tool, ToolChanges, Transport,
 };
 
 /// Rows per multi-row INSERT: big enough to make round trips rare, small
@@ -106,6 +107,8 @@ impl Store {
             self.authorization_row(&row.organization_id, &row.id, state, flow, ttl)?;
         let row = &row;
         let authorization = &authorization;
+        let retention = &self.inner.settings.event_retention;
+        let event = EventDraft::new(ServerEventKind::Created, row, ToolChanges::default());
         with_conn!(self, Access::Write, |conn| {
             conn.transaction::<_, StoreError, _>(async |conn| {
                 insert_server!(conn, row);
@@ -113,10 +116,12 @@ impl Store {
                     .values(authorization)
                     .execute(conn)
                     .await?;
-                Ok(())
+                conn.append_events(retention, &row.organization_id, &[event])
+                    .await
             })
             .await
         })?;
+        self.events_committed(&row.organization_id);
         Ok(row.clone().into_server(Some(authorization_url.to_owned())))
     }
 
@@ -162,9 +167,10 @@ impl Store {
         let authorization = self.authorization_row(org, server_id, state, flow, ttl)?;
         let authorization = &authorization;
         let sealed_url = &sealed_url;
+        let retention = &self.inner.settings.event_retention;
         with_conn!(self, Access::Write, |conn| {
             conn.transaction::<_, StoreError, _>(async |conn| {
-                let updated = diesel::update(
+                let row: ServerRow = diesel::update(
                     mcp_servers::table
                         .filter(mcp_servers::organization_id.eq(org))
                         .filter(mcp_servers::id.eq(server_id)),
@@ -174,11 +180,11 @@ impl Store {
                     mcp_servers::state_reason.eq(""),
                     mcp_servers::authorization_url.eq(sealed_url),
                 ))
-                .execute(conn)
-                .await?;
-                if updated == 0 {
-                    return Err(StoreError::ServerNotFound(server_id.to_owned()));
-                }
+                .returning(ServerRow::as_returning())
+                .get_result(conn)
+                .await
+                .optional()?
+                .ok_or_else(|| StoreError::ServerNotFound(server_id.to_owned()))?;
                 // One authorization in flight per server: the newest.
                 diesel::delete(
                     oauth_authorizations::table
@@ -190,10 +196,14 @@ impl Store {
                     .values(authorization)
                     .execute(conn)
                     .await?;
-                Ok(())
+                let event =
+                    EventDraft::new(ServerEventKind::StatusChanged, &row, ToolChanges::default());
+                conn.append_events(retention, org, &[event]).await
             })
             .await
-        })
+        })?;
+        self.events_committed(org);
+        Ok(())
     }
 
     /// A server whose tools are stored is authorized again: its transport
@@ -206,26 +216,37 @@ impl Store {
     ) -> Result<Server, StoreError> {
         let sealed = self.seal_transport(server_id, transport)?;
         let names = secret_names_column(transport);
-        let row: Option<ServerRow> = with_conn!(self, Access::Write, |conn| {
-            Ok(diesel::update(
-                mcp_servers::table
-                    .filter(mcp_servers::organization_id.eq(org))
-                    .filter(mcp_servers::id.eq(server_id))
-                    .filter(mcp_servers::state.eq(state_column(ServerState::AuthorizationPending))),
-            )
-            .set((
-                mcp_servers::transport_config.eq(&sealed),
-                mcp_servers::secret_names.eq(&names),
-                mcp_servers::state.eq(state_column(ServerState::Ready)),
-                mcp_servers::state_reason.eq(""),
-                mcp_servers::authorization_url.eq(None::<String>),
-            ))
-            .returning(ServerRow::as_returning())
-            .get_result(conn)
+        let retention = &self.inner.settings.event_retention;
+        let row: ServerRow = with_conn!(self, Access::Write, |conn| {
+            conn.transaction::<_, StoreError, _>(async |conn| {
+                let row: ServerRow = diesel::update(
+                    mcp_servers::table
+                        .filter(mcp_servers::organization_id.eq(org))
+                        .filter(mcp_servers::id.eq(server_id))
+                        .filter(
+                            mcp_servers::state.eq(state_column(ServerState::AuthorizationPending)),
+                        ),
+                )
+                .set((
+                    mcp_servers::transport_config.eq(&sealed),
+                    mcp_servers::secret_names.eq(&names),
+                    mcp_servers::state.eq(state_column(ServerState::Ready)),
+                    mcp_servers::state_reason.eq(""),
+                    mcp_servers::authorization_url.eq(None::<String>),
+                ))
+                .returning(ServerRow::as_returning())
+                .get_result(conn)
+                .await
+                .optional()?
+                .ok_or_else(|| StoreError::ServerNotFound(server_id.to_owned()))?;
+                let event =
+                    EventDraft::new(ServerEventKind::StatusChanged, &row, ToolChanges::default());
+                conn.append_events(retention, org, &[event]).await?;
+                Ok(row)
+            })
             .await
-            .optional()?)
         })?;
-        let row = row.ok_or_else(|| StoreError::ServerNotFound(server_id.to_owned()))?;
+        self.events_committed(org);
         Ok(row.into_server(None))
     }
 
@@ -265,9 +286,10 @@ impl Store {
         server_id: &str,
         reason: &str,
     ) -> Result<(), StoreError> {
-        with_conn!(self, Access::Write, |conn| {
+        let retention = &self.inner.settings.event_retention;
+        let failed = with_conn!(self, Access::Write, |conn| {
             conn.transaction::<_, StoreError, _>(async |conn| {
-                diesel::update(
+                let row: Option<ServerRow> = diesel::update(
                     mcp_servers::table
                         .filter(mcp_servers::organization_id.eq(org))
                         .filter(mcp_servers::id.eq(server_id)),
@@ -277,18 +299,32 @@ impl Store {
                     mcp_servers::state_reason.eq(reason),
                     mcp_servers::authorization_url.eq(None::<String>),
                 ))
-                .execute(conn)
-                .await?;
+                .returning(ServerRow::as_returning())
+                .get_result(conn)
+                .await
+                .optional()?;
                 diesel::delete(
                     oauth_authorizations::table
                         .filter(oauth_authorizations::server_id.eq(server_id)),
                 )
                 .execute(conn)
                 .await?;
-                Ok(())
+                if let Some(row) = &row {
+                    let event = EventDraft::new(
+                        ServerEventKind::StatusChanged,
+                        row,
+                        ToolChanges::default(),
+                    );
+                    conn.append_events(retention, org, &[event]).await?;
+                }
+                Ok(row.is_some())
             })
             .await
-        })
+        })?;
+        if failed {
+            self.events_committed(org);
+        }
+        Ok(())
     }
 
     /// A server's transport (unsealed) and state.
@@ -380,6 +416,7 @@ impl Store {
         new_tools.sort_by(|a, b| a.name.cmp(&b.name));
         let new_tools = &new_tools;
         let write = &write;
+        let retention = &self.inner.settings.event_retention;
         let row = with_conn!(self, Access::Write, |conn| {
             conn.transaction::<_, StoreError, _>(async |conn| {
                 match write {
@@ -453,10 +490,21 @@ impl Store {
                             .await?
                     }
                 };
+                let kind = match write {
+                    ServerWrite::Insert(_) => ServerEventKind::Created,
+                    ServerWrite::Authorized { .. } => ServerEventKind::StatusChanged,
+                };
+                let added = ToolChanges {
+                    added: new_tools.iter().map(|t| t.name.clone()).collect(),
+                    ..ToolChanges::default()
+                };
+                let event = EventDraft::new(kind, &row, added);
+                conn.append_events(retention, org, &[event]).await?;
                 Ok(row)
             })
             .await
         })?;
+        self.events_committed(org);
         Ok(CreatedServer {
             server: row.into_server(None),
             tools: new_tools
@@ -701,18 +749,17 @@ impl Store {
     /// Removes the server, its mappings and the tools no other server
     /// provides, in one transaction.
     pub async fn delete_server(&self, org: &str, id: &str) -> Result<DeletedServer, StoreError> {
-        with_conn!(self, Access::Write, |conn| {
+        let retention = &self.inner.settings.event_retention;
+        let deleted = with_conn!(self, Access::Write, |conn| {
             conn.transaction::<_, StoreError, _>(async |conn| {
-                let found = diesel::select(exists(
-                    mcp_servers::table
-                        .filter(mcp_servers::organization_id.eq(org))
-                        .filter(mcp_servers::id.eq(id)),
-                ))
-                .get_result::<bool>(conn)
-                .await?;
-                if !found {
-                    return Err(StoreError::ServerNotFound(id.to_owned()));
-                }
+                let server: ServerRow = mcp_servers::table
+                    .filter(mcp_servers::organization_id.eq(org))
+                    .filter(mcp_servers::id.eq(id))
+                    .select(ServerRow::as_select())
+                    .first(conn)
+                    .await
+                    .optional()?
+                    .ok_or_else(|| StoreError::ServerNotFound(id.to_owned()))?;
                 let tool_ids: Vec<String> = server_tools::table
                     .filter(server_tools::server_id.eq(id))
                     .select(server_tools::tool_id)
@@ -737,13 +784,18 @@ impl Store {
                 diesel::delete(mcp_servers::table.find(id))
                     .execute(conn)
                     .await?;
+                let event =
+                    EventDraft::new(ServerEventKind::Closed, &server, ToolChanges::default());
+                conn.append_events(retention, org, &[event]).await?;
                 Ok(DeletedServer {
                     removed_tools: u32::try_from(removed_tools).unwrap_or(u32::MAX),
                     removed_mappings: u32::try_from(removed_mappings).unwrap_or(u32::MAX),
                 })
             })
             .await
-        })
+        })?;
+        self.events_committed(org);
+        Ok(deleted)
     }
 }
 

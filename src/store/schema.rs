@@ -77,3 +77,21 @@ diesel::allow_tables_to_appear_in_same_query!(
     server_tools,
     oauth_authorizations
 );
+
+diesel::table! {
+    event_cursors (organization_id) {
+        organization_id -> Text,
+        last_seq -> BigInt,
+    }
+}
+
+diesel::table! {
+    server_events (organization_id, seq) {
+        organization_id -> Text,
+        seq -> BigInt,
+        kind -> Text,
+        server_id -> Text,
+        payload -> Text,
+        created_at -> BigInt,
+    }
+}

@@ -9,11 +9,14 @@ use diesel_async::{AsyncConnection, RunQueryDsl};
 use super::{
     Access, Backend, Store, StoreError,
     batch::{InsertMappings, InsertTools},
+    events::{AppendEvents, EventDraft},
     models::{MappingRow, ServerRow, ToolRow, to_ms, transport_kind_column},
     schema::{mcp_servers, server_tools, tools},
     with_conn,
 };
-use crate::model::{NewTool, Server, ServerIdentity, Tool, Transport};
+use crate::model::{
+    NewTool, Server, ServerEventKind, ServerIdentity, Tool, ToolChanges, Transport,
+};
 
 /// What [`Store::sync_tools`] changed. Nothing changed: nothing was written.
 #[derive(Debug, Clone)]
@@ -23,6 +26,17 @@ pub struct SyncedTools {
     pub updated: Vec<Tool>,
     /// Names of the tools removed, with their mappings.
     pub removed: Vec<String>,
+}
+
+impl SyncedTools {
+    /// The names of what changed, as an event reports them.
+    fn changes(&self) -> ToolChanges {
+        ToolChanges {
+            added: self.added.iter().map(|t| t.name.clone()).collect(),
+            updated: self.updated.iter().map(|t| t.name.clone()).collect(),
+            removed: self.removed.clone(),
+        }
+    }
 }
 
 /// Rows per multi-row statement (bind-parameter limits).
@@ -47,26 +61,46 @@ impl Store {
         let postgres = matches!(self.inner.backend, Backend::Postgres(_));
         let now = to_ms(std::time::SystemTime::now());
         let listed = &listed;
-        with_conn!(self, Access::Write, |conn| {
+        let retention = &self.inner.settings.event_retention;
+        let (synced, announced) = with_conn!(self, Access::Write, |conn| {
             conn.transaction::<_, StoreError, _>(async |conn| {
-                Ok(sync_in_transaction!(
-                    conn,
+                let (synced, row, reached_again) = sync_in_transaction!(
+                    &mut *conn,
                     postgres,
                     org,
                     server_id,
                     listed,
                     identity.clone(),
                     now
-                ))
+                );
+                // Only what a watcher would see change is announced.
+                let changes = synced.changes();
+                let kind = if !changes.is_empty() {
+                    Some(ServerEventKind::ToolsChanged)
+                } else if reached_again {
+                    Some(ServerEventKind::StatusChanged)
+                } else {
+                    None
+                };
+                if let Some(kind) = kind {
+                    let event = EventDraft::new(kind, &row, changes);
+                    conn.append_events(retention, org, &[event]).await?;
+                }
+                Ok((synced, kind.is_some()))
             })
             .await
-        })
+        })?;
+        if announced {
+            self.events_committed(org);
+        }
+        Ok(synced)
     }
 }
 
 /// The body of a sync, inside a transaction the caller opened on `$conn`
 /// (a macro: it is instantiated for each backend's connection). Evaluates to
-/// the [`SyncedTools`]; returns early with a [`StoreError`].
+/// the [`SyncedTools`], the server row as written, and whether the server
+/// was unreachable before; returns early with a [`StoreError`].
 macro_rules! sync_in_transaction {
     ($conn:expr, $postgres:expr, $org:expr, $server_id:expr, $listed:expr, $identity:expr, $now:expr) => {{
         let conn = $conn;
@@ -85,6 +119,7 @@ macro_rules! sync_in_transaction {
             .await
             .optional()?
             .ok_or_else(|| StoreError::ServerNotFound(server_id.to_owned()))?;
+        let reached_again = server.unreachable_since.is_some();
         let stored: Vec<ToolRow> = server_tools::table
             .inner_join(tools::table)
             .filter(server_tools::server_id.eq(server_id))
@@ -152,7 +187,8 @@ macro_rules! sync_in_transaction {
             ))
             .execute(conn)
             .await?;
-        SyncedTools {
+        let row = server.clone();
+        let synced = SyncedTools {
             server: server.into_server(None),
             added: diff
                 .added
@@ -165,7 +201,8 @@ macro_rules! sync_in_transaction {
                 .map(|t| t.into_tool(server_id))
                 .collect(),
             removed: diff.removed.into_iter().map(|t| t.name).collect(),
-        }
+        };
+        (synced, row, reached_again)
     }};
 }
 pub(super) use sync_in_transaction;
@@ -266,6 +303,7 @@ impl Store {
         let identity = &identity;
         let update = &update;
         let sealed = &sealed;
+        let retention = &self.inner.settings.event_retention;
         let (row, synced) = with_conn!(self, Access::Write, |conn| {
             conn.transaction::<_, StoreError, _>(async |conn| {
                 let target = mcp_servers::table
@@ -321,7 +359,7 @@ impl Store {
                         ))
                         .execute(conn)
                         .await?;
-                    synced = Some(sync_in_transaction!(
+                    let (tools, _, _) = sync_in_transaction!(
                         &mut *conn,
                         postgres,
                         org,
@@ -329,13 +367,21 @@ impl Store {
                         listed,
                         identity.clone(),
                         now
-                    ));
+                    );
+                    synced = Some(tools);
                 }
                 let row: ServerRow = target.select(ServerRow::as_select()).first(conn).await?;
+                let changes = synced
+                    .as_ref()
+                    .map(SyncedTools::changes)
+                    .unwrap_or_default();
+                let event = EventDraft::new(ServerEventKind::Updated, &row, changes);
+                conn.append_events(retention, org, &[event]).await?;
                 Ok((row, synced))
             })
             .await
         })?;
+        self.events_committed(org);
         Ok((self.server_of(row)?, synced))
     }
 }

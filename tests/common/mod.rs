@@ -168,6 +168,7 @@ pub struct DaemonOptions {
     pub pool_timeout: Duration,
     pub mcp: McpSettings,
     pub limits: Limits,
+    pub event_retention: mcpd::store::EventRetention,
 }
 
 impl Default for DaemonOptions {
@@ -177,6 +178,7 @@ impl Default for DaemonOptions {
             pool_timeout: Duration::from_secs(10),
             mcp: test_mcp_settings(),
             limits: Limits::default(),
+            event_retention: Default::default(),
         }
     }
 }
@@ -229,6 +231,7 @@ impl Daemon {
             pool_size: options.pool_size,
             acquire_timeout: options.pool_timeout,
             sealer: Some(Sealer::from_key(db.secret_key)),
+            event_retention: options.event_retention,
         })
         .await
         .expect("open store");
@@ -537,6 +540,17 @@ impl OrgClient {
     }
 
     /// All of the organization's servers, every page, oldest first.
+    /// The organization's events: after `after`, or from now (a bookmark
+    /// first).
+    pub async fn watch(&self, after: Option<u64>) -> Result<Watch, Status> {
+        let stream = self
+            .raw()
+            .watch_mcp_servers(self.req(proto::WatchMcpServersRequest { after }))
+            .await?
+            .into_inner();
+        Ok(Watch(stream))
+    }
+
     pub async fn servers(&self) -> Result<Vec<proto::McpServer>, Status> {
         let mut servers = Vec::new();
         let mut token = String::new();
@@ -742,6 +756,39 @@ impl DbLock {
                     .await
                     .unwrap();
             }
+        }
+    }
+}
+
+/// An open `WatchMcpServers` stream.
+pub struct Watch(tonic::Streaming<proto::WatchMcpServersResponse>);
+
+impl Watch {
+    /// The next message; panics if none comes within 30 s or the stream
+    /// ends without a status.
+    pub async fn next(&mut self) -> Result<proto::WatchMcpServersResponse, Status> {
+        match tokio::time::timeout(Duration::from_secs(30), self.0.message()).await {
+            Err(_) => panic!("no watch event within 30 s"),
+            Ok(Ok(Some(event))) => Ok(event),
+            Ok(Ok(None)) => panic!("the watch ended without a status"),
+            Ok(Err(status)) => Err(status),
+        }
+    }
+
+    /// The next event, which must be of `kind`.
+    pub async fn expect(
+        &mut self,
+        kind: proto::McpServerEventKind,
+    ) -> proto::WatchMcpServersResponse {
+        let event = self.next().await.expect("a watch event");
+        assert_eq!(event.kind(), kind, "{event:?}");
+        event
+    }
+
+    /// Asserts that nothing arrives for `quiet`.
+    pub async fn assert_quiet(&mut self, quiet: Duration) {
+        if let Ok(message) = tokio::time::timeout(quiet, self.0.message()).await {
+            panic!("expected no watch event, got {message:?}");
         }
     }
 }

@@ -1,0 +1,2 @@
+DROP TABLE server_events;
+DROP TABLE event_cursors;

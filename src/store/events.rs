@@ -1,0 +1,427 @@
+//! The organization's event log that `WatchMcpServers` streams: written in
+//! the transaction of the change it reports, read back by cursor, pruned to
+//! a bounded size, and announced to the watchers of every replica
+//! (PostgreSQL: NOTIFY on commit, heard on one dedicated LISTEN connection;
+//! SQLite, whose writers are all in this process: an in-process signal).
+
+use std::{sync::Arc, time::Duration};
+
+use diesel::prelude::*;
+use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+use futures::StreamExt;
+use serde::{Deserialize, Serialize};
+use tokio::sync::broadcast;
+use tokio_util::sync::CancellationToken;
+
+use super::{
+    Access, Backend, DatabaseUrl, Store, StoreError,
+    models::{ServerRow, from_ms, to_ms},
+    schema::{event_cursors, server_events},
+    with_conn,
+};
+use crate::model::{ServerEvent, ServerEventKind, ToolChanges};
+
+/// The PostgreSQL channel whose payload is the organization that has new
+/// events.
+pub(super) const CHANNEL: &str = "mcpd_server_events";
+
+/// How many events the log keeps; older ones are pruned, and a watcher
+/// resuming from before them is told to list again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EventRetention {
+    /// The newest this many events of each organization.
+    pub max_events: u64,
+    /// Events older than this go at the next sweep.
+    pub max_age: Duration,
+}
+
+impl Default for EventRetention {
+    fn default() -> Self {
+        EventRetention {
+            max_events: 10_000,
+            max_age: Duration::from_secs(24 * 60 * 60),
+        }
+    }
+}
+
+/// An event about to be written with the change it reports.
+pub(super) struct EventDraft {
+    kind: &'static str,
+    server_id: String,
+    payload: String,
+}
+
+/// What an event row's `payload` holds.
+#[derive(Serialize, Deserialize)]
+struct Payload {
+    server: ServerRow,
+    #[serde(default)]
+    tools: ToolChanges,
+}
+
+impl EventDraft {
+    pub(super) fn new(kind: ServerEventKind, server: &ServerRow, tools: ToolChanges) -> EventDraft {
+        let payload = Payload {
+            server: server.clone(),
+            tools,
+        };
+        EventDraft {
+            kind: kind_column(kind),
+            server_id: server.id.clone(),
+            // A row of strings and integers always serializes.
+            payload: serde_json::to_string(&payload).unwrap_or_default(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Queryable, Selectable, Insertable)]
+#[diesel(table_name = server_events)]
+struct EventRow {
+    organization_id: String,
+    seq: i64,
+    kind: String,
+    server_id: String,
+    payload: String,
+    created_at: i64,
+}
+
+fn kind_column(kind: ServerEventKind) -> &'static str {
+    match kind {
+        ServerEventKind::Created => "created",
+        ServerEventKind::Updated => "updated",
+        ServerEventKind::ToolsChanged => "tools_changed",
+        ServerEventKind::StatusChanged => "status_changed",
+        ServerEventKind::Closed => "closed",
+    }
+}
+
+fn event_kind(column: &str) -> Option<ServerEventKind> {
+    Some(match column {
+        "created" => ServerEventKind::Created,
+        "updated" => ServerEventKind::Updated,
+        "tools_changed" => ServerEventKind::ToolsChanged,
+        "status_changed" => ServerEventKind::StatusChanged,
+        "closed" => ServerEventKind::Closed,
+        _ => return None,
+    })
+}
+
+impl EventRow {
+    /// The domain view; `None` for a row this build cannot read (a newer
+    /// daemon's kind), which a watcher skips.
+    fn into_event(self) -> Option<ServerEvent> {
+        let kind = event_kind(&self.kind)?;
+        let payload: Payload = serde_json::from_str(&self.payload).ok()?;
+        Some(ServerEvent {
+            cursor: u64::try_from(self.seq).unwrap_or_default(),
+            kind,
+            server_id: self.server_id,
+            server: payload.server.into_server(None),
+            tools: payload.tools,
+            occurred_at: from_ms(self.created_at),
+        })
+    }
+}
+
+/// Appends events to the organization's log inside a transaction the caller
+/// opened, as its last statements. Taking the cursors locks the
+/// organization's `event_cursors` row until commit, so commit order is cursor
+/// order. One body, instantiated for each backend's connection.
+pub(super) trait AppendEvents {
+    async fn append_events(
+        &mut self,
+        retention: &EventRetention,
+        org: &str,
+        drafts: &[EventDraft],
+    ) -> Result<(), StoreError>;
+}
+
+macro_rules! append_body {
+    ($conn:expr, $retention:expr, $org:expr, $drafts:expr, $postgres:expr) => {{
+        let conn = $conn;
+        let org: &str = $org;
+        let drafts: &[EventDraft] = $drafts;
+        if drafts.is_empty() {
+            return Ok(());
+        }
+        let count = i64::try_from(drafts.len()).unwrap_or(i64::MAX);
+        let last: i64 = diesel::insert_into(event_cursors::table)
+            .values((
+                event_cursors::organization_id.eq(org),
+                event_cursors::last_seq.eq(count),
+            ))
+            .on_conflict(event_cursors::organization_id)
+            .do_update()
+            .set(event_cursors::last_seq.eq(event_cursors::last_seq + count))
+            .returning(event_cursors::last_seq)
+            .get_result(conn)
+            .await?;
+        let now = to_ms(std::time::SystemTime::now());
+        for (seq, draft) in (last - count + 1..).zip(drafts) {
+            diesel::insert_into(server_events::table)
+                .values(EventRow {
+                    organization_id: org.to_owned(),
+                    seq,
+                    kind: draft.kind.to_owned(),
+                    server_id: draft.server_id.clone(),
+                    payload: draft.payload.clone(),
+                    created_at: now,
+                })
+                .execute(conn)
+                .await?;
+        }
+        let keep = i64::try_from($retention.max_events).unwrap_or(i64::MAX);
+        if last > keep {
+            diesel::delete(
+                server_events::table
+                    .filter(server_events::organization_id.eq(org))
+                    .filter(server_events::seq.le(last - keep)),
+            )
+            .execute(conn)
+            .await?;
+        }
+        if $postgres {
+            // Delivered at commit, and only then, to every replica's listener.
+            diesel::sql_query("SELECT pg_notify($1, $2)")
+                .bind::<diesel::sql_types::Text, _>(CHANNEL)
+                .bind::<diesel::sql_types::Text, _>(org)
+                .execute(conn)
+                .await?;
+        }
+        Ok(())
+    }};
+}
+
+impl AppendEvents for AsyncPgConnection {
+    async fn append_events(
+        &mut self,
+        retention: &EventRetention,
+        org: &str,
+        drafts: &[EventDraft],
+    ) -> Result<(), StoreError> {
+        append_body!(self, retention, org, drafts, true)
+    }
+}
+
+impl AppendEvents for super::SqliteConn {
+    async fn append_events(
+        &mut self,
+        retention: &EventRetention,
+        org: &str,
+        drafts: &[EventDraft],
+    ) -> Result<(), StoreError> {
+        append_body!(self, retention, org, drafts, false)
+    }
+}
+
+/// Which watchers should read the log again.
+#[derive(Debug, Clone)]
+pub(super) enum Wake {
+    Organization(Arc<str>),
+    /// The listener (re)connected: what was announced meanwhile is unknown.
+    Everyone,
+}
+
+/// Wakes this replica's watchers; cheap to clone.
+pub(super) type EventBus = broadcast::Sender<Wake>;
+
+pub(super) fn event_bus() -> EventBus {
+    // Watchers that fall this far behind read the log again anyway.
+    broadcast::channel(1024).0
+}
+
+/// A watcher's end of the signal that its organization may have new events.
+pub struct EventSignal {
+    receiver: broadcast::Receiver<Wake>,
+}
+
+impl EventSignal {
+    /// Returns once `org` may have events the watcher has not read. Taken
+    /// before the first read, so nothing committed after it is missed.
+    pub async fn changed(&mut self, org: &str) {
+        loop {
+            match self.receiver.recv().await {
+                Ok(Wake::Everyone) | Err(broadcast::error::RecvError::Lagged(_)) => return,
+                Ok(Wake::Organization(woken)) if *woken == *org => return,
+                Ok(Wake::Organization(_)) => {}
+                // The store is gone: nothing more will be announced.
+                Err(broadcast::error::RecvError::Closed) => std::future::pending().await,
+            }
+        }
+    }
+}
+
+/// Events after a cursor, and the cursor to read on from.
+#[derive(Debug, Clone)]
+pub struct EventPage {
+    pub events: Vec<ServerEvent>,
+    /// The last cursor read (also of rows this build cannot show).
+    pub through: u64,
+}
+
+impl Store {
+    pub fn subscribe_events(&self) -> EventSignal {
+        EventSignal {
+            receiver: self.inner.events.subscribe(),
+        }
+    }
+
+    /// After a commit that appended events of `org`: wakes this process's
+    /// watchers on SQLite. PostgreSQL's NOTIFY reaches every replica's
+    /// listener, this one's too.
+    pub(super) fn events_committed(&self, org: &str) {
+        if matches!(self.inner.backend, Backend::Sqlite { .. }) {
+            let _ = self.inner.events.send(Wake::Organization(org.into()));
+        }
+    }
+
+    /// The organization's newest cursor (0 before its first event).
+    pub async fn event_head(&self, org: &str) -> Result<u64, StoreError> {
+        let head: Option<i64> = with_conn!(self, Access::Read, |conn| {
+            Ok(event_cursors::table
+                .find(org)
+                .select(event_cursors::last_seq)
+                .first(conn)
+                .await
+                .optional()?)
+        })?;
+        Ok(head.map_or(0, |h| u64::try_from(h).unwrap_or_default()))
+    }
+
+    /// Up to `limit` events of `org` after cursor `after`, oldest first. A
+    /// cursor whose successors were pruned is [`StoreError::CursorExpired`];
+    /// one beyond the newest event is [`StoreError::CursorAhead`].
+    pub async fn events_after(
+        &self,
+        org: &str,
+        after: u64,
+        limit: i64,
+    ) -> Result<EventPage, StoreError> {
+        let from = i64::try_from(after).map_err(|_| StoreError::CursorAhead { after, head: 0 })?;
+        // The head first: every event up to it was committed by then, so
+        // finding one of them missing afterwards means it was pruned.
+        let (head, rows): (Option<i64>, Vec<EventRow>) = with_conn!(self, Access::Read, |conn| {
+            let head = event_cursors::table
+                .find(org)
+                .select(event_cursors::last_seq)
+                .first(conn)
+                .await
+                .optional()?;
+            let rows = server_events::table
+                .filter(server_events::organization_id.eq(org))
+                .filter(server_events::seq.gt(from))
+                .order(server_events::seq.asc())
+                .limit(limit)
+                .select(EventRow::as_select())
+                .load(conn)
+                .await?;
+            Ok((head, rows))
+        })?;
+        let head = head.unwrap_or(0);
+        if from > head {
+            return Err(StoreError::CursorAhead {
+                after,
+                head: u64::try_from(head).unwrap_or_default(),
+            });
+        }
+        let mut through = from;
+        let mut events = Vec::with_capacity(rows.len());
+        for row in rows {
+            if row.seq != through + 1 {
+                if through == from {
+                    return Err(StoreError::CursorExpired {
+                        after,
+                        oldest: u64::try_from(row.seq).unwrap_or_default(),
+                    });
+                }
+                // A gap further on: deliver up to it; the next read fails.
+                break;
+            }
+            through = row.seq;
+            events.extend(row.into_event());
+        }
+        if through == from && from < head {
+            // Everything after the cursor is gone (pruned by age).
+            return Err(StoreError::CursorExpired {
+                after,
+                oldest: u64::try_from(head).unwrap_or_default() + 1,
+            });
+        }
+        Ok(EventPage {
+            events,
+            through: u64::try_from(through).unwrap_or_default(),
+        })
+    }
+
+    /// Removes events older than the retention's age, of every
+    /// organization; answers how many.
+    pub async fn sweep_events(&self) -> Result<usize, StoreError> {
+        let max_age = self.inner.settings.event_retention.max_age;
+        let cutoff = to_ms(
+            std::time::SystemTime::now()
+                .checked_sub(max_age)
+                .unwrap_or(std::time::UNIX_EPOCH),
+        );
+        with_conn!(self, Access::Write, |conn| {
+            Ok(
+                diesel::delete(server_events::table.filter(server_events::created_at.lt(cutoff)))
+                    .execute(conn)
+                    .await?,
+            )
+        })
+    }
+
+    /// On PostgreSQL, hears the events every replica commits (NOTIFY) on one
+    /// connection of its own, outside the pool, and wakes this replica's
+    /// watchers, until `stopping`. Reconnects when the connection is lost;
+    /// watchers read the log again then, so nothing announced meanwhile is
+    /// missed. On SQLite there is nothing to hear.
+    pub async fn listen_for_events(&self, stopping: CancellationToken) {
+        let DatabaseUrl::Postgres(url) = &self.inner.settings.url else {
+            return;
+        };
+        let mut backoff = Duration::from_millis(100);
+        let mut lost = false;
+        loop {
+            let heard = async {
+                let mut conn = AsyncPgConnection::establish(url)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                diesel::sql_query(format!("LISTEN {CHANNEL}"))
+                    .execute(&mut conn)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                if lost {
+                    tracing::info!("listening for server events again");
+                }
+                lost = false;
+                backoff = Duration::from_millis(100);
+                let _ = self.inner.events.send(Wake::Everyone);
+                let mut notifications = std::pin::pin!(conn.notifications_stream());
+                while let Some(notification) = notifications.next().await {
+                    let notification = notification.map_err(|e| e.to_string())?;
+                    let _ = self
+                        .inner
+                        .events
+                        .send(Wake::Organization(notification.payload.into()));
+                }
+                Ok::<(), String>(())
+            };
+            let error = tokio::select! {
+                () = stopping.cancelled() => return,
+                heard = heard => heard.err().unwrap_or_else(|| "the connection closed".into()),
+            };
+            if !lost {
+                tracing::warn!(%error, "lost the database connection that hears server events; reconnecting");
+                lost = true;
+            } else {
+                tracing::debug!(%error, "reconnecting to hear server events failed");
+            }
+            tokio::select! {
+                () = stopping.cancelled() => return,
+                () = tokio::time::sleep(backoff) => {}
+            }
+            backoff = (backoff * 2).min(Duration::from_secs(5));
+        }
+    }
+}

@@ -1,6 +1,11 @@
 //! The floor: the same rows a create writes (the server, N tools, N
 //! mappings), written by the fastest plain approach on one connection in one
 //! transaction: COPY on PostgreSQL, one multi-row INSERT per table on SQLite.
+//! And a sync's floor: `changed` of a stored server's tools given new
+//! descriptions and its server row touched, one `UPDATE … FROM` per table
+//! (from a `WITH v(id, d) AS (VALUES …)`, which both backends read) in one
+//! transaction, by a writer that already knows the difference (it reads
+//! nothing).
 
 use std::time::Instant;
 
@@ -38,6 +43,35 @@ impl Rows {
             now: 1_800_000_000_000,
         }
     }
+}
+
+impl Rows {
+    /// `(id, new description)` of the first `changed` tools, round `round`.
+    fn changes(&self, changed: usize, round: usize) -> Vec<(String, String)> {
+        self.tools
+            .iter()
+            .take(changed)
+            .map(|t| (t[0].clone(), format!("{} (round {round})", t[3])))
+            .collect()
+    }
+}
+
+/// The sync floor's statements as SQL text, which both backends read.
+fn update_sql(rows: &Rows, changed: usize, round: usize) -> String {
+    let q = |s: &str| format!("'{}'", s.replace('\'', "''"));
+    let values: Vec<String> = rows
+        .changes(changed, round)
+        .iter()
+        .map(|(id, d)| format!("({}, {})", q(id), q(d)))
+        .collect();
+    format!(
+        "WITH v(id, d) AS (VALUES {}) UPDATE tools SET description = v.d FROM v WHERE tools.id = v.id; \
+         UPDATE mcp_servers SET last_synced_at = {}, last_connected_at = {} WHERE id = {};",
+        values.join(","),
+        rows.now + round as i64,
+        rows.now + round as i64,
+        q(&rows.server_id)
+    )
 }
 
 pub struct PgFloor {
@@ -91,6 +125,22 @@ impl PgFloor {
             sink.finish().await?;
         }
         tx.commit().await?;
+        Ok(started.elapsed().as_secs_f64() * 1000.0)
+    }
+}
+
+impl PgFloor {
+    /// Milliseconds to apply a sync of `changed` tools to `rows` (written
+    /// before), round `round`.
+    pub async fn update(
+        &mut self,
+        rows: &Rows,
+        changed: usize,
+        round: usize,
+    ) -> anyhow::Result<f64> {
+        let sql = format!("BEGIN; {} COMMIT;", update_sql(rows, changed, round));
+        let started = Instant::now();
+        self.client.batch_execute(&sql).await?;
         Ok(started.elapsed().as_secs_f64() * 1000.0)
     }
 }
@@ -170,6 +220,17 @@ impl SqliteFloor {
             ));
         }
         sql.push_str("COMMIT;");
+        let started = Instant::now();
+        self.conn.batch_execute(&sql)?;
+        Ok(started.elapsed().as_secs_f64() * 1000.0)
+    }
+}
+
+impl SqliteFloor {
+    /// Milliseconds to apply a sync of `changed` tools to `rows` (written
+    /// before), round `round`.
+    pub fn update(&mut self, rows: &Rows, changed: usize, round: usize) -> anyhow::Result<f64> {
+        let sql = format!("BEGIN; {} COMMIT;", update_sql(rows, changed, round));
         let started = Instant::now();
         self.conn.batch_execute(&sql)?;
         Ok(started.elapsed().as_secs_f64() * 1000.0)

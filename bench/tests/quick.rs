@@ -97,7 +97,13 @@ fn quick_run_writes_the_documented_json() {
             sync["rows_ratio"].as_f64().is_some_and(|x| x >= 10.0),
             "{sync}"
         );
-        for key in ["sync_p50_ms", "recreate_p50_ms", "recreate_persist_p50_ms"] {
+        for key in [
+            "sync_p50_ms",
+            "recreate_p50_ms",
+            "recreate_persist_p50_ms",
+            "sync_floor_ms",
+            "sync_floor_ratio",
+        ] {
             assert!(
                 sync[key].as_f64().is_some_and(|v| v > 0.0),
                 "{backend} {key}: {sync}"

@@ -16,6 +16,7 @@ backend_tests!(
     a_watch_resumes_after_a_disconnect,
     cursors_older_than_the_retention_are_refused,
     shutdown_ends_open_watches,
+    shutdown_ends_health_watches_after_not_serving,
 );
 
 const QUIET: Duration = Duration::from_millis(400);
@@ -258,6 +259,47 @@ async fn shutdown_ends_open_watches(backend: Backend) {
     assert!(
         started.elapsed() < Duration::from_secs(5),
         "shutdown waited {:?} for the watch",
+        started.elapsed()
+    );
+}
+
+async fn shutdown_ends_health_watches_after_not_serving(backend: Backend) {
+    use tonic_health::pb::{
+        HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
+    };
+    let daemon = Daemon::start(backend).await;
+    let mut health = HealthClient::new(daemon.channel().await);
+    let mut watches = Vec::new();
+    for service in ["", "mcpd.v1.McpServerService"] {
+        let mut watch = health
+            .watch(HealthCheckRequest {
+                service: service.into(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        let first = watch.message().await.unwrap().unwrap();
+        assert_eq!(first.status(), ServingStatus::Serving, "{service:?}");
+        watches.push((service, watch));
+    }
+    let started = Instant::now();
+    let stopping = tokio::spawn(daemon.stop());
+    for (service, mut watch) in watches {
+        let last = tokio::time::timeout(Duration::from_secs(5), watch.message())
+            .await
+            .expect("a status at shutdown")
+            .unwrap()
+            .expect("NOT_SERVING before the end");
+        assert_eq!(last.status(), ServingStatus::NotServing, "{service:?}");
+        let end = tokio::time::timeout(Duration::from_secs(5), watch.message())
+            .await
+            .expect("the watch ends");
+        assert!(matches!(end, Ok(None) | Err(_)), "{service:?}: {end:?}");
+    }
+    stopping.await.unwrap();
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "shutdown waited {:?} for the health watches",
         started.elapsed()
     );
 }

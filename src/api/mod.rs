@@ -5,6 +5,7 @@ mod admin;
 mod auth;
 mod convert;
 mod deadline;
+mod health;
 mod http;
 mod limits;
 mod service;
@@ -42,7 +43,8 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), tonic::transport::Error> {
     let local: Option<SocketAddr> = listener.local_addr().ok();
-    let (health_reporter, health_service) = tonic_health::server::health_reporter();
+    let stopping = CancellationToken::new();
+    let (health_reporter, health_service) = health::service(stopping.clone());
     health_reporter
         .set_serving::<proto::mcp_server_service_server::McpServerServiceServer<McpServerApi>>()
         .await;
@@ -59,7 +61,6 @@ pub async fn serve(
         .build_v1alpha()
         .expect("the embedded descriptor sets are valid");
 
-    let stopping = CancellationToken::new();
     let http = http.map(|edge| tokio::spawn(http::serve(edge, manager.clone(), stopping.clone())));
     tokio::spawn(sweep_expired(manager.clone(), stopping.clone()));
     tokio::spawn(manager.clone().run_event_listener(stopping.clone()));
@@ -74,13 +75,14 @@ pub async fn serve(
     }
     let signal = {
         let stopping = stopping.clone();
-        let health = health_reporter.clone();
+        let reporter = health_reporter.clone();
         async move {
             shutdown.await;
             tracing::info!("shutting down: no new calls; finishing in-flight ones");
-            health
-                .set_not_serving::<proto::mcp_server_service_server::McpServerServiceServer<McpServerApi>>()
-                .await;
+            health::not_serving::<
+                proto::mcp_server_service_server::McpServerServiceServer<McpServerApi>,
+            >(&reporter)
+            .await;
             stopping.cancel();
         }
     };

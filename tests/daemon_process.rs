@@ -824,3 +824,100 @@ async fn sealed_secrets_need_their_key_at_start_up() {
     assert!(!status.success());
     assert!(log.contains("does not open the stored secrets"), "{log}");
 }
+
+/// The daemon's direct children, from every thread's `children` list.
+fn children_of(pid: u32) -> Vec<u32> {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return Vec::new();
+    };
+    let mut children: Vec<u32> = tasks
+        .flatten()
+        .filter_map(|task| std::fs::read_to_string(task.path().join("children")).ok())
+        .flat_map(|list| {
+            list.split_whitespace()
+                .filter_map(|p| p.parse().ok())
+                .collect::<Vec<u32>>()
+        })
+        .collect();
+    children.sort_unstable();
+    children
+}
+
+/// Issue 11: a SIGKILLed daemon runs no teardown, yet none of its stdio
+/// servers outlives it (the kernel's parent-death signal), whether idle on
+/// a live session or in the middle of a call; a restarted daemon finds the
+/// registry whole and starts them afresh.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sigkill_leaves_no_stdio_server_behind() {
+    const SERVERS: usize = 10;
+    let db = TestDb::new(Backend::Sqlite).await;
+    let key = create_key(&db, "acme").await;
+    // The servers ignore their stdin closing: each create's listing session
+    // waits this long for them, then kills them.
+    let daemon = serve(&db, &["--teardown-grace", "200ms"], "info").await;
+    let daemon_pid = daemon.process.child.id().expect("running");
+    let acme = daemon.org(&key).await;
+    let mut ids = Vec::new();
+    for i in 0..SERVERS {
+        // Every other server answers calls only after a minute: those calls
+        // are in flight when the kill lands.
+        let delay = if i % 2 == 0 { "0" } else { "60000" };
+        let created = acme
+            .create(
+                &format!("child-{i}"),
+                // Like servers that never read stdin again: its end is no
+                // signal to them.
+                stdio([
+                    "--tools",
+                    "1",
+                    "--call-delay-ms",
+                    delay,
+                    "--ignore-shutdown",
+                ]),
+            )
+            .await
+            .unwrap();
+        ids.push(created.server.unwrap().id);
+    }
+    let mut in_flight = Vec::new();
+    for (i, id) in ids.iter().enumerate() {
+        let request = call(id, "tool_0000", serde_json::json!({}));
+        if i % 2 == 0 {
+            acme.call_tool(request)
+                .await
+                .expect("a call on a live session");
+        } else {
+            let acme = acme.clone();
+            in_flight.push(tokio::spawn(async move { acme.call_tool(request).await }));
+        }
+    }
+    wait_until(
+        "a live session (a stdio child) per server",
+        Duration::from_secs(20),
+        async || children_of(daemon_pid).len() == SERVERS,
+    )
+    .await;
+    let children = children_of(daemon_pid);
+
+    daemon.kill().await;
+    assert_gone(&children, Duration::from_secs(2)).await;
+    for call in in_flight {
+        assert!(call.await.unwrap().is_err(), "the daemon died mid-call");
+    }
+
+    let restarted = serve(&db, &[], "info").await;
+    let acme = restarted.org(&key).await;
+    let servers = acme.servers().await.unwrap();
+    assert_eq!(servers.len(), SERVERS);
+    assert!(
+        servers
+            .iter()
+            .all(|s| s.state() == mcpd::proto::McpServerState::Ready),
+        "{servers:?}"
+    );
+    acme.call_tool(call(&ids[0], "tool_0000", serde_json::json!({})))
+        .await
+        .expect("a new session after the restart");
+    let (status, _) = stop(restarted).await;
+    assert!(status.success());
+}

@@ -51,7 +51,8 @@ impl ChildProcess {
             .process_group(0)
             // A safety net only: teardown kills the whole group and reaps.
             .kill_on_drop(true);
-        let mut child = command.spawn().map_err(|error| McpError::Spawn {
+        die_with_daemon(&mut command);
+        let mut child = spawner::spawn(command).map_err(|error| McpError::Spawn {
             program: program.to_owned(),
             error,
         })?;
@@ -163,5 +164,77 @@ impl Drop for ChildProcess {
     /// leader in the background (`kill_on_drop`).
     fn drop(&mut self) {
         self.kill_group();
+    }
+}
+
+/// Asks the kernel to SIGKILL the child when the daemon dies, however it
+/// dies (SIGKILL included, where no teardown runs). The signal follows the
+/// *thread* that forked, hence [`spawner`].
+#[cfg(target_os = "linux")]
+fn die_with_daemon(command: &mut Command) {
+    let daemon = i32::try_from(std::process::id()).unwrap_or_default();
+    // SAFETY: between fork and exec only async-signal-safe calls are made
+    // (prctl, getppid), touching no memory of the parent.
+    unsafe {
+        command.pre_exec(move || {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong) == -1 {
+                return Err(std::io::Error::last_os_error());
+            }
+            // The daemon died between fork and prctl: nobody would kill us.
+            if libc::getppid() != daemon {
+                return Err(std::io::Error::other(
+                    "mcpd exited while starting the server",
+                ));
+            }
+            Ok(())
+        });
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn die_with_daemon(_command: &mut Command) {}
+
+/// Children are forked by one thread that lives as long as the daemon: a
+/// parent-death signal fires when the forking thread exits, and tokio's
+/// blocking threads come and go.
+mod spawner {
+    use std::sync::{OnceLock, mpsc};
+
+    use tokio::process::{Child, Command};
+
+    type Job = Box<dyn FnOnce() + Send>;
+
+    fn thread() -> &'static mpsc::Sender<Job> {
+        static SPAWNER: OnceLock<mpsc::Sender<Job>> = OnceLock::new();
+        SPAWNER.get_or_init(|| {
+            let (jobs, queue) = mpsc::channel::<Job>();
+            std::thread::Builder::new()
+                .name("mcpd-spawner".into())
+                .spawn(move || {
+                    for job in queue {
+                        job();
+                    }
+                })
+                .expect("starting the child-process spawner thread");
+            jobs
+        })
+    }
+
+    /// Spawns `command` on the spawner thread, registered with the calling
+    /// runtime (which reaps it). Blocks for the fork and exec only, as
+    /// spawning on the caller's thread would.
+    pub(super) fn spawn(mut command: Command) -> std::io::Result<Child> {
+        let runtime = tokio::runtime::Handle::current();
+        let (done, result) = mpsc::sync_channel(1);
+        let job: Job = Box::new(move || {
+            let _entered = runtime.enter();
+            let _ = done.send(command.spawn());
+        });
+        thread()
+            .send(job)
+            .map_err(|_| std::io::Error::other("the spawner thread is gone"))?;
+        result
+            .recv()
+            .map_err(|_| std::io::Error::other("the spawner thread is gone"))?
     }
 }

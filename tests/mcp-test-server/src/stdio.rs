@@ -1,5 +1,15 @@
 //! MCP over stdin/stdout.
 
+/// `eprintln!` that never panics: once the client is gone stderr may be a
+/// broken pipe, and a failed print would end the server where a real one
+/// (say, one that ignores its stdin closing) runs on.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), $($arg)*);
+    }};
+}
+
 use std::{
     io::Write,
     pin::Pin,
@@ -41,7 +51,7 @@ pub async fn run(server: TestServer, behaviour: &Behaviour) -> anyhow::Result<()
     if behaviour.hang_initialize {
         // Read nothing at all: the client's `initialize` sits in the pipe
         // unanswered, and stdin EOF goes unnoticed too.
-        eprintln!("mcp-test-server: --hang initialize, never reading stdin");
+        say!("mcp-test-server: --hang initialize, never reading stdin");
         std::future::pending::<()>().await;
     }
 
@@ -81,15 +91,15 @@ pub async fn run(server: TestServer, behaviour: &Behaviour) -> anyhow::Result<()
             // its handlers.
             tokio::select! {
                 reason = running.waiting() => {
-                    eprintln!("mcp-test-server: stdio session ended: {:?}", reason?);
+                    say!("mcp-test-server: stdio session ended: {:?}", reason?);
                 }
                 () = eof_grace => {
-                    eprintln!("mcp-test-server: stdin closed, abandoning unanswered requests");
+                    say!("mcp-test-server: stdin closed, abandoning unanswered requests");
                 }
             }
         }
         Err(error) => {
-            eprintln!("mcp-test-server: stdio session ended before initialization: {error}")
+            say!("mcp-test-server: stdio session ended before initialization: {error}")
         }
     }
     if let Some(writer) = stdout_writer {
@@ -103,12 +113,12 @@ pub async fn run(server: TestServer, behaviour: &Behaviour) -> anyhow::Result<()
         let mut stdout = std::io::stdout().lock();
         let _ = stdout.write_all(b"\x00garbage after shutdown {{{ not json\n");
         let _ = stdout.flush();
-        eprintln!("mcp-test-server: stdin closed, crashing with exit code {CRASH_EXIT_CODE}");
+        say!("mcp-test-server: stdin closed, crashing with exit code {CRASH_EXIT_CODE}");
         std::process::exit(CRASH_EXIT_CODE);
     }
     if behaviour.ignore_shutdown {
         // SIGTERM is already ignored (see `main`); only SIGKILL ends us now.
-        eprintln!("mcp-test-server: stdin closed, --ignore-shutdown, running on");
+        say!("mcp-test-server: stdin closed, --ignore-shutdown, running on");
         std::future::pending::<()>().await;
     }
     Ok(())
@@ -176,7 +186,7 @@ impl<T: Transport<RoleServer>> Transport<RoleServer> for MalformedList<T> {
                 return Some(message);
             };
             let id = serde_json::to_string(id).expect("a request id serializes");
-            eprintln!("mcp-test-server: --malformed-list, answering tools/list {id} with garbage");
+            say!("mcp-test-server: --malformed-list, answering tools/list {id} with garbage");
             let mut line = malformed::truncated_answer(&id).into_bytes();
             line.push(b'\n');
             // Fails only once the writer is gone, i.e. stdout is broken.

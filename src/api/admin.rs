@@ -3,7 +3,7 @@
 
 use tonic::{Request, Response, Status};
 
-use super::service::observed;
+use super::service::for_caller;
 use crate::{
     manager::Manager,
     proto::{self, admin_service_server::AdminService},
@@ -26,9 +26,7 @@ impl AdminService for AdminApi {
         request: Request<proto::GetStatsRequest>,
     ) -> Result<Response<proto::GetStatsResponse>, Status> {
         // Daemon-wide figures, no tenant data: any valid key may read them.
-        observed(
-            "GetStats",
-            &self.manager,
+        for_caller(
             request,
             |_org, body| async move {
                 let stats = self.manager.stats();

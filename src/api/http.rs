@@ -1,5 +1,7 @@
 //! The HTTP edge, beside gRPC: where browsers come back from authorization
-//! servers (`GET /oauth/callback`), and mcpd's client ID metadata document.
+//! servers (`GET /oauth/callback`), mcpd's client ID metadata document, and
+//! the Prometheus metrics (`GET /metrics`, unauthenticated like any scrape
+//! target: bind `--http-listen` where only the scraper reaches it).
 //!
 //! The callback is unauthenticated by necessity (a browser carries no API
 //! key): the single-use `state` it brings is the only key, and everything
@@ -20,6 +22,7 @@ use tokio_util::sync::CancellationToken;
 use crate::{
     manager::{Authorized, Callback, Manager, ManagerError},
     mcp::OAuthSettings,
+    telemetry::metrics::{self, Registry},
 };
 
 /// The HTTP listener and what it tells authorization servers about mcpd.
@@ -32,16 +35,24 @@ pub struct HttpEdge {
 struct Edge {
     manager: Manager,
     oauth: OAuthSettings,
+    metrics: Registry,
 }
 
 /// Serves until `stopping` is cancelled.
-pub(super) async fn serve(edge: HttpEdge, manager: Manager, stopping: CancellationToken) {
+pub(super) async fn serve(
+    edge: HttpEdge,
+    manager: Manager,
+    metrics: Registry,
+    stopping: CancellationToken,
+) {
     let router = Router::new()
         .route("/oauth/callback", get(callback))
         .route("/oauth/client-metadata.json", get(client_metadata))
+        .route("/metrics", get(scrape))
         .with_state(Edge {
             manager,
             oauth: edge.oauth,
+            metrics,
         });
     if let Ok(addr) = edge.listener.local_addr() {
         tracing::info!(%addr, "mcpd http listening");
@@ -52,6 +63,14 @@ pub(super) async fn serve(edge: HttpEdge, manager: Manager, stopping: Cancellati
     if let Err(err) = served {
         tracing::warn!(error = %err, "the HTTP listener stopped");
     }
+}
+
+async fn scrape(State(edge): State<Edge>) -> Response {
+    (
+        [(header::CONTENT_TYPE, metrics::CONTENT_TYPE)],
+        metrics::encode(&edge.metrics),
+    )
+        .into_response()
 }
 
 #[derive(Deserialize)]

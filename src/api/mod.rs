@@ -8,6 +8,7 @@ mod deadline;
 mod health;
 mod http;
 mod limits;
+mod observe;
 mod service;
 mod status;
 mod stream;
@@ -23,7 +24,7 @@ pub use auth::AUTHORIZATION_HEADER;
 pub use http::HttpEdge;
 pub use service::{MCP_US_HEADER, McpServerApi, PEAK_CONNECTIONS_HEADER, PERSIST_US_HEADER};
 
-use crate::{manager::Manager, proto};
+use crate::{manager::Manager, proto, telemetry::metrics::Registry};
 
 #[derive(Debug, Clone)]
 pub struct ServeOptions {
@@ -61,7 +62,25 @@ pub async fn serve(
         .build_v1alpha()
         .expect("the embedded descriptor sets are valid");
 
-    let http = http.map(|edge| tokio::spawn(http::serve(edge, manager.clone(), stopping.clone())));
+    let registry = Registry::new();
+    manager.register_metrics(&registry);
+    let observe = observe::ObserveLayer::new(
+        &registry,
+        &[
+            proto::FILE_DESCRIPTOR_SET,
+            tonic_health::pb::FILE_DESCRIPTOR_SET,
+            tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET,
+            tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET,
+        ],
+    );
+    let http = http.map(|edge| {
+        tokio::spawn(http::serve(
+            edge,
+            manager.clone(),
+            registry,
+            stopping.clone(),
+        ))
+    });
     tokio::spawn(sweep_expired(manager.clone(), stopping.clone()));
     tokio::spawn(manager.clone().run_event_listener(stopping.clone()));
     tokio::spawn(manager.clone().run_auto_sync(stopping.clone()));
@@ -86,7 +105,11 @@ pub async fn serve(
             stopping.cancel();
         }
     };
+    // Outermost first: the observer sees every answer as the client gets
+    // it (refusals by the key check and the codes rewritten below included).
     let server = Server::builder()
+        .layer(observe)
+        .layer(auth::AuthLayer::new(manager.clone()))
         .layer(tower::util::MapResponseLayer::new(
             limits::oversized_is_resource_exhausted,
         ))

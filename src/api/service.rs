@@ -1,10 +1,11 @@
 //! `mcpd.v1.McpServerService`: decode, find the caller's organization, call
-//! the manager, encode. One log line per call.
+//! the manager, encode. (Authentication, logs and metrics are layers in
+//! front of it: see `auth` and `observe`.)
 
-use std::{future::Future, time::Instant};
+use std::future::Future;
 
 use tokio_util::sync::CancellationToken;
-use tonic::{Code, Request, Response, Status, metadata::MetadataValue};
+use tonic::{Request, Response, Status, metadata::MetadataValue};
 
 use super::{auth, convert, deadline, status::to_status, stream, watch};
 use crate::{
@@ -33,47 +34,17 @@ impl McpServerApi {
     }
 }
 
-/// Authenticates the caller, runs the call on behalf of the key's
-/// organization, and logs its outcome and duration (never the request's
-/// contents, never the key); refused calls are logged too.
-pub(super) async fn observed<R, T, F>(
-    rpc: &'static str,
-    manager: &Manager,
+/// Runs the call on behalf of the caller's organization (the key was
+/// checked by the authentication layer in front of the service).
+pub(super) async fn for_caller<R, T, F>(
     request: Request<R>,
     call: impl FnOnce(String, R) -> F,
 ) -> Result<Response<T>, Status>
 where
     F: Future<Output = Result<Response<T>, Status>>,
 {
-    let started = Instant::now();
-    let (org, result) = match auth::organization(manager, &request).await {
-        Ok(org) => {
-            let result = call(org.clone(), request.into_inner()).await;
-            (org, result)
-        }
-        Err(status) => ("-".to_owned(), Err(status)),
-    };
-    log_rpc(rpc, &org, result.as_ref().err(), started);
-    result
-}
-
-/// The one log line of a call. Identifiers of ours are recorded for display
-/// (bare in text); values from outside (the organization, an error message)
-/// as strings, which the text format quotes and escapes, so no caller can
-/// forge a line.
-pub(super) fn log_rpc(rpc: &'static str, org: &str, error: Option<&Status>, started: Instant) {
-    let duration_ms = micros(started.elapsed()) as f64 / 1000.0;
-    match error {
-        None => tracing::info!(rpc = %rpc, org, code = %"OK", duration_ms, "rpc"),
-        Some(status) => tracing::info!(
-            rpc = %rpc,
-            org,
-            code = %code_name(status.code()),
-            duration_ms,
-            error = status.message(),
-            "rpc"
-        ),
-    }
+    let org = auth::caller(&request)?;
+    call(org, request.into_inner()).await
 }
 
 /// Runs a mutation on its own task: a caller that hangs up must not cut a
@@ -93,29 +64,6 @@ async fn detached<T: Send + 'static>(
 
 fn micros(d: std::time::Duration) -> u64 {
     u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
-}
-
-/// The canonical name of a gRPC code, as grpcurl and the spec spell it.
-fn code_name(code: Code) -> &'static str {
-    match code {
-        Code::Ok => "OK",
-        Code::Cancelled => "CANCELLED",
-        Code::Unknown => "UNKNOWN",
-        Code::InvalidArgument => "INVALID_ARGUMENT",
-        Code::DeadlineExceeded => "DEADLINE_EXCEEDED",
-        Code::NotFound => "NOT_FOUND",
-        Code::AlreadyExists => "ALREADY_EXISTS",
-        Code::PermissionDenied => "PERMISSION_DENIED",
-        Code::ResourceExhausted => "RESOURCE_EXHAUSTED",
-        Code::FailedPrecondition => "FAILED_PRECONDITION",
-        Code::Aborted => "ABORTED",
-        Code::OutOfRange => "OUT_OF_RANGE",
-        Code::Unimplemented => "UNIMPLEMENTED",
-        Code::Internal => "INTERNAL",
-        Code::Unavailable => "UNAVAILABLE",
-        Code::DataLoss => "DATA_LOSS",
-        Code::Unauthenticated => "UNAUTHENTICATED",
-    }
 }
 
 fn with_stats<T>(message: T, stats: CallStats) -> Response<T> {
@@ -152,9 +100,7 @@ impl McpServerService for McpServerApi {
         request: Request<proto::CallMcpToolRequest>,
     ) -> Result<Response<proto::CallMcpToolResponse>, Status> {
         let deadline = deadline::of(&request);
-        observed(
-            "CallMcpTool",
-            &self.manager,
+        for_caller(
             request,
             |org, body| async move {
                 // Not detached: a caller that goes away cancels the call, and
@@ -181,9 +127,7 @@ impl McpServerService for McpServerApi {
         &self,
         request: Request<proto::CreateMcpServerRequest>,
     ) -> Result<Response<proto::CreateMcpServerResponse>, Status> {
-        observed(
-            "CreateMcpServer",
-            &self.manager,
+        for_caller(
             request,
             |org, body| async move {
                 let create = CreateServer {
@@ -215,9 +159,7 @@ impl McpServerService for McpServerApi {
         &self,
         request: Request<proto::CloseMcpServerRequest>,
     ) -> Result<Response<proto::CloseMcpServerResponse>, Status> {
-        observed(
-            "CloseMcpServer",
-            &self.manager,
+        for_caller(
             request,
             |org, body| async move {
                 let manager = self.manager.clone();
@@ -242,9 +184,7 @@ impl McpServerService for McpServerApi {
         &self,
         request: Request<proto::UpdateMcpServerRequest>,
     ) -> Result<Response<proto::UpdateMcpServerResponse>, Status> {
-        observed(
-            "UpdateMcpServer",
-            &self.manager,
+        for_caller(
             request,
             |org, body| async move {
                 let update = UpdateServer {
@@ -277,9 +217,7 @@ impl McpServerService for McpServerApi {
         &self,
         request: Request<proto::SyncMcpServerToolsRequest>,
     ) -> Result<Response<proto::SyncMcpServerToolsResponse>, Status> {
-        observed(
-            "SyncMcpServerTools",
-            &self.manager,
+        for_caller(
             request,
             |org, body| async move {
                 let manager = self.manager.clone();
@@ -296,9 +234,7 @@ impl McpServerService for McpServerApi {
         &self,
         request: Request<proto::GetMcpServerRequest>,
     ) -> Result<Response<proto::GetMcpServerResponse>, Status> {
-        observed(
-            "GetMcpServer",
-            &self.manager,
+        for_caller(
             request,
             |org, body| async move {
                 let server = self
@@ -318,9 +254,7 @@ impl McpServerService for McpServerApi {
         &self,
         request: Request<proto::ListMcpServersRequest>,
     ) -> Result<Response<proto::ListMcpServersResponse>, Status> {
-        observed(
-            "ListMcpServers",
-            &self.manager,
+        for_caller(
             request,
             |org, body| async move {
                 let filter = ServerFilter {
@@ -345,9 +279,7 @@ impl McpServerService for McpServerApi {
         &self,
         request: Request<proto::ListMcpServerToolsRequest>,
     ) -> Result<Response<proto::ListMcpServerToolsResponse>, Status> {
-        observed(
-            "ListMcpServerTools",
-            &self.manager,
+        for_caller(
             request,
             |org, body| async move {
                 if body.server_id.is_empty() {

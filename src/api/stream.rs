@@ -2,19 +2,16 @@
 //! result last. The call runs on its own task; when the caller goes away the
 //! call is cancelled (and the MCP server told so).
 
-use std::time::Instant;
-
 use futures::StreamExt;
 use tokio::sync::mpsc;
 use tonic::{Request, Response, Status, Streaming};
 
-use super::{auth, convert, deadline, service::log_rpc, status::to_status};
+use super::{auth, convert, deadline, status::to_status};
 use crate::{
     manager::{CallEvent, ClientAnswer, Manager},
     proto::{self, stream_mcp_tool_call_request::Message as In},
 };
 
-const RPC: &str = "StreamMcpToolCall";
 /// Events buffered towards a slow caller before the call waits for it.
 const BUFFER: usize = 32;
 
@@ -25,26 +22,17 @@ pub(super) async fn call(
     manager: &Manager,
     request: Request<Streaming<proto::StreamMcpToolCallRequest>>,
 ) -> Result<Response<Outbound>, Status> {
-    let started = Instant::now();
     let deadline = deadline::of(&request);
-    let org = match auth::organization(manager, &request).await {
-        Ok(org) => org,
-        Err(status) => {
-            log_rpc(RPC, "-", Some(&status), started);
-            return Err(status);
-        }
-    };
+    let org = auth::caller(&request)?;
     let mut inbound = request.into_inner();
     let first = match inbound.message().await {
         Ok(Some(proto::StreamMcpToolCallRequest {
             message: Some(In::Call(call)),
         })) => call,
         Ok(_) => {
-            let status = Status::invalid_argument(
+            return Err(Status::invalid_argument(
                 "the first message of StreamMcpToolCall must carry `call`",
-            );
-            log_rpc(RPC, &org, Some(&status), started);
-            return Err(status);
+            ));
         }
         Err(status) => return Err(status),
     };
@@ -63,7 +51,6 @@ pub(super) async fn call(
             answers_rx,
         )
         .await;
-        log_rpc(RPC, &org, outcome.as_ref().err(), started);
         let last = outcome.map(|result| proto::StreamMcpToolCallResponse {
             message: Some(proto::stream_mcp_tool_call_response::Message::Result(
                 result,

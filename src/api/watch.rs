@@ -2,17 +2,14 @@
 //! ends when the caller goes away or the daemon stops (so a graceful
 //! shutdown never waits on an open watch).
 
-use std::time::Instant;
-
 use futures::StreamExt;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 
-use super::{auth, convert, service::log_rpc, status::to_status};
+use super::{auth, convert, status::to_status};
 use crate::{manager::Manager, proto};
 
-const RPC: &str = "WatchMcpServers";
 /// Events buffered towards a slow watcher before reading waits for it.
 const BUFFER: usize = 64;
 
@@ -24,14 +21,7 @@ pub(super) async fn watch(
     stopping: &CancellationToken,
     request: Request<proto::WatchMcpServersRequest>,
 ) -> Result<Response<Outbound>, Status> {
-    let started = Instant::now();
-    let org = match auth::organization(manager, &request).await {
-        Ok(org) => org,
-        Err(status) => {
-            log_rpc(RPC, "-", Some(&status), started);
-            return Err(status);
-        }
-    };
+    let org = auth::caller(&request)?;
     let after = request.into_inner().after;
     let (events, events_rx) = mpsc::channel(BUFFER);
     let (end, end_rx) = oneshot::channel::<Status>();
@@ -44,7 +34,6 @@ pub(super) async fn watch(
             .watch(&org, after, &events, &stopping)
             .await
             .map_err(to_status);
-        log_rpc(RPC, &org, outcome.as_ref().err(), started);
         if let Err(status) = outcome {
             let _ = end.send(status);
         }

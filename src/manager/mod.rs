@@ -152,6 +152,12 @@ impl Manager {
     }
 
     /// Restarts the daemon-wide peak of checked-out connections.
+    /// Registers the figures of the store and the MCP client side.
+    pub fn register_metrics(&self, registry: &crate::telemetry::metrics::Registry) {
+        self.store.register_metrics(registry);
+        self.mcp.register_metrics(registry);
+    }
+
     pub fn reset_peaks(&self) {
         self.store.reset_peak();
     }

@@ -13,7 +13,7 @@ use tokio::{
     process::{Child, ChildStdin, ChildStdout, Command},
 };
 
-use super::McpError;
+use super::{McpError, metrics::McpMetrics};
 
 /// Bytes of the child's stderr kept for error messages.
 const STDERR_TAIL: usize = 1024;
@@ -26,6 +26,7 @@ pub(super) struct ChildProcess {
     program: String,
     stderr_tail: Arc<Mutex<VecDeque<u8>>>,
     swept: bool,
+    metrics: Arc<McpMetrics>,
 }
 
 impl ChildProcess {
@@ -34,6 +35,7 @@ impl ChildProcess {
         args: &[String],
         env: &BTreeMap<String, String>,
         passthrough: &[String],
+        metrics: &Arc<McpMetrics>,
     ) -> Result<(ChildProcess, ChildStdout, ChildStdin), McpError> {
         let mut command = Command::new(program);
         command
@@ -75,6 +77,7 @@ impl ChildProcess {
             });
         }
         let pgid = child.id().and_then(|pid| i32::try_from(pid).ok());
+        metrics.child_started();
         Ok((
             ChildProcess {
                 child,
@@ -82,6 +85,7 @@ impl ChildProcess {
                 program: program.to_owned(),
                 stderr_tail,
                 swept: false,
+                metrics: metrics.clone(),
             },
             stdout,
             stdin,
@@ -118,22 +122,28 @@ impl ChildProcess {
                 tracing::debug!(program = %self.program, %status, "stdio MCP server exited")
             }
             Ok(Err(err)) => {
+                self.metrics.teardown_failed();
                 tracing::debug!(program = %self.program, error = %err, "waiting for stdio MCP server failed")
             }
-            Err(_) => tracing::debug!(
-                program = %self.program,
-                ?grace,
-                "stdio MCP server did not exit after its session closed; killing it"
-            ),
+            Err(_) => {
+                self.metrics.child_killed();
+                tracing::debug!(
+                    program = %self.program,
+                    ?grace,
+                    "stdio MCP server did not exit after its session closed; killing it"
+                )
+            }
         }
         // Also sweeps anything the child left behind in its group.
         self.kill_group();
         match tokio::time::timeout(grace, self.child.wait()).await {
             Ok(Ok(_)) => {}
             Ok(Err(err)) => {
+                self.metrics.teardown_failed();
                 tracing::debug!(program = %self.program, error = %err, "reaping stdio MCP server failed")
             }
             Err(_) => {
+                self.metrics.teardown_failed();
                 tracing::debug!(program = %self.program, "stdio MCP server survived SIGKILL for {grace:?}")
             }
         }
@@ -151,6 +161,7 @@ impl ChildProcess {
             if rc != 0 {
                 let err = std::io::Error::last_os_error();
                 if err.raw_os_error() != Some(libc::ESRCH) {
+                    self.metrics.teardown_failed();
                     tracing::debug!(program = %self.program, error = %err, "killpg failed");
                 }
             }
@@ -164,6 +175,7 @@ impl Drop for ChildProcess {
     /// leader in the background (`kill_on_drop`).
     fn drop(&mut self) {
         self.kill_group();
+        self.metrics.child_reaped();
     }
 }
 

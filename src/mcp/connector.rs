@@ -28,10 +28,10 @@ use super::{
     describe,
     lifecycle::{self, LegacyTargets, Start},
     live::{Live, LiveSessions, ServerKey},
+    metrics::{self, McpMetrics, Operation},
     oauth::{OAuthClient, PolicedHttp, TokenError},
     pool::{PoolStats, SessionPool},
-    session::CallFailure,
-    session::teardown,
+    session::{CallFailure, SessionTerms, teardown},
     sse::SseClientTransport,
     stdio::{self, Malformed},
     tap::Tapped,
@@ -49,6 +49,7 @@ pub struct McpConnector {
     /// Servers whose live session said their tools changed.
     tool_changes: mpsc::Sender<ServerKey>,
     tool_changes_rx: std::sync::Arc<std::sync::Mutex<Option<mpsc::Receiver<ServerKey>>>>,
+    metrics: std::sync::Arc<McpMetrics>,
 }
 
 /// Tool list changes queued for the syncing side; more are dropped (the
@@ -79,6 +80,7 @@ impl McpConnector {
             oauth,
             tool_changes,
             tool_changes_rx: std::sync::Arc::new(std::sync::Mutex::new(Some(tool_changes_rx))),
+            metrics: McpMetrics::new(),
         })
     }
 
@@ -130,6 +132,8 @@ impl McpConnector {
         spec: &Transport,
         handler: Handler,
     ) -> Result<Session, McpError> {
+        let transport = metrics::transport_label(spec);
+        let _timer = self.metrics.time(Operation::Connect, transport);
         self.check_policy(spec).await?;
         let deadline = Instant::now() + self.settings.connect_timeout;
         let key: ServerKey = (organization_id.to_owned(), server_id.to_owned());
@@ -200,8 +204,12 @@ impl McpConnector {
             key,
             handler,
             self.live.clone(),
-            self.settings.list_timeout,
-            self.settings.teardown_grace,
+            SessionTerms {
+                list_timeout: self.settings.list_timeout,
+                grace: self.settings.teardown_grace,
+                metrics: self.metrics.clone(),
+                transport,
+            },
         ))
     }
 
@@ -259,7 +267,13 @@ impl McpConnector {
         match spec {
             Transport::Stdio { command, args, env } => {
                 let (mut child, stdout, stdin) =
-                    ChildProcess::spawn(command, args, env, &self.settings.stdio_env_passthrough)
+                    ChildProcess::spawn(
+                        command,
+                        args,
+                        env,
+                        &self.settings.stdio_env_passthrough,
+                        &self.metrics,
+                    )
                         .map_err(Failure::Final)?;
                 tracing::debug!(program = %command, pid = ?child.pid(), "spawned stdio MCP server");
                 let malformed = Malformed::default();
@@ -599,7 +613,7 @@ impl McpConnector {
             self.live
                 .take(Some(&key))
                 .into_iter()
-                .map(|live| teardown(live, grace)),
+                .map(|live| teardown(live, grace, &self.metrics)),
         )
         .await;
     }
@@ -612,7 +626,7 @@ impl McpConnector {
             self.live
                 .take(None)
                 .into_iter()
-                .map(|live| teardown(live, grace)),
+                .map(|live| teardown(live, grace, &self.metrics)),
         )
         .await;
     }
@@ -620,6 +634,48 @@ impl McpConnector {
     /// Sessions open right now.
     pub fn open_sessions(&self) -> usize {
         self.live.len()
+    }
+
+    /// The client side's figures: its own instruments, and the sessions
+    /// and live-session pool read when scraped.
+    pub fn register_metrics(&self, registry: &crate::telemetry::metrics::Registry) {
+        use crate::telemetry::metrics::{pulled_counter, pulled_gauge};
+        self.metrics.register(registry);
+        let live = self.live.clone();
+        pulled_gauge(
+            registry,
+            "mcpd_mcp_sessions_open",
+            "MCP sessions open now: live sessions kept for calls, and sessions of creates, syncs and health checks in progress.",
+            move || live.len() as f64,
+        );
+        let pool = self.pool.clone();
+        pulled_gauge(
+            registry,
+            "mcpd_mcp_live_sessions",
+            "Live sessions kept open for tool calls (at most --max-live-sessions).",
+            move || pool.stats().live_sessions as f64,
+        );
+        let pool = self.pool.clone();
+        pulled_gauge(
+            registry,
+            "mcpd_mcp_calls_in_flight",
+            "Tool calls waiting on an MCP server now.",
+            move || pool.stats().calls_in_flight as f64,
+        );
+        let pool = self.pool.clone();
+        pulled_counter(
+            registry,
+            "mcpd_mcp_live_session_opens_total",
+            "Live sessions opened for tool calls.",
+            move || pool.stats().session_opens,
+        );
+        let pool = self.pool.clone();
+        pulled_counter(
+            registry,
+            "mcpd_mcp_live_session_reuses_total",
+            "Tool calls that reused a live session.",
+            move || pool.stats().session_reuses,
+        );
     }
 }
 

@@ -8,6 +8,7 @@ mod describe;
 mod error;
 mod lifecycle;
 mod live;
+mod metrics;
 mod oauth;
 pub mod outbound;
 mod pool;

@@ -1,6 +1,6 @@
 //! One MCP client session: list tools, call them, then close, best-effort.
 
-use std::time::Duration;
+use std::{sync::Arc, time::Duration};
 
 use rmcp::{
     RoleClient,
@@ -19,6 +19,7 @@ use super::{
     client::Handler,
     describe,
     live::{Live, LiveSessions, ServerKey, Slot},
+    metrics::{McpMetrics, Operation},
     result::tool_call_result,
     stdio::Malformed,
 };
@@ -45,8 +46,16 @@ pub struct Session {
     registry: LiveSessions,
     /// Answers the input requests of multi round-trip calls.
     handler: Handler,
-    list_timeout: Duration,
-    grace: Duration,
+    terms: SessionTerms,
+}
+
+/// What a session takes from its connector.
+#[derive(Clone)]
+pub(super) struct SessionTerms {
+    pub(super) list_timeout: Duration,
+    pub(super) grace: Duration,
+    pub(super) metrics: Arc<McpMetrics>,
+    pub(super) transport: &'static str,
 }
 
 /// Most `input_required` rounds one call may take (rmcp's default).
@@ -59,8 +68,7 @@ impl Session {
         key: ServerKey,
         handler: Handler,
         registry: LiveSessions,
-        list_timeout: Duration,
-        grace: Duration,
+        terms: SessionTerms,
     ) -> Session {
         let peer = live.service.peer().clone();
         let malformed = live.malformed.clone();
@@ -75,8 +83,7 @@ impl Session {
             registration,
             registry,
             handler,
-            list_timeout,
-            grace,
+            terms,
         }
     }
 
@@ -103,12 +110,16 @@ impl Session {
 
     /// Every tool the server offers, following pagination cursors.
     pub async fn list_tools(&self) -> Result<Vec<ListedTool>, McpError> {
-        match tokio::time::timeout(self.list_timeout, self.peer.list_all_tools()).await {
+        let _timer = self
+            .terms
+            .metrics
+            .time(Operation::ListTools, self.terms.transport);
+        match tokio::time::timeout(self.terms.list_timeout, self.peer.list_all_tools()).await {
             Ok(Ok(tools)) => Ok(tools.into_iter().map(ListedTool::from).collect()),
             Ok(Err(err)) => Err(self.remote_error(Stage::ListTools, &err)),
             Err(_) => Err(McpError::Timeout {
                 stage: Stage::ListTools,
-                after: self.list_timeout,
+                after: self.terms.list_timeout,
             }),
         }
     }
@@ -190,6 +201,10 @@ impl Session {
         timeout: Duration,
         stop: impl std::future::Future<Output = ()>,
     ) -> Result<ToolCallResult, CallFailure> {
+        let _timer = self
+            .terms
+            .metrics
+            .time(Operation::CallTool, self.terms.transport);
         let until = Instant::now() + timeout;
         let timed_out = || {
             CallFailure::Failed(McpError::Timeout {
@@ -334,7 +349,7 @@ impl Session {
     pub(super) async fn shut_down(&self) {
         let live = self.slot.lock().ok().and_then(|mut live| live.take());
         if let Some(live) = live {
-            teardown(live, self.grace).await;
+            teardown(live, self.terms.grace, &self.terms.metrics).await;
         }
     }
 }
@@ -346,9 +361,9 @@ impl Drop for Session {
         // the background rather than leak the session or the child.
         let live = self.slot.lock().ok().and_then(|mut live| live.take());
         if let Some(live) = live {
-            let grace = self.grace;
+            let (grace, metrics) = (self.terms.grace, self.terms.metrics.clone());
             if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-                runtime.spawn(teardown(live, grace));
+                runtime.spawn(async move { teardown(live, grace, &metrics).await });
             }
         }
     }
@@ -407,14 +422,20 @@ impl Drop for CancelOnDrop {
 /// Best-effort teardown: cancel the session (which closes the transport and
 /// with it the child's stdin), then reap the child. Failures are logged at
 /// debug and go no further.
-pub(super) async fn teardown(live: Live, grace: Duration) {
+pub(super) async fn teardown(live: Live, grace: Duration, metrics: &McpMetrics) {
     let Live {
         mut service, child, ..
     } = live;
     match service.close_with_timeout(grace).await {
         Ok(Some(reason)) => tracing::debug!(?reason, "MCP session closed"),
-        Ok(None) => tracing::debug!(?grace, "MCP session did not close in time; dropped"),
-        Err(err) => tracing::debug!(error = %err, "MCP session task failed while closing"),
+        Ok(None) => {
+            metrics.teardown_failed();
+            tracing::debug!(?grace, "MCP session did not close in time; dropped")
+        }
+        Err(err) => {
+            metrics.teardown_failed();
+            tracing::debug!(error = %err, "MCP session task failed while closing")
+        }
     }
     drop(service);
     if let Some(child) = child {

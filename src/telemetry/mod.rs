@@ -1,8 +1,11 @@
-//! Logs: `tracing` to stderr, filtered by `RUST_LOG`, as text or JSON lines.
+//! Logs: `tracing` to stderr, filtered by `RUST_LOG`, as text or JSON lines;
+//! metrics: see [`metrics`].
 //!
 //! rmcp's own events are off by default: they repeat, in its terms, failures
 //! that mcpd already reports on the RPC's log line in words an operator can
 //! act on (`RUST_LOG=info,rmcp=debug` brings them back).
+
+pub mod metrics;
 
 use std::io::IsTerminal;
 

@@ -1,10 +1,15 @@
 //! Command line and environment: every flag has an `MCPD_*` twin.
 
-use std::{net::SocketAddr, time::Duration};
+use std::{
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    time::Duration,
+};
 
 use clap::{Args, Parser, Subcommand};
 
 use crate::{
+    api::{PemFile, TlsSettings},
     manager::Limits,
     mcp::{
         McpSettings, OAuthSettings, PoolLimits,
@@ -83,6 +88,17 @@ pub struct ServeArgs {
     /// Address to serve gRPC on.
     #[arg(long, env = "MCPD_LISTEN", default_value = "127.0.0.1:50051")]
     pub listen: SocketAddr,
+    /// Serve gRPC over TLS with this certificate chain (PEM, leaf first).
+    /// Needs --tls-key.
+    #[arg(long, env = "MCPD_TLS_CERT", value_name = "PATH", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert (PEM: PKCS#8, PKCS#1 or SEC1).
+    #[arg(long, env = "MCPD_TLS_KEY", value_name = "PATH", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// Mutual TLS: refuse clients without a certificate signed by one of
+    /// these CAs (PEM bundle). Needs --tls-cert and --tls-key.
+    #[arg(long, env = "MCPD_TLS_CLIENT_CA", value_name = "PATH", requires_all = ["tls_cert", "tls_key"])]
+    pub tls_client_ca: Option<PathBuf>,
     #[command(flatten)]
     pub database: DatabaseArgs,
     /// Spawning or reaching an MCP server and its initialize handshake.
@@ -180,7 +196,48 @@ impl DatabaseArgs {
     }
 }
 
+/// A file named by a flag that could not be read.
+#[derive(Debug, thiserror::Error)]
+#[error("reading {flag} {}", path.display())]
+pub struct ReadError {
+    pub flag: &'static str,
+    pub path: PathBuf,
+    #[source]
+    pub source: std::io::Error,
+}
+
+fn read_pem(flag: &'static str, path: &Path) -> Result<PemFile, ReadError> {
+    match std::fs::read(path) {
+        Ok(pem) => Ok(PemFile {
+            path: path.to_owned(),
+            pem,
+        }),
+        Err(source) => Err(ReadError {
+            flag,
+            path: path.to_owned(),
+            source,
+        }),
+    }
+}
+
 impl ServeArgs {
+    /// The TLS files, read; `None` when --tls-cert is not given (clap has
+    /// made sure the flags come together).
+    pub fn tls_settings(&self) -> Result<Option<TlsSettings>, ReadError> {
+        let (Some(cert), Some(key)) = (&self.tls_cert, &self.tls_key) else {
+            return Ok(None);
+        };
+        Ok(Some(TlsSettings {
+            cert: read_pem("--tls-cert", cert)?,
+            key: read_pem("--tls-key", key)?,
+            client_ca: self
+                .tls_client_ca
+                .as_deref()
+                .map(|ca| read_pem("--tls-client-ca", ca))
+                .transpose()?,
+        }))
+    }
+
     pub fn mcp_settings(&self) -> Result<McpSettings, PolicyError> {
         Ok(McpSettings {
             connect_timeout: self.mcp_connect_timeout,

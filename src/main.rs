@@ -25,6 +25,12 @@ async fn main() -> anyhow::Result<()> {
             );
         }
         Command::Serve(args) => {
+            // First: a wrong file should stop the daemon before it touches
+            // the database.
+            let tls = args.tls_settings()?;
+            if let Some(tls) = &tls {
+                tls.check()?;
+            }
             let settings = args.database.store_settings()?;
             tracing::info!(
                 backend = settings.url.backend_name(),
@@ -68,6 +74,7 @@ async fn main() -> anyhow::Result<()> {
                 manager,
                 ServeOptions {
                     drain_timeout: args.shutdown_timeout,
+                    tls,
                 },
                 shutdown_signal(),
             )

@@ -12,6 +12,7 @@ mod observe;
 mod service;
 mod status;
 mod stream;
+mod tls;
 mod watch;
 
 use std::{future::Future, net::SocketAddr, time::Duration};
@@ -23,6 +24,7 @@ use tonic::transport::{Server, server::TcpIncoming};
 pub use auth::AUTHORIZATION_HEADER;
 pub use http::HttpEdge;
 pub use service::{MCP_US_HEADER, McpServerApi, PEAK_CONNECTIONS_HEADER, PERSIST_US_HEADER};
+pub use tls::{PemFile, TlsError, TlsSettings};
 
 use crate::{manager::Manager, proto, telemetry::metrics::Registry};
 
@@ -30,6 +32,16 @@ use crate::{manager::Manager, proto, telemetry::metrics::Registry};
 pub struct ServeOptions {
     /// After a shutdown signal, how long in-flight calls get to finish.
     pub drain_timeout: Duration,
+    /// TLS on the gRPC listener; plaintext when `None`.
+    pub tls: Option<TlsSettings>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    #[error(transparent)]
+    Transport(#[from] tonic::transport::Error),
 }
 
 /// Serves until `shutdown` completes, then stops accepting calls, lets the
@@ -42,8 +54,13 @@ pub async fn serve(
     manager: Manager,
     options: ServeOptions,
     shutdown: impl Future<Output = ()> + Send + 'static,
-) -> Result<(), tonic::transport::Error> {
+) -> Result<(), ServeError> {
     let local: Option<SocketAddr> = listener.local_addr().ok();
+    // Before anything is spawned: a bad certificate leaves nothing running.
+    let builder = match &options.tls {
+        Some(tls) => tls.apply(Server::builder())?,
+        None => Server::builder(),
+    };
     let stopping = CancellationToken::new();
     let (health_reporter, health_service) = health::service(stopping.clone());
     health_reporter
@@ -107,7 +124,7 @@ pub async fn serve(
     };
     // Outermost first: the observer sees every answer as the client gets
     // it (refusals by the key check and the codes rewritten below included).
-    let server = Server::builder()
+    let server = builder
         .layer(observe)
         .layer(auth::AuthLayer::new(manager.clone()))
         .layer(tower::util::MapResponseLayer::new(
@@ -134,7 +151,19 @@ pub async fn serve(
         )
         .serve_with_incoming_shutdown(TcpIncoming::from(listener).with_nodelay(Some(true)), signal);
     if let Some(addr) = local {
-        tracing::info!(%addr, "mcpd listening");
+        let mode = match &options.tls {
+            None => "off",
+            Some(tls) if tls.client_ca.is_some() => "mutual",
+            Some(_) => "on",
+        };
+        tracing::info!(%addr, tls = mode, "mcpd listening");
+        if tls::exposed_in_clear(addr.ip(), options.tls.is_some()) {
+            tracing::warn!(
+                %addr,
+                "serving gRPC without TLS on a non-loopback address: API keys and tool \
+                 calls cross the network in clear text; give --tls-cert and --tls-key"
+            );
+        }
     }
 
     let drain = options.drain_timeout;
@@ -151,7 +180,7 @@ pub async fn serve(
     }
     manager.shutdown().await;
     tracing::info!("mcpd stopped");
-    result
+    result.map_err(ServeError::from)
 }
 
 /// How often authorizations nobody finished, and events past their

@@ -32,7 +32,10 @@ pub use spawn::{
     Announced, HttpTestServer, On, address_after, after_prefix, refused_port, spawn_announcing,
 };
 use tokio::{sync::oneshot, task::JoinHandle};
-use tonic::{Request, Status, transport::Channel};
+use tonic::{
+    Request, Status,
+    transport::{Channel, ClientTlsConfig},
+};
 #[allow(unused_imports)]
 pub use wait::{Pidfile, Pids, assert_gone, process_alive, wait_for, wait_until};
 
@@ -169,6 +172,15 @@ pub struct DaemonOptions {
     pub mcp: McpSettings,
     pub limits: Limits,
     pub event_retention: mcpd::store::EventRetention,
+    /// Serve gRPC over TLS; the harness's own clients (`channel`, `org`)
+    /// then connect with `DaemonTls::client`.
+    pub tls: Option<DaemonTls>,
+}
+
+#[derive(Debug, Clone)]
+pub struct DaemonTls {
+    pub server: api::TlsSettings,
+    pub client: ClientTlsConfig,
 }
 
 impl Default for DaemonOptions {
@@ -179,6 +191,7 @@ impl Default for DaemonOptions {
             mcp: test_mcp_settings(),
             limits: Limits::default(),
             event_retention: Default::default(),
+            tls: None,
         }
     }
 }
@@ -208,6 +221,7 @@ pub struct Daemon {
     pub addr: std::net::SocketAddr,
     /// The HTTP listener (OAuth callback).
     pub http_addr: std::net::SocketAddr,
+    client_tls: Option<ClientTlsConfig>,
     stop: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<()>>,
 }
@@ -260,6 +274,10 @@ impl Daemon {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (stop, stopped) = oneshot::channel::<()>();
+        let (tls, client_tls) = match options.tls {
+            Some(DaemonTls { server, client }) => (Some(server), Some(client)),
+            None => (None, None),
+        };
         let task = tokio::spawn({
             let manager = manager.clone();
             async move {
@@ -272,6 +290,7 @@ impl Daemon {
                     manager,
                     ServeOptions {
                         drain_timeout: Duration::from_secs(10),
+                        tls,
                     },
                     async move {
                         let _ = stopped.await;
@@ -288,6 +307,7 @@ impl Daemon {
             manager,
             addr,
             http_addr,
+            client_tls,
             stop: Some(stop),
             task: Some(task),
         }
@@ -300,7 +320,11 @@ impl Daemon {
 
     /// A connected channel to the daemon, for any of its services.
     pub async fn channel(&self) -> Channel {
-        connect(self.addr).await
+        let endpoint = endpoint(self.addr, self.client_tls.clone());
+        match try_connect(self.addr, self.client_tls.clone()).await {
+            Ok(channel) => channel,
+            Err(e) => panic!("connecting to the daemon at {endpoint}: {e:?}"),
+        }
     }
 
     /// The registry's tables, read behind the daemon's back.
@@ -338,12 +362,29 @@ impl Drop for Daemon {
 
 /// A channel to a daemon that is listening already.
 pub async fn connect(addr: std::net::SocketAddr) -> Channel {
-    let endpoint = format!("http://{addr}");
-    Channel::from_shared(endpoint.clone())
-        .unwrap()
-        .connect()
+    try_connect(addr, None)
         .await
-        .unwrap_or_else(|e| panic!("connecting to the daemon at {endpoint}: {e}"))
+        .unwrap_or_else(|e| panic!("connecting to the daemon at {addr}: {e}"))
+}
+
+/// The daemon's URL: `https` when the client speaks TLS.
+pub fn endpoint(addr: std::net::SocketAddr, tls: Option<ClientTlsConfig>) -> String {
+    match tls {
+        Some(_) => format!("https://{addr}"),
+        None => format!("http://{addr}"),
+    }
+}
+
+/// A channel to a daemon that is listening already, over TLS with `tls`.
+pub async fn try_connect(
+    addr: std::net::SocketAddr,
+    tls: Option<ClientTlsConfig>,
+) -> Result<Channel, tonic::transport::Error> {
+    let mut endpoint = Channel::from_shared(endpoint(addr, tls.clone())).unwrap();
+    if let Some(tls) = tls {
+        endpoint = endpoint.tls_config(tls)?;
+    }
+    endpoint.connect().await
 }
 
 /// Organizations the tests act for; each test daemon has a key for each.

@@ -29,6 +29,7 @@ from pathlib import Path
 
 import grpc
 import pytest
+import trustme
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from mcpd_client import AUTHORIZATION_HEADER, McpdClient, bearer, mcpd_pb2, mcpd_pb2_grpc
@@ -117,10 +118,20 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def _wait_until_serving(daemon: Daemon, timeout: float = 30.0) -> None:
+def _channel(address: str, ca: Path | None = None) -> grpc.Channel:
+    """Plaintext, or TLS trusting the CA certificate in `ca`."""
+    if ca is None:
+        return grpc.insecure_channel(address)
+    credentials = grpc.ssl_channel_credentials(root_certificates=ca.read_bytes())
+    # The test certificates are for "localhost" (and 127.0.0.1).
+    options = [("grpc.ssl_target_name_override", "localhost")]
+    return grpc.secure_channel(address, credentials, options=options)
+
+
+def _wait_until_serving(daemon: Daemon, timeout: float = 30.0, ca: Path | None = None) -> None:
     """Polls the gRPC health check until mcpd's service reports SERVING."""
     deadline = time.monotonic() + timeout
-    with grpc.insecure_channel(daemon.address) as channel:
+    with _channel(daemon.address, ca) as channel:
         health = health_pb2_grpc.HealthStub(channel)
         while True:
             code = daemon.process.poll()
@@ -146,11 +157,24 @@ def daemon(tmp_path_factory) -> Iterator[Daemon]:
 
     Its policy allows exactly what the tests need: the test server as a stdio
     program, and loopback for the remote (HTTP) servers."""
+    daemon = _start_mcpd(tmp_path_factory.mktemp("mcpd"), f"127.0.0.1:{_free_port()}")
+    yield daemon
+    _stop_mcpd(daemon)
+
+
+def _start_mcpd(
+    workdir: Path,
+    address: str,
+    *extra: str | Path,
+    listen: str | None = None,
+    ca: Path | None = None,
+) -> Daemon:
+    """mcpd with `extra` flags, reached at `address`, listening there or at
+    `listen`; returned once SERVING (checked over TLS trusting `ca` when
+    given)."""
     for binary in (MCPD_BIN, TEST_SERVER_BIN):
         if not os.access(binary, os.X_OK):
             pytest.fail(f"{binary} is missing: build it with cargo (see README.md)")
-    workdir = tmp_path_factory.mktemp("mcpd")
-    address = f"127.0.0.1:{_free_port()}"
     log_path = workdir / "mcpd.log"
     with log_path.open("wb") as log:
         process = subprocess.Popen(
@@ -158,7 +182,7 @@ def daemon(tmp_path_factory) -> Iterator[Daemon]:
                 MCPD_BIN,
                 "serve",
                 "--listen",
-                address,
+                listen or address,
                 "--http-listen",
                 "127.0.0.1:0",
                 "--database-url",
@@ -169,6 +193,7 @@ def daemon(tmp_path_factory) -> Iterator[Daemon]:
                 TEST_SERVER_BIN,
                 "--outbound-allow",
                 "127.0.0.0/8,::1/128",
+                *extra,
             ],
             cwd=workdir,
             stdin=subprocess.DEVNULL,
@@ -178,14 +203,17 @@ def daemon(tmp_path_factory) -> Iterator[Daemon]:
         )
     daemon = Daemon(address, process, workdir, log_path)
     try:
-        _wait_until_serving(daemon)
+        _wait_until_serving(daemon, ca=ca)
     except BaseException:
         process.kill()
         process.wait()
         raise
+    return daemon
 
-    yield daemon
 
+def _stop_mcpd(daemon: Daemon) -> None:
+    """SIGTERM, which must end mcpd with exit code 0."""
+    process = daemon.process
     process.send_signal(signal.SIGTERM)
     try:
         code = process.wait(timeout=30)
@@ -562,9 +590,15 @@ def _grpcurl_path() -> str:
 
 
 def run_grpcurl(
-    daemon: Daemon, *args: str, key: str | None = None, data: dict | None = None
+    daemon: Daemon,
+    *args: str,
+    key: str | None = None,
+    data: dict | None = None,
+    transport: tuple[str, ...] = ("-plaintext",),
 ) -> subprocess.CompletedProcess:
-    command = [_grpcurl_path(), "-plaintext"]
+    """grpcurl against `daemon`; `transport` are its connection flags
+    (plaintext by default; with none, TLS trusting the system's CAs)."""
+    command = [_grpcurl_path(), *transport]
     if key is not None:
         command += ["-H", f"{AUTHORIZATION_HEADER}: Bearer {key}"]
     if data is not None:
@@ -574,8 +608,14 @@ def run_grpcurl(
     )
 
 
-def grpcurl(daemon: Daemon, *args: str, key: str | None = None, data: dict | None = None) -> str:
-    result = run_grpcurl(daemon, *args, key=key, data=data)
+def grpcurl(
+    daemon: Daemon,
+    *args: str,
+    key: str | None = None,
+    data: dict | None = None,
+    transport: tuple[str, ...] = ("-plaintext",),
+) -> str:
+    result = run_grpcurl(daemon, *args, key=key, data=data, transport=transport)
     assert result.returncode == 0, f"grpcurl {args} failed:\n{result.stderr}"
     return result.stdout
 
@@ -670,3 +710,118 @@ def test_grpcurl_health_check(daemon: Daemon):
     for request in ({}, {"service": SERVICE}):
         reply = json.loads(grpcurl(daemon, "grpc.health.v1.Health/Check", data=request))
         assert reply == {"status": "SERVING"}
+
+
+# --- TLS on the gRPC listener -------------------------------------------------
+
+# mcpd's start-up warning when it serves plaintext beyond loopback.
+PLAINTEXT_WARNING = "serving gRPC without TLS on a non-loopback address"
+
+
+@dataclass
+class TlsFiles:
+    ca: Path
+    cert: Path
+    key: Path
+
+    def flags(self) -> tuple[str | Path, ...]:
+        return ("--tls-cert", self.cert, "--tls-key", self.key)
+
+
+@pytest.fixture(scope="module")
+def tls_files(tmp_path_factory) -> TlsFiles:
+    """A CA made for this run and a server certificate it signed for
+    localhost and 127.0.0.1, as PEM files."""
+    directory = tmp_path_factory.mktemp("tls")
+    ca = trustme.CA()
+    issued = ca.issue_cert("localhost", "127.0.0.1")
+    files = TlsFiles(directory / "ca.pem", directory / "server.pem", directory / "server.key")
+    ca.cert_pem.write_to_path(str(files.ca))
+    with files.cert.open("wb") as cert:
+        for blob in issued.cert_chain_pems:
+            cert.write(blob.bytes())
+    issued.private_key_pem.write_to_path(str(files.key))
+    return files
+
+
+@pytest.fixture(scope="module")
+def tls_daemon(tmp_path_factory, tls_files: TlsFiles) -> Iterator[Daemon]:
+    """A real mcpd serving gRPC over TLS only, on a loopback port."""
+    workdir = tmp_path_factory.mktemp("mcpd-tls")
+    address = f"127.0.0.1:{_free_port()}"
+    daemon = _start_mcpd(workdir, address, *tls_files.flags(), ca=tls_files.ca)
+    yield daemon
+    _stop_mcpd(daemon)
+
+
+def test_tls_grpcurl_with_cacert(tls_daemon: Daemon, tls_files: TlsFiles):
+    cacert = ("-cacert", str(tls_files.ca))
+    for request in ({}, {"service": SERVICE}):
+        reply = grpcurl(tls_daemon, "grpc.health.v1.Health/Check", data=request, transport=cacert)
+        assert reply and json.loads(reply) == {"status": "SERVING"}
+
+    key = create_key(tls_daemon, fresh_org()).key
+    create = {
+        "server_name": "over-tls",
+        "stdio": {"command": str(TEST_SERVER_BIN), "args": STDIO_ARGS},
+    }
+    created = json.loads(
+        grpcurl(tls_daemon, f"{SERVICE}/CreateMcpServer", key=key, data=create, transport=cacert)
+    )
+    assert created["server"]["toolCount"] == 3
+    # The name in the certificate rather than the address.
+    by_name = (*cacert, "-authority", "localhost")
+    listed = json.loads(
+        grpcurl(tls_daemon, f"{SERVICE}/ListMcpServers", key=key, data={}, transport=by_name)
+    )
+    assert [s["id"] for s in listed["servers"]] == [created["server"]["id"]]
+
+
+def test_tls_grpcurl_without_cacert_fails_the_certificate_check(tls_daemon: Daemon):
+    # No -cacert: grpcurl trusts only the system's CAs, which never signed this.
+    result = run_grpcurl(tls_daemon, "grpc.health.v1.Health/Check", data={}, transport=())
+    assert result.returncode != 0, result.stdout
+    assert "certificate signed by unknown authority" in result.stderr, result.stderr
+
+
+def test_tls_port_refuses_plaintext(tls_daemon: Daemon):
+    result = run_grpcurl(tls_daemon, "grpc.health.v1.Health/Check", data={})
+    assert result.returncode != 0, result.stdout
+    assert "SERVING" not in result.stdout
+
+
+def test_tls_python_client(tls_daemon: Daemon, tls_files: TlsFiles):
+    with _channel(tls_daemon.address, tls_files.ca) as channel:
+        health = health_pb2_grpc.HealthStub(channel)
+        reply = health.Check(health_pb2.HealthCheckRequest(service=SERVICE), timeout=10)
+        assert reply.status == SERVING
+
+
+def test_tls_plaintext_warning_only_beyond_loopback(daemon: Daemon, tmp_path_factory, tls_files):
+    # Loopback, plaintext: no warning.
+    assert "mcpd listening" in daemon.log()
+    assert PLAINTEXT_WARNING not in daemon.log()
+
+    # All interfaces, but only ever reached over loopback here.
+    port = _free_port()
+    exposed = _start_mcpd(
+        tmp_path_factory.mktemp("mcpd-any"), f"127.0.0.1:{port}", listen=f"0.0.0.0:{port}"
+    )
+    _stop_mcpd(exposed)
+    warnings = [line for line in exposed.log().splitlines() if PLAINTEXT_WARNING in line]
+    assert len(warnings) == 1, exposed.log()
+    assert "--tls-cert" in warnings[0] and "--tls-key" in warnings[0], warnings[0]
+    assert "WARN" in warnings[0], warnings[0]
+
+    # All interfaces with TLS: no warning.
+    port = _free_port()
+    secured = _start_mcpd(
+        tmp_path_factory.mktemp("mcpd-any-tls"),
+        f"127.0.0.1:{port}",
+        *tls_files.flags(),
+        listen=f"0.0.0.0:{port}",
+        ca=tls_files.ca,
+    )
+    _stop_mcpd(secured)
+    assert "mcpd listening" in secured.log()
+    assert PLAINTEXT_WARNING not in secured.log(), secured.log()

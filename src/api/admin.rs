@@ -26,32 +26,29 @@ impl AdminService for AdminApi {
         request: Request<proto::GetStatsRequest>,
     ) -> Result<Response<proto::GetStatsResponse>, Status> {
         // Daemon-wide figures, no tenant data: any valid key may read them.
-        for_caller(
-            request,
-            |_org, body| async move {
-                let stats = self.manager.stats();
-                let pool = stats.pool;
-                if body.reset_peaks {
-                    self.manager.reset_peaks();
-                }
-                let clamp = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
-                Ok(Response::new(proto::GetStatsResponse {
-                    pool_max_size: pool.max_size,
-                    pool_open: pool.open,
-                    pool_idle: pool.idle,
-                    pool_checked_out: clamp(pool.checked_out),
-                    pool_peak_checked_out: clamp(pool.peak_checked_out),
-                    pool_checkouts: pool.checkouts,
-                    pool_timeouts: pool.timeouts,
-                    open_mcp_sessions: clamp(stats.open_mcp_sessions),
-                    rss_bytes: rss_bytes().unwrap_or(0),
-                    live_sessions: clamp(stats.live.live_sessions),
-                    calls_in_flight: clamp(stats.live.calls_in_flight),
-                    session_opens: stats.live.session_opens,
-                    session_reuses: stats.live.session_reuses,
-                }))
-            },
-        )
+        for_caller(request, |_org, body| async move {
+            let stats = self.manager.stats();
+            let pool = stats.pool;
+            if body.reset_peaks {
+                self.manager.reset_peaks();
+            }
+            let clamp = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
+            Ok(Response::new(proto::GetStatsResponse {
+                pool_max_size: pool.max_size,
+                pool_open: pool.open,
+                pool_idle: pool.idle,
+                pool_checked_out: clamp(pool.checked_out),
+                pool_peak_checked_out: clamp(pool.peak_checked_out),
+                pool_checkouts: pool.checkouts,
+                pool_timeouts: pool.timeouts,
+                open_mcp_sessions: clamp(stats.open_mcp_sessions),
+                rss_bytes: rss_bytes().unwrap_or(0),
+                live_sessions: clamp(stats.live.live_sessions),
+                calls_in_flight: clamp(stats.live.calls_in_flight),
+                session_opens: stats.live.session_opens,
+                session_reuses: stats.live.session_reuses,
+            }))
+        })
         .await
     }
 }

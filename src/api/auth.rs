@@ -118,9 +118,7 @@ where
                     if let Some(slot) = request.extensions().get::<CallerSlot>() {
                         slot.set(&organization);
                     }
-                    request
-                        .extensions_mut()
-                        .insert(Caller(organization.into()));
+                    request.extensions_mut().insert(Caller(organization.into()));
                     inner.call(request).await
                 }
                 Err(status) => Ok(status.into_http()),

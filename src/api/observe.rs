@@ -327,7 +327,10 @@ mod tests {
             .0
             .get("/mcpd.v1.McpServerService/CreateMcpServer")
             .expect("a served method");
-        assert_eq!((&**service, &**method), ("mcpd.v1.McpServerService", "CreateMcpServer"));
+        assert_eq!(
+            (&**service, &**method),
+            ("mcpd.v1.McpServerService", "CreateMcpServer")
+        );
         assert!(methods.0.contains_key("/mcpd.v1.AdminService/GetStats"));
         assert!(!methods.0.contains_key("/mcpd.v1.McpServerService/MadeUp"));
     }

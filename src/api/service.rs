@@ -100,19 +100,16 @@ impl McpServerService for McpServerApi {
         request: Request<proto::CallMcpToolRequest>,
     ) -> Result<Response<proto::CallMcpToolResponse>, Status> {
         let deadline = deadline::of(&request);
-        for_caller(
-            request,
-            |org, body| async move {
-                // Not detached: a caller that goes away cancels the call, and
-                // the MCP server is told so (notifications/cancelled).
-                let (result, stats) = self
-                    .manager
-                    .call_tool(&org, convert::call_tool(body), deadline)
-                    .await;
-                let result = result.map_err(to_status)?;
-                Ok(with_stats(convert::tool_call_result(result), stats))
-            },
-        )
+        for_caller(request, |org, body| async move {
+            // Not detached: a caller that goes away cancels the call, and
+            // the MCP server is told so (notifications/cancelled).
+            let (result, stats) = self
+                .manager
+                .call_tool(&org, convert::call_tool(body), deadline)
+                .await;
+            let result = result.map_err(to_status)?;
+            Ok(with_stats(convert::tool_call_result(result), stats))
+        })
         .await
     }
 
@@ -127,31 +124,28 @@ impl McpServerService for McpServerApi {
         &self,
         request: Request<proto::CreateMcpServerRequest>,
     ) -> Result<Response<proto::CreateMcpServerResponse>, Status> {
-        for_caller(
-            request,
-            |org, body| async move {
-                let create = CreateServer {
-                    name: body.server_name,
-                    tool_prefix: body.tool_prefix,
-                    transport: convert::transport_request(body.transport),
-                };
-                let manager = self.manager.clone();
-                let (created, stats) =
-                    detached(async move { manager.create_server(&org, create).await }).await?;
-                Ok(with_stats(
-                    proto::CreateMcpServerResponse {
-                        server: Some(convert::server(created.server)),
-                        tools: created.tools.into_iter().map(convert::tool).collect(),
-                        failed_tools: created
-                            .failed_tools
-                            .into_iter()
-                            .map(convert::failed_tool)
-                            .collect(),
-                    },
-                    stats,
-                ))
-            },
-        )
+        for_caller(request, |org, body| async move {
+            let create = CreateServer {
+                name: body.server_name,
+                tool_prefix: body.tool_prefix,
+                transport: convert::transport_request(body.transport),
+            };
+            let manager = self.manager.clone();
+            let (created, stats) =
+                detached(async move { manager.create_server(&org, create).await }).await?;
+            Ok(with_stats(
+                proto::CreateMcpServerResponse {
+                    server: Some(convert::server(created.server)),
+                    tools: created.tools.into_iter().map(convert::tool).collect(),
+                    failed_tools: created
+                        .failed_tools
+                        .into_iter()
+                        .map(convert::failed_tool)
+                        .collect(),
+                },
+                stats,
+            ))
+        })
         .await
     }
 
@@ -159,24 +153,20 @@ impl McpServerService for McpServerApi {
         &self,
         request: Request<proto::CloseMcpServerRequest>,
     ) -> Result<Response<proto::CloseMcpServerResponse>, Status> {
-        for_caller(
-            request,
-            |org, body| async move {
-                let manager = self.manager.clone();
-                let server_id = body.server_id.clone();
-                let (closed, stats) =
-                    detached(async move { manager.close_server(&org, &body.server_id).await })
-                        .await?;
-                Ok(with_stats(
-                    proto::CloseMcpServerResponse {
-                        server_id,
-                        removed_tools: closed.removed_tools,
-                        removed_mappings: closed.removed_mappings,
-                    },
-                    stats,
-                ))
-            },
-        )
+        for_caller(request, |org, body| async move {
+            let manager = self.manager.clone();
+            let server_id = body.server_id.clone();
+            let (closed, stats) =
+                detached(async move { manager.close_server(&org, &body.server_id).await }).await?;
+            Ok(with_stats(
+                proto::CloseMcpServerResponse {
+                    server_id,
+                    removed_tools: closed.removed_tools,
+                    removed_mappings: closed.removed_mappings,
+                },
+                stats,
+            ))
+        })
         .await
     }
 
@@ -184,32 +174,29 @@ impl McpServerService for McpServerApi {
         &self,
         request: Request<proto::UpdateMcpServerRequest>,
     ) -> Result<Response<proto::UpdateMcpServerResponse>, Status> {
-        for_caller(
-            request,
-            |org, body| async move {
-                let update = UpdateServer {
-                    server_id: body.server_id,
-                    mask: body.update_mask.map(|m| m.paths).unwrap_or_default(),
-                    name: body.server_name,
-                    tool_prefix: body.tool_prefix,
-                    transport: convert::update_transport(body.transport),
-                };
-                let manager = self.manager.clone();
-                let (updated, stats) =
-                    detached(async move { manager.update_server(&org, update).await }).await?;
-                let changes = convert::tool_changes(updated);
-                Ok(with_stats(
-                    proto::UpdateMcpServerResponse {
-                        server: changes.server,
-                        added: changes.added,
-                        updated: changes.updated,
-                        removed: changes.removed,
-                        failed_tools: changes.failed_tools,
-                    },
-                    stats,
-                ))
-            },
-        )
+        for_caller(request, |org, body| async move {
+            let update = UpdateServer {
+                server_id: body.server_id,
+                mask: body.update_mask.map(|m| m.paths).unwrap_or_default(),
+                name: body.server_name,
+                tool_prefix: body.tool_prefix,
+                transport: convert::update_transport(body.transport),
+            };
+            let manager = self.manager.clone();
+            let (updated, stats) =
+                detached(async move { manager.update_server(&org, update).await }).await?;
+            let changes = convert::tool_changes(updated);
+            Ok(with_stats(
+                proto::UpdateMcpServerResponse {
+                    server: changes.server,
+                    added: changes.added,
+                    updated: changes.updated,
+                    removed: changes.removed,
+                    failed_tools: changes.failed_tools,
+                },
+                stats,
+            ))
+        })
         .await
     }
 
@@ -217,16 +204,13 @@ impl McpServerService for McpServerApi {
         &self,
         request: Request<proto::SyncMcpServerToolsRequest>,
     ) -> Result<Response<proto::SyncMcpServerToolsResponse>, Status> {
-        for_caller(
-            request,
-            |org, body| async move {
-                let manager = self.manager.clone();
-                let (synced, stats) =
-                    detached(async move { manager.sync_server_tools(&org, &body.server_id).await })
-                        .await?;
-                Ok(with_stats(convert::tool_changes(synced), stats))
-            },
-        )
+        for_caller(request, |org, body| async move {
+            let manager = self.manager.clone();
+            let (synced, stats) =
+                detached(async move { manager.sync_server_tools(&org, &body.server_id).await })
+                    .await?;
+            Ok(with_stats(convert::tool_changes(synced), stats))
+        })
         .await
     }
 
@@ -234,19 +218,16 @@ impl McpServerService for McpServerApi {
         &self,
         request: Request<proto::GetMcpServerRequest>,
     ) -> Result<Response<proto::GetMcpServerResponse>, Status> {
-        for_caller(
-            request,
-            |org, body| async move {
-                let server = self
-                    .manager
-                    .get_server(&org, &body.server_id)
-                    .await
-                    .map_err(to_status)?;
-                Ok(Response::new(proto::GetMcpServerResponse {
-                    server: Some(convert::server(server)),
-                }))
-            },
-        )
+        for_caller(request, |org, body| async move {
+            let server = self
+                .manager
+                .get_server(&org, &body.server_id)
+                .await
+                .map_err(to_status)?;
+            Ok(Response::new(proto::GetMcpServerResponse {
+                server: Some(convert::server(server)),
+            }))
+        })
         .await
     }
 
@@ -254,24 +235,21 @@ impl McpServerService for McpServerApi {
         &self,
         request: Request<proto::ListMcpServersRequest>,
     ) -> Result<Response<proto::ListMcpServersResponse>, Status> {
-        for_caller(
-            request,
-            |org, body| async move {
-                let filter = ServerFilter {
-                    state: convert::state_filter(body.state)?,
-                    name_prefix: body.name_prefix,
-                };
-                let page = self
-                    .manager
-                    .list_servers(&org, &filter, body.page_size, &body.page_token)
-                    .await
-                    .map_err(to_status)?;
-                Ok(Response::new(proto::ListMcpServersResponse {
-                    servers: page.items.into_iter().map(convert::server).collect(),
-                    next_page_token: page.next_page_token,
-                }))
-            },
-        )
+        for_caller(request, |org, body| async move {
+            let filter = ServerFilter {
+                state: convert::state_filter(body.state)?,
+                name_prefix: body.name_prefix,
+            };
+            let page = self
+                .manager
+                .list_servers(&org, &filter, body.page_size, &body.page_token)
+                .await
+                .map_err(to_status)?;
+            Ok(Response::new(proto::ListMcpServersResponse {
+                servers: page.items.into_iter().map(convert::server).collect(),
+                next_page_token: page.next_page_token,
+            }))
+        })
         .await
     }
 
@@ -279,38 +257,35 @@ impl McpServerService for McpServerApi {
         &self,
         request: Request<proto::ListMcpServerToolsRequest>,
     ) -> Result<Response<proto::ListMcpServerToolsResponse>, Status> {
-        for_caller(
-            request,
-            |org, body| async move {
-                if body.server_id.is_empty() {
-                    let page = self
-                        .manager
-                        .list_catalogue(&org, body.page_size, &body.page_token)
-                        .await
-                        .map_err(to_status)?;
-                    return Ok(Response::new(proto::ListMcpServerToolsResponse {
-                        tools: page
-                            .items
-                            .into_iter()
-                            .map(|(tool, shared)| proto::Tool {
-                                qualified_name_shared: shared,
-                                ..convert::tool(tool)
-                            })
-                            .collect(),
-                        next_page_token: page.next_page_token,
-                    }));
-                }
+        for_caller(request, |org, body| async move {
+            if body.server_id.is_empty() {
                 let page = self
                     .manager
-                    .list_server_tools(&org, &body.server_id, body.page_size, &body.page_token)
+                    .list_catalogue(&org, body.page_size, &body.page_token)
                     .await
                     .map_err(to_status)?;
-                Ok(Response::new(proto::ListMcpServerToolsResponse {
-                    tools: page.items.into_iter().map(convert::tool).collect(),
+                return Ok(Response::new(proto::ListMcpServerToolsResponse {
+                    tools: page
+                        .items
+                        .into_iter()
+                        .map(|(tool, shared)| proto::Tool {
+                            qualified_name_shared: shared,
+                            ..convert::tool(tool)
+                        })
+                        .collect(),
                     next_page_token: page.next_page_token,
-                }))
-            },
-        )
+                }));
+            }
+            let page = self
+                .manager
+                .list_server_tools(&org, &body.server_id, body.page_size, &body.page_token)
+                .await
+                .map_err(to_status)?;
+            Ok(Response::new(proto::ListMcpServerToolsResponse {
+                tools: page.items.into_iter().map(convert::tool).collect(),
+                next_page_token: page.next_page_token,
+            }))
+        })
         .await
     }
 }

@@ -266,15 +266,14 @@ impl McpConnector {
         let service = handler.service(start == Start::Legacy);
         match spec {
             Transport::Stdio { command, args, env } => {
-                let (mut child, stdout, stdin) =
-                    ChildProcess::spawn(
-                        command,
-                        args,
-                        env,
-                        &self.settings.stdio_env_passthrough,
-                        &self.metrics,
-                    )
-                        .map_err(Failure::Final)?;
+                let (mut child, stdout, stdin) = ChildProcess::spawn(
+                    command,
+                    args,
+                    env,
+                    &self.settings.stdio_env_passthrough,
+                    &self.metrics,
+                )
+                .map_err(Failure::Final)?;
                 tracing::debug!(program = %command, pid = ?child.pid(), "spawned stdio MCP server");
                 let malformed = Malformed::default();
                 let (sink, stream) = stdio::transport(stdout, stdin, malformed.clone());

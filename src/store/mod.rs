@@ -43,8 +43,8 @@ pub use queries::{CreatedServer, DeletedServer};
 pub use sealer::{Sealer, SealerError};
 pub use sync::{ServerUpdate, SyncedTools};
 
-use metrics::{LeaseCount, PoolMetrics};
 use crate::telemetry::metrics as exposition;
+use metrics::{LeaseCount, PoolMetrics};
 
 /// A metric's name, help and how it reads the pool's figures.
 type Pulled<T> = (&'static str, &'static str, fn(&PoolStats) -> T);
@@ -264,19 +264,47 @@ impl Store {
     /// The pool's figures, read when scraped.
     pub fn register_metrics(&self, registry: &exposition::Registry) {
         let gauges: [Pulled<f64>; 5] = [
-            ("mcpd_db_pool_max_connections", "Connections the pool may open (--pool-size).", |p| p.max_size.into()),
-            ("mcpd_db_pool_connections_open", "Connections open, idle or checked out.", |p| p.open.into()),
-            ("mcpd_db_pool_connections_idle", "Open connections nobody holds.", |p| p.idle.into()),
-            ("mcpd_db_pool_connections_checked_out", "Connections held by calls and background work now.", |p| p.checked_out as f64),
-            ("mcpd_db_pool_connections_checked_out_peak", "Most connections held at once since start (or GetStats' reset_peaks).", |p| p.peak_checked_out as f64),
+            (
+                "mcpd_db_pool_max_connections",
+                "Connections the pool may open (--pool-size).",
+                |p| p.max_size.into(),
+            ),
+            (
+                "mcpd_db_pool_connections_open",
+                "Connections open, idle or checked out.",
+                |p| p.open.into(),
+            ),
+            (
+                "mcpd_db_pool_connections_idle",
+                "Open connections nobody holds.",
+                |p| p.idle.into(),
+            ),
+            (
+                "mcpd_db_pool_connections_checked_out",
+                "Connections held by calls and background work now.",
+                |p| p.checked_out as f64,
+            ),
+            (
+                "mcpd_db_pool_connections_checked_out_peak",
+                "Most connections held at once since start (or GetStats' reset_peaks).",
+                |p| p.peak_checked_out as f64,
+            ),
         ];
         for (name, help, read) in gauges {
             let store = self.clone();
             exposition::pulled_gauge(registry, name, help, move || read(&store.pool_stats()));
         }
         let counters: [Pulled<u64>; 2] = [
-            ("mcpd_db_pool_checkouts_total", "Connections handed out by the pool.", |p| p.checkouts),
-            ("mcpd_db_pool_acquire_timeouts_total", "Waits for a connection that ran out of --pool-timeout (answered RESOURCE_EXHAUSTED).", |p| p.timeouts),
+            (
+                "mcpd_db_pool_checkouts_total",
+                "Connections handed out by the pool.",
+                |p| p.checkouts,
+            ),
+            (
+                "mcpd_db_pool_acquire_timeouts_total",
+                "Waits for a connection that ran out of --pool-timeout (answered RESOURCE_EXHAUSTED).",
+                |p| p.timeouts,
+            ),
         ];
         for (name, help, read) in counters {
             let store = self.clone();

@@ -15,7 +15,8 @@ use prometheus::{
 };
 
 pub use prometheus::{
-    HistogramOpts, HistogramTimer, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
+    HistogramOpts, HistogramTimer, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts,
+    Registry,
 };
 
 /// The content type of the text exposition format.

@@ -22,6 +22,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.request
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -31,6 +32,7 @@ import grpc
 import pytest
 import trustme
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from prometheus_client.parser import text_string_to_metric_families
 
 from mcpd_client import AUTHORIZATION_HEADER, McpdClient, bearer, mcpd_pb2, mcpd_pb2_grpc
 
@@ -69,6 +71,12 @@ class Daemon:
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
+
+    def http_address(self) -> str:
+        """The HTTP listener's address, as the daemon logged it."""
+        found = re.search(r"mcpd http listening addr=(\S+)", self.log())
+        assert found, self.log()
+        return found.group(1)
 
 
 @dataclass
@@ -333,6 +341,47 @@ def test_call_tool_on_a_live_session(client: McpdClient):
     assert json.loads(streamed.content[0].text.text)["arguments"] == {"x": 1}
     assert events == []
     client.close_server(server_id)
+
+
+def _scrape(daemon: Daemon) -> tuple[dict[str, str], dict[tuple, float]]:
+    """GET /metrics, parsed by Prometheus' own parser: family types by name,
+    and sample values by (sample name, labels)."""
+    with urllib.request.urlopen(f"http://{daemon.http_address()}/metrics", timeout=10) as response:
+        assert response.headers["Content-Type"].startswith("text/plain; version=0.0.4")
+        text = response.read().decode()
+    types, samples = {}, {}
+    for family in text_string_to_metric_families(text):
+        types[family.name] = family.type
+        for s in family.samples:
+            samples[(s.name, frozenset(s.labels.items()))] = s.value
+    return types, samples
+
+
+def _rpc(method: str, code: str = "OK") -> frozenset:
+    return frozenset({"service": SERVICE, "method": method, "code": code}.items())
+
+
+def test_metrics_parse_and_count_what_happened(daemon: Daemon, client: McpdClient):
+    _, before = _scrape(daemon)
+    created = client.create_stdio_server("metered", str(TEST_SERVER_BIN), STDIO_ARGS)
+    client.call_tool(created.server.id, TOOL_NAMES[0], {"x": 1})
+    client.close_server(created.server.id)
+    types, after = _scrape(daemon)
+
+    def grew(name: str, labels: frozenset) -> float:
+        return after[(name, labels)] - before.get((name, labels), 0.0)
+
+    assert types["mcpd_grpc_server_handled"] == "counter"
+    assert types["mcpd_grpc_server_handling_seconds"] == "histogram"
+    assert types["mcpd_db_pool_connections_open"] == "gauge"
+    assert types["mcpd_mcp_operation_duration_seconds"] == "histogram"
+    for method in ("CreateMcpServer", "CallMcpTool", "CloseMcpServer"):
+        assert grew("mcpd_grpc_server_handled_total", _rpc(method)) == 1, method
+        assert grew("mcpd_grpc_server_handling_seconds_count", _rpc(method)) == 1, method
+    stdio_connects = frozenset({"operation": "connect", "transport": "stdio"}.items())
+    assert grew("mcpd_mcp_operation_duration_seconds_count", stdio_connects) == 2
+    assert grew("mcpd_db_pool_checkouts_total", frozenset()) >= 3
+    assert after[("mcpd_mcp_child_processes", frozenset())] == 0
 
 
 def test_list_servers_pages(client: McpdClient):

@@ -37,6 +37,9 @@ use super::{
     tap::Tapped,
 };
 
+/// A metric's name, help and how it reads the live-session pool's figures.
+type PooledFigure<T> = (&'static str, &'static str, fn(&PoolStats) -> T);
+
 /// The MCP client side of the daemon. Cheap to clone.
 #[derive(Clone)]
 pub struct McpConnector {
@@ -647,34 +650,38 @@ impl McpConnector {
             "MCP sessions open now: live sessions kept for calls, and sessions of creates, syncs and health checks in progress.",
             move || live.len() as f64,
         );
-        let pool = self.pool.clone();
-        pulled_gauge(
-            registry,
-            "mcpd_mcp_live_sessions",
-            "Live sessions kept open for tool calls (at most --max-live-sessions).",
-            move || pool.stats().live_sessions as f64,
-        );
-        let pool = self.pool.clone();
-        pulled_gauge(
-            registry,
-            "mcpd_mcp_calls_in_flight",
-            "Tool calls waiting on an MCP server now.",
-            move || pool.stats().calls_in_flight as f64,
-        );
-        let pool = self.pool.clone();
-        pulled_counter(
-            registry,
-            "mcpd_mcp_live_session_opens_total",
-            "Live sessions opened for tool calls.",
-            move || pool.stats().session_opens,
-        );
-        let pool = self.pool.clone();
-        pulled_counter(
-            registry,
-            "mcpd_mcp_live_session_reuses_total",
-            "Tool calls that reused a live session.",
-            move || pool.stats().session_reuses,
-        );
+        let gauges: [PooledFigure<f64>; 2] = [
+            (
+                "mcpd_mcp_live_sessions",
+                "Live sessions kept open for tool calls (at most --max-live-sessions).",
+                |p| p.live_sessions as f64,
+            ),
+            (
+                "mcpd_mcp_calls_in_flight",
+                "Tool calls waiting on an MCP server now.",
+                |p| p.calls_in_flight as f64,
+            ),
+        ];
+        for (name, help, read) in gauges {
+            let pool = self.pool.clone();
+            pulled_gauge(registry, name, help, move || read(&pool.stats()));
+        }
+        let counters: [PooledFigure<u64>; 2] = [
+            (
+                "mcpd_mcp_live_session_opens_total",
+                "Live sessions opened for tool calls.",
+                |p| p.session_opens,
+            ),
+            (
+                "mcpd_mcp_live_session_reuses_total",
+                "Tool calls that reused a live session.",
+                |p| p.session_reuses,
+            ),
+        ];
+        for (name, help, read) in counters {
+            let pool = self.pool.clone();
+            pulled_counter(registry, name, help, move || read(&pool.stats()));
+        }
     }
 }
 

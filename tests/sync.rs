@@ -99,6 +99,21 @@ async fn a_sync_writes_exactly_the_difference(backend: Backend) {
     }
     assert_eq!(daemon.registry().tool_row_versions().await, before);
 
+    // Rows from before content digests (migration 000010): the next sync
+    // compares them in full, reports no change, and gives them their
+    // digests; the one after writes nothing again.
+    assert_eq!(daemon.registry().undigested_tools().await, 0);
+    assert_eq!(daemon.registry().forget_tool_digests().await, 3);
+    let synced = acme.sync(&id).await.unwrap();
+    assert!(
+        synced.added.is_empty() && synced.updated.is_empty() && synced.removed.is_empty(),
+        "{synced:?}"
+    );
+    assert_eq!(daemon.registry().undigested_tools().await, 0);
+    let before = daemon.registry().tool_row_versions().await;
+    acme.sync(&id).await.unwrap();
+    assert_eq!(daemon.registry().tool_row_versions().await, before);
+
     // One changed, one gone, one new, one invalid.
     write_tools(
         &file,

@@ -26,7 +26,7 @@ where
         out.unsafe_to_cache_prepared();
         out.push_sql(
             "INSERT INTO tools (id, organization_id, name, qualified_name, description, \
-             input_schema, created_at, title, annotations, output_schema) VALUES ",
+             input_schema, created_at, title, annotations, output_schema, content_hash) VALUES ",
         );
         for (i, tool) in self.0.iter().enumerate() {
             out.push_sql(if i == 0 { "(" } else { ", (" });
@@ -49,6 +49,8 @@ where
             out.push_bind_param::<Nullable<Text>, _>(&tool.annotations)?;
             out.push_sql(", ");
             out.push_bind_param::<Nullable<Text>, _>(&tool.output_schema)?;
+            out.push_sql(", ");
+            out.push_bind_param::<Text, _>(&tool.content_hash)?;
             out.push_sql(")");
         }
         Ok(())
@@ -83,6 +85,58 @@ where
 }
 
 impl QueryId for InsertMappings<'_> {
+    type QueryId = ();
+    const HAS_STATIC_QUERY_ID: bool = false;
+}
+
+/// `UPDATE tools SET … FROM (VALUES …)`: tools rewritten in place (same id)
+/// with what their server lists now, one statement per batch.
+pub(super) struct UpdateTools<'a>(pub &'a [ToolRow]);
+
+impl<DB> QueryFragment<DB> for UpdateTools<'_>
+where
+    DB: Backend,
+    String: ToSql<Text, DB>,
+    Option<String>: ToSql<Nullable<Text>, DB>,
+{
+    fn walk_ast<'b>(&'b self, mut out: AstPass<'_, 'b, DB>) -> QueryResult<()> {
+        out.unsafe_to_cache_prepared();
+        // A CTE names the VALUES columns in a form both backends read
+        // (SQLite has no column list on a subquery's alias).
+        out.push_sql(
+            "WITH v (id, qualified_name, description, input_schema, title, annotations, \
+             output_schema, content_hash) AS (VALUES ",
+        );
+        for (i, tool) in self.0.iter().enumerate() {
+            out.push_sql(if i == 0 { "(" } else { ", (" });
+            out.push_bind_param::<Text, _>(&tool.id)?;
+            out.push_sql(", ");
+            out.push_bind_param::<Text, _>(&tool.qualified_name)?;
+            out.push_sql(", ");
+            out.push_bind_param::<Text, _>(&tool.description)?;
+            out.push_sql(", ");
+            out.push_bind_param::<Text, _>(&tool.input_schema)?;
+            out.push_sql(", ");
+            out.push_bind_param::<Text, _>(&tool.title)?;
+            out.push_sql(", ");
+            out.push_bind_param::<Nullable<Text>, _>(&tool.annotations)?;
+            out.push_sql(", ");
+            out.push_bind_param::<Nullable<Text>, _>(&tool.output_schema)?;
+            out.push_sql(", ");
+            out.push_bind_param::<Text, _>(&tool.content_hash)?;
+            out.push_sql(")");
+        }
+        out.push_sql(
+            ") UPDATE tools SET qualified_name = v.qualified_name, description = v.description, \
+             input_schema = v.input_schema, title = v.title, annotations = v.annotations, \
+             output_schema = v.output_schema, content_hash = v.content_hash \
+             FROM v WHERE tools.id = v.id",
+        );
+        Ok(())
+    }
+}
+
+impl QueryId for UpdateTools<'_> {
     type QueryId = ();
     const HAS_STATIC_QUERY_ID: bool = false;
 }

@@ -62,6 +62,44 @@ pub(super) struct ToolRow {
     /// JSON object of [`ToolAnnotations`].
     pub annotations: Option<String>,
     pub output_schema: Option<String>,
+    /// [`content_hash`] of what the server said about the tool; '' in rows
+    /// written before the column existed.
+    pub content_hash: String,
+}
+
+/// A digest of every field a server gives a tool: equal digests, equal
+/// tools, so a sync compares digests instead of reading tools in full.
+/// Each field is length-prefixed (and `None` told apart from `""`), so no
+/// two different tools encode alike.
+pub(super) fn content_hash(
+    name: &str,
+    description: &str,
+    input_schema: &str,
+    title: &str,
+    annotations: Option<&str>,
+    output_schema: Option<&str>,
+) -> String {
+    use sha2::{Digest, Sha256};
+    let mut digest = Sha256::new();
+    let fields = [
+        Some(name),
+        Some(description),
+        Some(input_schema),
+        Some(title),
+        annotations,
+        output_schema,
+    ];
+    for field in fields {
+        match field {
+            None => digest.update([0u8]),
+            Some(text) => {
+                digest.update([1u8]);
+                digest.update((text.len() as u64).to_le_bytes());
+                digest.update(text.as_bytes());
+            }
+        }
+    }
+    hex::encode(&digest.finalize()[..16])
 }
 
 #[derive(Debug, Clone, Insertable)]
@@ -168,20 +206,42 @@ impl ToolRow {
         tool: NewTool,
         created_at: i64,
     ) -> ToolRow {
+        let annotations = tool
+            .annotations
+            .and_then(|a| serde_json::to_string(&a).ok());
         ToolRow {
             id: uuid::Uuid::now_v7().to_string(),
             organization_id: organization_id.to_owned(),
             qualified_name: format!("{tool_prefix}{}", tool.name),
+            content_hash: content_hash(
+                &tool.name,
+                &tool.description,
+                &tool.input_schema_json,
+                &tool.title,
+                annotations.as_deref(),
+                tool.output_schema_json.as_deref(),
+            ),
             name: tool.name,
             description: tool.description,
             input_schema: tool.input_schema_json,
             created_at,
             title: tool.title,
-            annotations: tool
-                .annotations
-                .and_then(|a| serde_json::to_string(&a).ok()),
+            annotations,
             output_schema: tool.output_schema_json,
         }
+    }
+
+    /// [`content_hash`] of this row as stored (for rows from before the
+    /// column).
+    pub(super) fn computed_hash(&self) -> String {
+        content_hash(
+            &self.name,
+            &self.description,
+            &self.input_schema,
+            &self.title,
+            self.annotations.as_deref(),
+            self.output_schema.as_deref(),
+        )
     }
 }
 
@@ -216,5 +276,25 @@ impl From<ApiKeyRow> for ApiKey {
             created_at: from_ms(row.created_at),
             revoked_at: row.revoked_at.map(from_ms),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::content_hash;
+
+    #[test]
+    fn digests_tell_apart_what_plain_concatenation_would_not() {
+        let base = content_hash("a", "bc", "{}", "", None, None);
+        assert_eq!(base, content_hash("a", "bc", "{}", "", None, None));
+        // Bytes moved across a field boundary.
+        assert_ne!(base, content_hash("ab", "c", "{}", "", None, None));
+        // Absent is not empty.
+        assert_ne!(base, content_hash("a", "bc", "{}", "", Some(""), None));
+        assert_ne!(
+            content_hash("a", "bc", "{}", "", Some(""), None),
+            content_hash("a", "bc", "{}", "", None, Some(""))
+        );
+        assert_eq!(base.len(), 32, "128 bits, hex");
     }
 }

@@ -848,7 +848,7 @@ impl Store {
             Ok(diesel::sql_query(
                 "SELECT t.id, t.organization_id, t.name, t.qualified_name, t.description, \
                  t.input_schema, t.created_at, t.title, t.annotations, t.output_schema, \
-                 st.server_id, \
+                 t.content_hash, st.server_id, \
                  EXISTS (SELECT 1 FROM tools o WHERE o.organization_id = t.organization_id \
                    AND o.qualified_name = t.qualified_name AND o.id <> t.id) AS shared \
                  FROM tools t JOIN server_tools st ON st.tool_id = t.id \

@@ -36,6 +36,7 @@ diesel::table! {
         title -> Text,
         annotations -> Nullable<Text>,
         output_schema -> Nullable<Text>,
+        content_hash -> Text,
     }
 }
 

@@ -8,7 +8,7 @@ use diesel_async::{AsyncConnection, RunQueryDsl};
 
 use super::{
     Access, Backend, Store, StoreError,
-    batch::{InsertMappings, InsertTools},
+    batch::{InsertMappings, InsertTools, UpdateTools},
     events::{AppendEvents, EventDraft},
     models::{MappingRow, ServerRow, ToolRow, to_ms, transport_kind_column},
     schema::{mcp_servers, server_tools, tools},
@@ -120,14 +120,32 @@ macro_rules! sync_in_transaction {
             .optional()?
             .ok_or_else(|| StoreError::ServerNotFound(server_id.to_owned()))?;
         let reached_again = server.unreachable_since.is_some();
-        let stored: Vec<ToolRow> = server_tools::table
+        // Digests, not whole tools: what a sync reads grows with the
+        // server's size by a few dozen bytes a tool.
+        let stored: Vec<StoredTool> = server_tools::table
             .inner_join(tools::table)
             .filter(server_tools::server_id.eq(server_id))
-            .select(ToolRow::as_select())
+            .select((tools::id, tools::name, tools::content_hash))
             .load(conn)
             .await?;
+        // Rows from before digests are compared in full, once.
+        let undigested: Vec<&String> = stored
+            .iter()
+            .filter(|(_, _, hash)| hash.is_empty())
+            .map(|(id, _, _)| id)
+            .collect();
+        let mut legacy: Vec<ToolRow> = Vec::new();
+        for batch in undigested.chunks(BATCH_ROWS) {
+            legacy.extend(
+                tools::table
+                    .filter(tools::id.eq_any(batch))
+                    .select(ToolRow::as_select())
+                    .load::<ToolRow>(conn)
+                    .await?,
+            );
+        }
         let listed: &[NewTool] = $listed;
-        let diff = Diff::of(&server, stored, listed, $now);
+        let diff = Diff::of(&server, stored, legacy, listed, $now);
 
         for batch in diff.added.chunks(BATCH_ROWS) {
             InsertTools(batch).execute(conn).await?;
@@ -140,20 +158,13 @@ macro_rules! sync_in_transaction {
                 .collect();
             InsertMappings(&mappings).execute(conn).await?;
         }
-        for tool in &diff.updated {
-            diesel::update(tools::table.find(&tool.id))
-                .set((
-                    tools::qualified_name.eq(&tool.qualified_name),
-                    tools::description.eq(&tool.description),
-                    tools::input_schema.eq(&tool.input_schema),
-                    tools::title.eq(&tool.title),
-                    tools::annotations.eq(&tool.annotations),
-                    tools::output_schema.eq(&tool.output_schema),
-                ))
-                .execute(conn)
-                .await?;
+        for batch in diff.updated.chunks(BATCH_ROWS) {
+            UpdateTools(batch).execute(conn).await?;
         }
-        let removed_ids: Vec<&String> = diff.removed.iter().map(|t| &t.id).collect();
+        for batch in diff.digested.chunks(BATCH_ROWS) {
+            UpdateTools(batch).execute(conn).await?;
+        }
+        let removed_ids: Vec<&String> = diff.removed.iter().map(|(id, _)| id).collect();
         for batch in removed_ids.chunks(BATCH_ROWS) {
             // Their mappings go with them (ON DELETE CASCADE).
             diesel::delete(tools::table.filter(tools::id.eq_any(batch)))
@@ -200,32 +211,45 @@ macro_rules! sync_in_transaction {
                 .into_iter()
                 .map(|t| t.into_tool(server_id))
                 .collect(),
-            removed: diff.removed.into_iter().map(|t| t.name).collect(),
+            removed: diff.removed.into_iter().map(|(_, name)| name).collect(),
         };
         (synced, row, reached_again)
     }};
 }
 pub(super) use sync_in_transaction;
 
+/// A stored tool as a sync reads it: id, name and content digest.
+type StoredTool = (String, String, String);
+
 /// The rows to write to go from what is stored to what is listed.
 pub(super) struct Diff {
     added: Vec<ToolRow>,
     /// The stored rows with their new content.
     updated: Vec<ToolRow>,
-    removed: Vec<ToolRow>,
+    /// Unchanged rows from before digests, given theirs (not a change).
+    digested: Vec<ToolRow>,
+    /// Ids and names.
+    removed: Vec<(String, String)>,
 }
 
 impl Diff {
+    /// `legacy`: the stored rows whose digest is empty, in full.
     pub(super) fn of(
         server: &ServerRow,
-        stored: Vec<ToolRow>,
+        stored: Vec<StoredTool>,
+        legacy: Vec<ToolRow>,
         listed: &[NewTool],
         now: i64,
     ) -> Diff {
-        let mut stored: HashMap<String, ToolRow> =
-            stored.into_iter().map(|t| (t.name.clone(), t)).collect();
+        let mut stored: HashMap<String, (String, String)> = stored
+            .into_iter()
+            .map(|(id, name, hash)| (name, (id, hash)))
+            .collect();
+        let mut legacy: HashMap<String, ToolRow> =
+            legacy.into_iter().map(|t| (t.id.clone(), t)).collect();
         let mut added = Vec::new();
         let mut updated = Vec::new();
+        let mut digested = Vec::new();
         for tool in listed {
             let fresh = ToolRow::new(
                 &server.organization_id,
@@ -233,27 +257,36 @@ impl Diff {
                 tool.clone(),
                 now,
             );
-            match stored.remove(&tool.name) {
-                None => added.push(fresh),
-                Some(old) => {
-                    let changed = ToolRow {
-                        id: old.id.clone(),
-                        created_at: old.created_at,
-                        ..fresh
-                    };
-                    if changed != old {
-                        updated.push(changed);
-                    }
-                }
+            let Some((id, hash)) = stored.remove(&tool.name) else {
+                added.push(fresh);
+                continue;
+            };
+            if hash == fresh.content_hash {
+                continue;
+            }
+            let unchanged_legacy = hash.is_empty()
+                && legacy
+                    .remove(&id)
+                    .is_some_and(|old| old.computed_hash() == fresh.content_hash);
+            // Same id: a tool changes in place; created_at is not rewritten.
+            let row = ToolRow { id, ..fresh };
+            if unchanged_legacy {
+                digested.push(row);
+            } else {
+                updated.push(row);
             }
         }
-        let mut removed: Vec<ToolRow> = stored.into_values().collect();
-        removed.sort_by(|a, b| a.name.cmp(&b.name));
+        let mut removed: Vec<(String, String)> = stored
+            .into_iter()
+            .map(|(name, (id, _))| (id, name))
+            .collect();
+        removed.sort_by(|a, b| a.1.cmp(&b.1));
         added.sort_by(|a, b| a.name.cmp(&b.name));
         updated.sort_by(|a, b| a.name.cmp(&b.name));
         Diff {
             added,
             updated,
+            digested,
             removed,
         }
     }

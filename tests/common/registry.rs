@@ -122,12 +122,30 @@ impl Registry {
             DatabaseUrl::Sqlite(_) => {
                 self.load(
                     "SELECT id || '@' || qualified_name || description || input_schema || title \
-                     AS what FROM tools ORDER BY id",
+                     || content_hash AS what FROM tools ORDER BY id",
                 )
                 .await
             }
         };
         rows.into_iter().map(|r| r.what).collect()
+    }
+
+    /// Empties every tool's content digest, as rows written before digests
+    /// existed have it; answers how many rows that touched.
+    pub async fn forget_tool_digests(&self) -> usize {
+        let rows: Vec<Counted> = self
+            .load("UPDATE tools SET content_hash = '' RETURNING id AS what, CAST(0 AS BIGINT) AS n")
+            .await;
+        rows.len()
+    }
+
+    /// Tools stored without a content digest.
+    pub async fn undigested_tools(&self) -> i64 {
+        let by_hash = counts(
+            self.load("SELECT content_hash AS what, COUNT(*) AS n FROM tools GROUP BY content_hash")
+                .await,
+        );
+        by_hash.get("").copied().unwrap_or(0)
     }
 
     pub async fn api_keys(&self) -> Vec<StoredKey> {

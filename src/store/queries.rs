@@ -760,27 +760,23 @@ impl Store {
                     .await
                     .optional()?
                     .ok_or_else(|| StoreError::ServerNotFound(id.to_owned()))?;
-                let tool_ids: Vec<String> = server_tools::table
+                let own = server_tools::table
                     .filter(server_tools::server_id.eq(id))
-                    .select(server_tools::tool_id)
-                    .load(conn)
+                    .select(server_tools::tool_id);
+                let removed_mappings: i64 = server_tools::table
+                    .filter(server_tools::server_id.eq(id))
+                    .count()
+                    .get_result(conn)
                     .await?;
-                let removed_mappings =
-                    diesel::delete(server_tools::table.filter(server_tools::server_id.eq(id)))
-                        .execute(conn)
-                        .await?;
-                let mut removed_tools = 0;
-                for batch in tool_ids.chunks(BATCH_ROWS) {
-                    let still_provided =
-                        exists(server_tools::table.filter(server_tools::tool_id.eq(tools::id)));
-                    removed_tools += diesel::delete(
-                        tools::table
-                            .filter(tools::id.eq_any(batch))
-                            .filter(diesel::dsl::not(still_provided)),
-                    )
+                // A tool is its server's alone (migration 000006), so its
+                // tools go with it, found through its mappings (which go with
+                // them, ON DELETE CASCADE). One statement driven by the
+                // server's id: a list of tool ids bound as an array made
+                // PostgreSQL's cached plan scan every tool once per id when
+                // its statistics were stale (seconds for 5,000 tools).
+                let removed_tools = diesel::delete(tools::table.filter(tools::id.eq_any(own)))
                     .execute(conn)
                     .await?;
-                }
                 diesel::delete(mcp_servers::table.find(id))
                     .execute(conn)
                     .await?;

@@ -142,8 +142,10 @@ impl Registry {
     /// Tools stored without a content digest.
     pub async fn undigested_tools(&self) -> i64 {
         let by_hash = counts(
-            self.load("SELECT content_hash AS what, COUNT(*) AS n FROM tools GROUP BY content_hash")
-                .await,
+            self.load(
+                "SELECT content_hash AS what, COUNT(*) AS n FROM tools GROUP BY content_hash",
+            )
+            .await,
         );
         by_hash.get("").copied().unwrap_or(0)
     }

@@ -25,8 +25,8 @@ where
     fn walk_ast<'b>(&'b self, mut out: AstPass<'_, 'b, DB>) -> QueryResult<()> {
         out.unsafe_to_cache_prepared();
         out.push_sql(
-            "INSERT INTO tools (id, organization_id, name, qualified_name, description, \
-             input_schema, created_at, title, annotations, output_schema, content_hash) VALUES ",
+            "INSERT INTO tools (id, organization_id, name, created_at, qualified_name, \
+             description, input_schema, title, annotations, output_schema, content_hash) VALUES ",
         );
         for (i, tool) in self.0.iter().enumerate() {
             out.push_sql(if i == 0 { "(" } else { ", (" });
@@ -36,21 +36,8 @@ where
             out.push_sql(", ");
             out.push_bind_param::<Text, _>(&tool.name)?;
             out.push_sql(", ");
-            out.push_bind_param::<Text, _>(&tool.qualified_name)?;
-            out.push_sql(", ");
-            out.push_bind_param::<Text, _>(&tool.description)?;
-            out.push_sql(", ");
-            out.push_bind_param::<Text, _>(&tool.input_schema)?;
-            out.push_sql(", ");
             out.push_bind_param::<BigInt, _>(&tool.created_at)?;
-            out.push_sql(", ");
-            out.push_bind_param::<Text, _>(&tool.title)?;
-            out.push_sql(", ");
-            out.push_bind_param::<Nullable<Text>, _>(&tool.annotations)?;
-            out.push_sql(", ");
-            out.push_bind_param::<Nullable<Text>, _>(&tool.output_schema)?;
-            out.push_sql(", ");
-            out.push_bind_param::<Text, _>(&tool.content_hash)?;
+            push_listed_fields(&mut out, tool)?;
             out.push_sql(")");
         }
         Ok(())
@@ -110,20 +97,7 @@ where
         for (i, tool) in self.0.iter().enumerate() {
             out.push_sql(if i == 0 { "(" } else { ", (" });
             out.push_bind_param::<Text, _>(&tool.id)?;
-            out.push_sql(", ");
-            out.push_bind_param::<Text, _>(&tool.qualified_name)?;
-            out.push_sql(", ");
-            out.push_bind_param::<Text, _>(&tool.description)?;
-            out.push_sql(", ");
-            out.push_bind_param::<Text, _>(&tool.input_schema)?;
-            out.push_sql(", ");
-            out.push_bind_param::<Text, _>(&tool.title)?;
-            out.push_sql(", ");
-            out.push_bind_param::<Nullable<Text>, _>(&tool.annotations)?;
-            out.push_sql(", ");
-            out.push_bind_param::<Nullable<Text>, _>(&tool.output_schema)?;
-            out.push_sql(", ");
-            out.push_bind_param::<Text, _>(&tool.content_hash)?;
+            push_listed_fields(&mut out, tool)?;
             out.push_sql(")");
         }
         out.push_sql(
@@ -139,4 +113,30 @@ where
 impl QueryId for UpdateTools<'_> {
     type QueryId = ();
     const HAS_STATIC_QUERY_ID: bool = false;
+}
+
+/// `, qualified_name, description, input_schema, title, annotations,
+/// output_schema, content_hash`: what a server's listing sets, in the order
+/// both the INSERT and the UPDATE name these columns.
+fn push_listed_fields<'b, DB>(out: &mut AstPass<'_, 'b, DB>, tool: &'b ToolRow) -> QueryResult<()>
+where
+    DB: Backend,
+    String: ToSql<Text, DB>,
+    Option<String>: ToSql<Nullable<Text>, DB>,
+{
+    out.push_sql(", ");
+    out.push_bind_param::<Text, _>(&tool.qualified_name)?;
+    out.push_sql(", ");
+    out.push_bind_param::<Text, _>(&tool.description)?;
+    out.push_sql(", ");
+    out.push_bind_param::<Text, _>(&tool.input_schema)?;
+    out.push_sql(", ");
+    out.push_bind_param::<Text, _>(&tool.title)?;
+    out.push_sql(", ");
+    out.push_bind_param::<Nullable<Text>, _>(&tool.annotations)?;
+    out.push_sql(", ");
+    out.push_bind_param::<Nullable<Text>, _>(&tool.output_schema)?;
+    out.push_sql(", ");
+    out.push_bind_param::<Text, _>(&tool.content_hash)?;
+    Ok(())
 }

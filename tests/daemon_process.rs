@@ -57,7 +57,9 @@ fn serve_command(db: &TestDb, rust_log: &str) -> Command {
             &LOOPBACK.join(","),
         ])
         .arg("--secret-key-file")
-        .arg(db.dir().join("mcpd.key"));
+        .arg(db.dir().join("mcpd.key"))
+        .arg("--run-dir")
+        .arg(db.run_dir());
     command
 }
 
@@ -552,6 +554,7 @@ async fn stdio_children_get_a_clean_environment() {
         .env("RUST_LOG", "info")
         .env("MCPD_DATABASE_URL", db.cli_url())
         .env("MCPD_STDIO_ALLOW", test_server_bin())
+        .env("MCPD_RUN_DIR", db.run_dir())
         .env("AWS_SECRET_ACCESS_KEY", "daemon-secret-e9d1")
         .args([
             "serve",
@@ -794,6 +797,7 @@ async fn sealed_secrets_need_their_key_at_start_up() {
                 ])
                 .arg("--secret-key-file")
                 .arg(key_file)
+                .current_dir(db.dir())
                 .output();
             let output = tokio::time::timeout(Duration::from_secs(20), output)
                 .await

@@ -90,7 +90,10 @@ impl GroupRecord {
     /// the server.
     pub(super) fn started(&self, pgid: i32) {
         let Some(started) = start_time(pgid) else {
-            tracing::debug!(pgid, "no start time for a stdio MCP server's process group; not recorded");
+            tracing::debug!(
+                pgid,
+                "no start time for a stdio MCP server's process group; not recorded"
+            );
             return;
         };
         self.with(|record| record.started(pgid, started));

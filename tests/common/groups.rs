@@ -1,7 +1,7 @@
 //! Process groups outside any daemon, and run-directory records naming
 //! them, for the tests of the start-up sweep of what a killed daemon left.
 
-use std::path::Path;
+use std::{os::unix::process::CommandExt, path::Path};
 
 /// A `sleep` leading a process group of its own, as a stdio server's group
 /// would be; killed (its group) and reaped when dropped.

@@ -16,6 +16,8 @@ use std::{
 };
 
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+#[allow(unused_imports)]
+pub use groups::{GroupLeader, dead_record, records, start_time};
 use mcpd::{
     api::{self, ServeOptions},
     manager::{Limits, Manager},
@@ -26,8 +28,6 @@ use mcpd::{
     },
     store::{self, DatabaseUrl, Sealer, Store, StoreSettings},
 };
-#[allow(unused_imports)]
-pub use groups::{GroupLeader, dead_record, records, start_time};
 #[allow(unused_imports)]
 pub use registry::{PgActivity, Registry, StoredKey, StoredServer};
 #[allow(unused_imports)]
@@ -274,13 +274,7 @@ impl Daemon {
                 oauth: Some(oauth.clone()),
                 // Daemons on one database share a run directory, as replicas
                 // on one machine may.
-                run_dir: Some(
-                    options
-                        .mcp
-                        .run_dir
-                        .clone()
-                        .unwrap_or_else(|| db.run_dir()),
-                ),
+                run_dir: Some(options.mcp.run_dir.clone().unwrap_or_else(|| db.run_dir())),
                 ..options.mcp
             })
             .expect("mcp connector"),

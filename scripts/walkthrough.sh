@@ -24,10 +24,10 @@
 # organization of its $KEY has no servers left, the daemon holds no MCP
 # session, and nothing the README started in the background still runs.
 #
-# The daemon's registry and secret key land in the repository root as the
-# READMEs say (mcpd.db, mcpd.key): the script refuses to run if they already
-# exist and removes them at the end. Ports 50051, 50052, 8931 and 8932 must
-# be free.
+# The daemon's registry, secret key and run directory land in the repository
+# root as the READMEs say (mcpd.db, mcpd.key, mcpd.run): the script refuses to
+# run if they already exist and removes them at the end. Ports 50051, 50052,
+# 8931 and 8932 must be free.
 # Needs what the walkthrough needs: python3 with venv, Node.js with npx, and
 # network access to crates.io, npm and PyPI.
 #
@@ -40,7 +40,7 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 repo=$PWD
 readmes=(README.md clients/python/README.md)
-state_files=(mcpd.db mcpd.db-wal mcpd.db-shm mcpd.key)
+state_files=(mcpd.db mcpd.db-wal mcpd.db-shm mcpd.key mcpd.run)
 print_only=false
 case ${1:-} in
   "") ;;
@@ -64,7 +64,7 @@ done
 work=$(mktemp -d "${TMPDIR:-/tmp}/mcpd-walkthrough.XXXXXX")
 cleanup() {
   local f
-  for f in "${state_files[@]}"; do rm -f "$repo/$f"; done
+  for f in "${state_files[@]}"; do rm -rf "${repo:?}/$f"; done
   rm -rf "$work"
 }
 trap cleanup EXIT

@@ -129,6 +129,12 @@ pub struct ServeArgs {
     /// Created (mode 0600) when missing and nothing is sealed yet.
     #[arg(long, env = "MCPD_SECRET_KEY_FILE", default_value = "mcpd.key")]
     pub secret_key_file: std::path::PathBuf,
+    /// Directory where the daemon records the process groups of its stdio
+    /// servers, so that after it is killed outright (SIGKILL) the next start
+    /// kills what they spawned. Local to this machine; created (mode 0700)
+    /// when missing.
+    #[arg(long, env = "MCPD_RUN_DIR", default_value = "mcpd.run")]
+    pub run_dir: PathBuf,
     /// Most tools one MCP server may offer.
     #[arg(long, env = "MCPD_MAX_TOOLS_PER_SERVER", default_value_t = 10_000)]
     pub max_tools_per_server: usize,
@@ -256,6 +262,7 @@ impl ServeArgs {
                 max_sessions: self.max_live_sessions,
                 max_calls_per_server: self.max_calls_per_server,
             },
+            run_dir: Some(self.run_dir.clone()),
             ..McpSettings::default()
         })
     }

@@ -39,9 +39,14 @@ impl Process {
     }
 }
 
-/// `mcpd serve` on `db` and its key file, allowed to run the test server and
-/// to reach loopback, logging at `rust_log`.
+/// `mcpd serve` on `db`, its key file and run directory, allowed to run the
+/// test server and to reach loopback, logging at `rust_log`.
 fn serve_command(db: &TestDb, rust_log: &str) -> Command {
+    serve_command_in(db, &db.run_dir(), rust_log)
+}
+
+/// [`serve_command`] with another run directory.
+fn serve_command_in(db: &TestDb, run_dir: &std::path::Path, rust_log: &str) -> Command {
     let mut command = mcpd();
     command
         .env("RUST_LOG", rust_log)
@@ -57,7 +62,9 @@ fn serve_command(db: &TestDb, rust_log: &str) -> Command {
             &LOOPBACK.join(","),
         ])
         .arg("--secret-key-file")
-        .arg(db.dir().join("mcpd.key"));
+        .arg(db.dir().join("mcpd.key"))
+        .arg("--run-dir")
+        .arg(run_dir);
     command
 }
 
@@ -224,6 +231,11 @@ async fn sigterm_drains_tears_down_and_exits_zero(backend: Backend) {
     pids.assert_gone().await;
     assert!(log.contains("shutting down"), "{log}");
     assert!(log.contains("mcpd stopped"), "{log}");
+    assert_eq!(
+        records(&db.run_dir()),
+        Vec::<std::path::PathBuf>::new(),
+        "a daemon that tore everything down leaves no record"
+    );
     // Nothing half-written: the stuck server is absent, the finished one is
     // there with all its tools.
     let servers = Registry::of(&db).assert_whole("acme", 2).await;
@@ -552,6 +564,7 @@ async fn stdio_children_get_a_clean_environment() {
         .env("RUST_LOG", "info")
         .env("MCPD_DATABASE_URL", db.cli_url())
         .env("MCPD_STDIO_ALLOW", test_server_bin())
+        .env("MCPD_RUN_DIR", db.run_dir())
         .env("AWS_SECRET_ACCESS_KEY", "daemon-secret-e9d1")
         .args([
             "serve",
@@ -781,6 +794,7 @@ async fn sealed_secrets_need_their_key_at_start_up() {
 
     let start = |key_file: std::path::PathBuf| {
         let db_url = db.cli_url();
+        let run_dir = db.run_dir();
         async move {
             let output = mcpd()
                 .args([
@@ -794,6 +808,8 @@ async fn sealed_secrets_need_their_key_at_start_up() {
                 ])
                 .arg("--secret-key-file")
                 .arg(key_file)
+                .arg("--run-dir")
+                .arg(&run_dir)
                 .output();
             let output = tokio::time::timeout(Duration::from_secs(20), output)
                 .await
@@ -845,8 +861,10 @@ fn children_of(pid: u32) -> Vec<u32> {
 
 /// Issue 11: a SIGKILLed daemon runs no teardown, yet none of its stdio
 /// servers outlives it (the kernel's parent-death signal), whether idle on
-/// a live session or in the middle of a call; a restarted daemon finds the
-/// registry whole and starts them afresh.
+/// a live session or in the middle of a call. What each server spawned
+/// into its group (here a `sleep`) does not get that signal and survives
+/// until the daemon starts again on the same run directory: the restart
+/// kills all ten groups, says so, and finds the registry whole.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn sigkill_leaves_no_stdio_server_behind() {
     const SERVERS: usize = 10;
@@ -857,8 +875,9 @@ async fn sigkill_leaves_no_stdio_server_behind() {
     let daemon = serve(&db, &["--teardown-grace", "200ms"], "info").await;
     let daemon_pid = daemon.process.child.id().expect("running");
     let acme = daemon.org(&key).await;
+    let pidfiles: Vec<Pidfile> = (0..SERVERS).map(|_| Pidfile::temp()).collect();
     let mut ids = Vec::new();
-    for i in 0..SERVERS {
+    for (i, pidfile) in pidfiles.iter().enumerate() {
         // Every other server answers calls only after a minute: those calls
         // are in flight when the kill lands.
         let delay = if i % 2 == 0 { "0" } else { "60000" };
@@ -866,14 +885,14 @@ async fn sigkill_leaves_no_stdio_server_behind() {
             .create(
                 &format!("child-{i}"),
                 // Like servers that never read stdin again: its end is no
-                // signal to them.
-                stdio([
+                // signal to them. Each spawns a grandchild of the daemon.
+                stdio(pidfile.args_with([
                     "--tools",
                     "1",
                     "--call-delay-ms",
                     delay,
                     "--ignore-shutdown",
-                ]),
+                ])),
             )
             .await
             .unwrap();
@@ -891,21 +910,47 @@ async fn sigkill_leaves_no_stdio_server_behind() {
             in_flight.push(tokio::spawn(async move { acme.call_tool(request).await }));
         }
     }
-    wait_until(
-        "a live session (a stdio child) per server",
+    // Each pidfile names, once rewritten by its live session's server, one
+    // of the daemon's children (the create's listing server wrote it first).
+    let pids: Vec<Pids> = wait_for(
+        "a live session (a stdio child) per server, with its grandchild",
         Duration::from_secs(20),
-        async || children_of(daemon_pid).len() == SERVERS,
+        async || {
+            let children = children_of(daemon_pid);
+            let pids: Vec<Pids> = pidfiles
+                .iter()
+                .filter_map(|p| Some(p.read()).filter(|pids| pids.len() == 2))
+                .map(|pids| Pids {
+                    grandchild: pids[0],
+                    server: pids[1],
+                })
+                .filter(|pids| children.contains(&pids.server))
+                .collect();
+            (children.len() == SERVERS && pids.len() == SERVERS).then_some(pids)
+        },
     )
     .await;
-    let children = children_of(daemon_pid);
+    let children: Vec<u32> = pids.iter().map(|p| p.server).collect();
+    let grandchildren: Vec<u32> = pids.iter().map(|p| p.grandchild).collect();
 
     daemon.kill().await;
     assert_gone(&children, Duration::from_secs(2)).await;
     for call in in_flight {
         assert!(call.await.unwrap().is_err(), "the daemon died mid-call");
     }
+    let alive: Vec<u32> = grandchildren
+        .iter()
+        .copied()
+        .filter(|pid| process_alive(*pid))
+        .collect();
+    assert_eq!(
+        alive, grandchildren,
+        "the parent-death signal spares the servers' own children"
+    );
+    assert_eq!(records(&db.run_dir()).len(), 1, "the dead daemon's record");
 
     let restarted = serve(&db, &[], "info").await;
+    assert_gone(&grandchildren, Duration::from_secs(10)).await;
     let acme = restarted.org(&key).await;
     let servers = acme.servers().await.unwrap();
     assert_eq!(servers.len(), SERVERS);
@@ -918,6 +963,117 @@ async fn sigkill_leaves_no_stdio_server_behind() {
     acme.call_tool(call(&ids[0], "tool_0000", serde_json::json!({})))
         .await
         .expect("a new session after the restart");
-    let (status, _) = stop(restarted).await;
+    let (status, log) = stop(restarted).await;
     assert!(status.success());
+    let swept = log
+        .lines()
+        .find(|line| line.contains("process groups a previous mcpd left"))
+        .unwrap_or_else(|| panic!("no sweep line in\n{log}"));
+    assert!(
+        swept.contains("swept 10 process groups") && swept.contains("records=1"),
+        "{swept}"
+    );
+}
+
+/// A second daemon starting on the run directory of one that lives leaves
+/// its record and its servers alone: the record's lock is held.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_live_daemons_groups_are_not_swept() {
+    let db = TestDb::new(Backend::Sqlite).await;
+    let key = create_key(&db, "acme").await;
+    let first = serve(&db, &["--shutdown-timeout", "1s"], "info").await;
+    let acme = first.org(&key).await;
+    let pidfile = Pidfile::temp();
+    let pending = tokio::spawn({
+        let transport = stdio(pidfile.args_with(["--hang", "list"]));
+        let acme = acme.clone();
+        async move { acme.create("hanging", transport).await }
+    });
+    let pids = pidfile.wait().await;
+    let record = records(&db.run_dir());
+    assert_eq!(record.len(), 1, "the first daemon's record");
+
+    let second = serve(&db, &[], "info").await;
+    // The second swept before it listened.
+    assert!(process_alive(pids.server), "the first daemon's server");
+    assert!(process_alive(pids.grandchild), "and its grandchild");
+    assert!(record[0].exists(), "the first daemon's record is kept");
+    assert_eq!(records(&db.run_dir()).len(), 2, "one record per daemon");
+    // Serving (and so listening for SIGTERM) before it is stopped.
+    second.org(&key).await.servers().await.expect("serving");
+    let (status, log) = stop(second).await;
+    assert!(status.success(), "{status:?}\n{log}");
+    assert!(
+        log.contains("swept 0 process groups a previous mcpd left") && log.contains("records=0"),
+        "{log}"
+    );
+
+    let (status, _) = stop(first).await;
+    assert!(status.success());
+    assert!(pending.await.unwrap().is_err(), "the hung create fails");
+    pids.assert_gone().await;
+    assert!(records(&db.run_dir()).is_empty());
+}
+
+/// A dead daemon's record names two groups: one whose leader still has the
+/// recorded start time (killed), and one whose id a process started at
+/// another time holds now, i.e. a recycled pid (spared).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_recycled_group_id_is_spared() {
+    let db = TestDb::new(Backend::Sqlite).await;
+    let key = create_key(&db, "acme").await;
+    let survivor = GroupLeader::spawn();
+    let recycled = GroupLeader::spawn();
+    let record = dead_record(
+        &db.run_dir(),
+        &[
+            (survivor.pid(), survivor.start_time()),
+            (recycled.pid(), recycled.start_time() + 1),
+        ],
+    );
+
+    let daemon = serve(&db, &[], "info").await;
+    assert_gone(&[survivor.pid()], Duration::from_secs(10)).await;
+    assert!(
+        process_alive(recycled.pid()),
+        "a recycled pid is not killed"
+    );
+    assert!(!record.exists(), "a swept record is removed");
+    // Serving (and so listening for SIGTERM) before it is stopped.
+    daemon.org(&key).await.servers().await.expect("serving");
+    let (status, log) = stop(daemon).await;
+    assert!(status.success(), "{status:?}\n{log}");
+    assert!(
+        log.contains("swept 1 process groups a previous mcpd left")
+            && log.contains("killed=1")
+            && log.contains("recycled=1"),
+        "{log}"
+    );
+    assert!(process_alive(recycled.pid()));
+}
+
+/// A run directory that cannot be made stops the daemon at start-up, with a
+/// message naming it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_unusable_run_dir_stops_the_daemon() {
+    let db = TestDb::new(Backend::Sqlite).await;
+    let file = db.dir().join("not-a-dir");
+    std::fs::write(&file, "").unwrap();
+    let output = tokio::time::timeout(
+        Duration::from_secs(20),
+        serve_command_in(&db, &file.join("run"), "info")
+            .args(["--listen", "127.0.0.1:0"])
+            .output(),
+    )
+    .await
+    .expect("refuses to start promptly")
+    .unwrap();
+    assert!(!output.status.success());
+    let log = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        log.contains(&format!("run directory {}", file.join("run").display()))
+            && log.contains("--run-dir"),
+        "{log}"
+    );
+    assert!(!log.contains("mcpd listening"), "{log}");
 }

@@ -47,6 +47,8 @@ async fn session(format: &str) -> (ExitStatus, String, u16) {
         .arg(db.cli_url())
         .arg("--secret-key-file")
         .arg(db.dir().join("secret.key"))
+        .arg("--run-dir")
+        .arg(db.run_dir())
         .env_remove("RUST_LOG")
         .env_remove("MCPD_LOG_FORMAT");
     let mut daemon = spawn_announcing(command, On::Stderr, address_after("mcpd listening")).await;

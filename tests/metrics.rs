@@ -178,3 +178,25 @@ async fn unary_to(
     .await
     .expect_err("nobody serves this method")
 }
+
+/// A daemon starting on a run directory that holds a dead daemon's record
+/// kills the group it names and counts it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn swept_process_groups_are_counted() {
+    let db = std::sync::Arc::new(TestDb::new(Backend::Sqlite).await);
+    let left = GroupLeader::spawn();
+    dead_record(&db.run_dir(), &[(left.pid(), left.start_time())]);
+    let daemon = Daemon::start_on(db.clone(), DaemonOptions::default()).await;
+    assert_gone(&[left.pid()], Duration::from_secs(10)).await;
+    let page = scrape(&daemon).await;
+    assert_eq!(value(&page, "mcpd_mcp_orphan_groups_swept_total"), 1.0);
+
+    // A second daemon on the same run directory finds nothing left to sweep
+    // (and leaves the first one's record alone).
+    let second = Daemon::start_on(db.clone(), DaemonOptions::default()).await;
+    let page = scrape(&second).await;
+    assert_eq!(value(&page, "mcpd_mcp_orphan_groups_swept_total"), 0.0);
+    assert_eq!(records(&db.run_dir()).len(), 2, "one record per daemon");
+    second.stop().await;
+    daemon.stop().await;
+}

@@ -223,6 +223,8 @@ impl Daemon {
             ])
             .arg("--secret-key-file")
             .arg(db.dir.join("mcpd.key"))
+            .arg("--run-dir")
+            .arg(db.dir.join("mcpd.run"))
             .args(extra_args)
             .stdout(Stdio::null())
             .kill_on_drop(true)

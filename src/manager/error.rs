@@ -64,6 +64,7 @@ impl From<McpError> for ManagerError {
             McpError::Settings(_) => ManagerError::InvalidArgument(err.to_string()),
             McpError::Refused(_) => ManagerError::PermissionDenied(err.to_string()),
             McpError::Busy(_) => ManagerError::ResourceExhausted(err.to_string()),
+            McpError::RunDir { .. } => ManagerError::Internal(err.to_string()),
             McpError::NeedsInput(_) | McpError::Unauthorized { .. } => {
                 ManagerError::FailedPrecondition(err.to_string())
             }

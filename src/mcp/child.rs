@@ -13,7 +13,7 @@ use tokio::{
     process::{Child, ChildStdin, ChildStdout, Command},
 };
 
-use super::{McpError, metrics::McpMetrics};
+use super::{McpError, metrics::McpMetrics, orphans::GroupRecord};
 
 /// Bytes of the child's stderr kept for error messages.
 const STDERR_TAIL: usize = 1024;
@@ -27,6 +27,9 @@ pub(super) struct ChildProcess {
     stderr_tail: Arc<Mutex<VecDeque<u8>>>,
     swept: bool,
     metrics: Arc<McpMetrics>,
+    /// Names the group while it may hold processes, for the daemon that
+    /// starts after this one is killed outright.
+    record: Arc<GroupRecord>,
 }
 
 impl ChildProcess {
@@ -36,6 +39,7 @@ impl ChildProcess {
         env: &BTreeMap<String, String>,
         passthrough: &[String],
         metrics: &Arc<McpMetrics>,
+        record: &Arc<GroupRecord>,
     ) -> Result<(ChildProcess, ChildStdout, ChildStdin), McpError> {
         let mut command = Command::new(program);
         command
@@ -77,6 +81,9 @@ impl ChildProcess {
             });
         }
         let pgid = child.id().and_then(|pid| i32::try_from(pid).ok());
+        if let Some(pgid) = pgid {
+            record.started(pgid);
+        }
         metrics.child_started();
         Ok((
             ChildProcess {
@@ -86,6 +93,7 @@ impl ChildProcess {
                 stderr_tail,
                 swept: false,
                 metrics: metrics.clone(),
+                record: record.clone(),
             },
             stdout,
             stdin,
@@ -163,8 +171,11 @@ impl ChildProcess {
                 if err.raw_os_error() != Some(libc::ESRCH) {
                     self.metrics.teardown_failed();
                     tracing::debug!(program = %self.program, error = %err, "killpg failed");
+                    // Still named in the record: a later start retries.
+                    return;
                 }
             }
+            self.record.ended(pgid);
         }
     }
 }

@@ -30,6 +30,7 @@ use super::{
     live::{Live, LiveSessions, ServerKey},
     metrics::{self, McpMetrics, Operation},
     oauth::{OAuthClient, PolicedHttp, TokenError},
+    orphans::GroupRecord,
     pool::{PoolStats, SessionPool},
     session::{CallFailure, SessionTerms, teardown},
     sse::SseClientTransport,
@@ -53,6 +54,8 @@ pub struct McpConnector {
     tool_changes: mpsc::Sender<ServerKey>,
     tool_changes_rx: std::sync::Arc<std::sync::Mutex<Option<mpsc::Receiver<ServerKey>>>>,
     metrics: std::sync::Arc<McpMetrics>,
+    /// The process groups of this daemon's stdio children, on disk.
+    groups: std::sync::Arc<GroupRecord>,
 }
 
 /// Tool list changes queued for the syncing side; more are dropped (the
@@ -60,7 +63,14 @@ pub struct McpConnector {
 const TOOL_CHANGES_QUEUE: usize = 1024;
 
 impl McpConnector {
+    /// With a run directory in `settings`, first kills what a daemon killed
+    /// outright left there (see [`GroupRecord`]).
     pub fn new(settings: McpSettings) -> Result<Self, McpError> {
+        let metrics = McpMetrics::new();
+        let groups = match &settings.run_dir {
+            Some(dir) => GroupRecord::open(dir, &metrics)?,
+            None => GroupRecord::off(),
+        };
         // The policy's resolver checks every address at connect time (DNS
         // rebinding), its redirect policy checks redirect targets, and no
         // proxy from the environment is used (it would hide the target).
@@ -83,7 +93,8 @@ impl McpConnector {
             oauth,
             tool_changes,
             tool_changes_rx: std::sync::Arc::new(std::sync::Mutex::new(Some(tool_changes_rx))),
-            metrics: McpMetrics::new(),
+            metrics,
+            groups,
         })
     }
 
@@ -275,6 +286,7 @@ impl McpConnector {
                     env,
                     &self.settings.stdio_env_passthrough,
                     &self.metrics,
+                    &self.groups,
                 )
                 .map_err(Failure::Final)?;
                 tracing::debug!(program = %command, pid = ?child.pid(), "spawned stdio MCP server");

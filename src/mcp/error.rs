@@ -60,6 +60,13 @@ pub enum McpError {
     /// A limit of the daemon (calls per server, live sessions) was reached.
     #[error("{0}")]
     Busy(String),
+    /// The run directory (`--run-dir`) cannot be created, read or written:
+    /// a start-up error, never a call's.
+    #[error("the run directory {} (--run-dir) cannot be used: {error}", path.display())]
+    RunDir {
+        path: std::path::PathBuf,
+        error: std::io::Error,
+    },
 }
 
 impl McpError {

@@ -1,6 +1,7 @@
 //! What the MCP client side measures: how long connecting, listing and
-//! calling take per transport, the stdio children alive, and teardowns that
-//! did not go cleanly (each also logged at debug where it happens).
+//! calling take per transport, the stdio children alive, teardowns that did
+//! not go cleanly (each also logged at debug where it happens), and the
+//! process groups a killed daemon left that start-up swept.
 
 use std::sync::Arc;
 
@@ -11,6 +12,7 @@ pub(super) struct McpMetrics {
     children: exposition::IntGauge,
     teardown_failures: exposition::IntCounter,
     children_killed: exposition::IntCounter,
+    orphan_groups_swept: exposition::IntCounter,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -66,11 +68,17 @@ impl McpMetrics {
             "Stdio MCP servers that did not exit within --teardown-grace of their session closing and were killed.",
         )
         .expect("valid counter");
+        let orphan_groups_swept = exposition::IntCounter::new(
+            "mcpd_mcp_orphan_groups_swept_total",
+            "Process groups of stdio MCP servers that a daemon killed outright left running (its records in --run-dir), killed at start-up.",
+        )
+        .expect("valid counter");
         Arc::new(McpMetrics {
             durations,
             children,
             teardown_failures,
             children_killed,
+            orphan_groups_swept,
         })
     }
 
@@ -79,6 +87,7 @@ impl McpMetrics {
         exposition::register(registry, self.children.clone());
         exposition::register(registry, self.teardown_failures.clone());
         exposition::register(registry, self.children_killed.clone());
+        exposition::register(registry, self.orphan_groups_swept.clone());
     }
 
     /// Times an operation until the returned timer drops, on every path out.
@@ -102,6 +111,10 @@ impl McpMetrics {
 
     pub(super) fn child_killed(&self) {
         self.children_killed.inc();
+    }
+
+    pub(super) fn groups_swept(&self, groups: usize) {
+        self.orphan_groups_swept.inc_by(groups as u64);
     }
 
     pub(super) fn teardown_failed(&self) {

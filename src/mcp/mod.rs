@@ -10,6 +10,7 @@ mod lifecycle;
 mod live;
 mod metrics;
 mod oauth;
+mod orphans;
 pub mod outbound;
 mod pool;
 mod result;
@@ -18,7 +19,7 @@ pub mod sse;
 mod stdio;
 mod tap;
 
-use std::time::Duration;
+use std::{path::PathBuf, time::Duration};
 
 pub use connector::McpConnector;
 pub use error::{McpError, Stage};
@@ -83,6 +84,11 @@ pub struct McpSettings {
     /// The authorization code flow's callback; without one, servers that
     /// need a person to authorize mcpd cannot be registered.
     pub oauth: Option<OAuthSettings>,
+    /// Where the daemon records its stdio children's process groups, and
+    /// where at start-up it kills those a daemon killed outright left (local
+    /// to the machine, as process groups are). `None`: no record, no sweep
+    /// (commands that start no server).
+    pub run_dir: Option<PathBuf>,
 }
 
 impl Default for McpSettings {
@@ -99,6 +105,7 @@ impl Default for McpSettings {
             pool: PoolLimits::default(),
             call_timeout: Duration::from_secs(600),
             oauth: None,
+            run_dir: None,
         }
     }
 }

@@ -4,6 +4,7 @@
 //! conditions (never on the clock).
 #![allow(dead_code)]
 
+mod groups;
 mod registry;
 mod spawn;
 mod wait;
@@ -15,6 +16,8 @@ use std::{
 };
 
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+#[allow(unused_imports)]
+pub use groups::{GroupLeader, dead_record, records, start_time};
 use mcpd::{
     api::{self, ServeOptions},
     manager::{Limits, Manager},
@@ -123,6 +126,11 @@ impl TestDb {
 
     pub fn dir(&self) -> &std::path::Path {
         self.dir.path()
+    }
+
+    /// The run directory (`--run-dir`) of the daemons on this database.
+    pub fn run_dir(&self) -> PathBuf {
+        self.dir.path().join("mcpd.run")
     }
 
     /// The PostgreSQL database's name (`None` on SQLite).
@@ -264,6 +272,9 @@ impl Daemon {
             store.clone(),
             McpConnector::new(McpSettings {
                 oauth: Some(oauth.clone()),
+                // Daemons on one database share a run directory, as replicas
+                // on one machine may.
+                run_dir: Some(options.mcp.run_dir.clone().unwrap_or_else(|| db.run_dir())),
                 ..options.mcp
             })
             .expect("mcp connector"),

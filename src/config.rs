@@ -111,6 +111,10 @@ pub struct ServeArgs {
     /// cancelled or killed.
     #[arg(long, env = "MCPD_TEARDOWN_GRACE", default_value = "2s", value_parser = humantime::parse_duration)]
     pub teardown_grace: Duration,
+    /// Export traces over OTLP/gRPC to this collector (`http://HOST:PORT`):
+    /// a span per RPC with its MCP and database work. Off when unset.
+    #[arg(long, env = "MCPD_OTLP_ENDPOINT", value_name = "URL")]
+    pub otlp_endpoint: Option<String>,
     /// On SIGINT/SIGTERM, how long in-flight calls get to finish.
     #[arg(long, env = "MCPD_SHUTDOWN_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
     pub shutdown_timeout: Duration,

@@ -12,7 +12,29 @@ use mcpd::{
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    telemetry::init_with(cli.log_format);
+    // Checked here, not by clap: its message would repeat the value, and
+    // with it any credentials in the URL.
+    let otlp_endpoint = match &cli.command {
+        Command::Serve(args) => args
+            .otlp_endpoint
+            .as_deref()
+            .map(telemetry::traces::parse_endpoint)
+            .transpose()?,
+        _ => None,
+    };
+    let traces = telemetry::init_with_traces(cli.log_format, otlp_endpoint.as_deref())?;
+    if let (Some(_), Some(endpoint)) = (&traces, &otlp_endpoint) {
+        tracing::info!(endpoint, "exporting traces over OTLP");
+    }
+    let outcome = run(cli).await;
+    // Last: the spans of the shutdown itself go out too.
+    if let Some(traces) = traces {
+        traces.shutdown().await;
+    }
+    outcome
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Keys { command } => keys(command).await?,
         Command::Migrate(db) => {

@@ -3,6 +3,11 @@
 //! and one log line per `mcpd.v1` call (method, organization, code,
 //! duration; never the request's contents, never the key).
 //!
+//! Each `mcpd.v1` call is also a span, `rpc` (the trace's server span, a
+//! child of the caller's when the request carries a W3C `traceparent`):
+//! the handler runs in it, so the MCP and database spans of the call are
+//! its children; it ends with the call's status, a stream's included.
+//!
 //! The outcome is read from the response as the client gets it: the status
 //! in the headers of a trailers-only answer, else in the trailers at the end
 //! of the body, so a stream is counted when it ends. A body dropped before
@@ -20,6 +25,7 @@ use futures::future::BoxFuture;
 use http_body::{Body, Frame, SizeHint};
 use prost::Message;
 use tonic::{Code, Status};
+use tracing::{Instrument, Span, field::Empty};
 
 use crate::telemetry::metrics::{self as exposition, HistogramOpts, HistogramVec, Opts, Registry};
 
@@ -138,9 +144,11 @@ where
 
     fn call(&mut self, mut request: http::Request<B>) -> Self::Future {
         let mut call = Call::start(self.observer.clone(), request.uri().path());
+        crate::telemetry::traces::set_remote_parent(&call.span, request.headers());
         request.extensions_mut().insert(call.caller.clone());
-        let response = self.inner.call(request);
-        Box::pin(async move {
+        let span = call.span.clone();
+        let response = span.in_scope(|| self.inner.call(request));
+        let handled = async move {
             let (parts, body) = response.await?.into_parts();
             // Trailers-only: the answer is complete with its headers.
             if let Some(status) = Status::from_header_map(&parts.headers) {
@@ -153,7 +161,8 @@ where
                     call: Some(call),
                 },
             ))
-        })
+        };
+        Box::pin(handled.instrument(span))
     }
 }
 
@@ -165,18 +174,29 @@ struct Call {
     path: String,
     method: Option<(Arc<str>, Arc<str>)>,
     caller: CallerSlot,
+    /// Disabled for calls that are not logged (health, reflection), and
+    /// when no trace layer is installed.
+    span: Span,
     finished: bool,
 }
 
 impl Call {
     fn start(observer: Arc<Observer>, path: &str) -> Call {
         let method = observer.methods.0.get(path).cloned();
+        let span = match &method {
+            Some((service, method)) if service.starts_with("mcpd.") => rpc_span(service, method),
+            // A made-up path is named by its package only: the caller
+            // chose the rest.
+            None if path.starts_with("/mcpd.") => rpc_span("unknown", "unknown"),
+            _ => Span::none(),
+        };
         Call {
             observer,
             started: Instant::now(),
             path: path.to_owned(),
             method,
             caller: CallerSlot::default(),
+            span,
             finished: false,
         }
     }
@@ -206,6 +226,17 @@ impl Call {
         };
         if !logged {
             return;
+        }
+        // Ends the span (with the handler's future, its last other holder).
+        let span = std::mem::replace(&mut self.span, Span::none());
+        span.record("rpc.grpc.status_code", status.code() as i32);
+        if let Some(org) = self.caller.0.get() {
+            span.record("mcpd.organization", org.as_str());
+        }
+        // The code's name, not the message: a message may quote the
+        // caller's input (a tool argument that did not fit its schema).
+        if status.code() != Code::Ok {
+            span.record("otel.status_description", code);
         }
         let rpc = match &self.method {
             Some((_, method)) => method.to_string(),
@@ -291,6 +322,22 @@ where
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
     }
+}
+
+/// The server span of one call, named `service/method` as the RPC semantic
+/// conventions have it. Status and organization are filled in at the end.
+fn rpc_span(service: &str, method: &str) -> Span {
+    tracing::info_span!(
+        "rpc",
+        otel.name = %format_args!("{service}/{method}"),
+        otel.kind = "server",
+        rpc.system = "grpc",
+        rpc.service = service,
+        rpc.method = method,
+        rpc.grpc.status_code = Empty,
+        mcpd.organization = Empty,
+        otel.status_description = Empty,
+    )
 }
 
 /// The canonical name of a gRPC code, as grpcurl and the spec spell it.

@@ -6,6 +6,7 @@ use std::future::Future;
 
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, metadata::MetadataValue};
+use tracing::Instrument;
 
 use super::{auth, convert, deadline, status::to_status, stream, watch};
 use crate::{
@@ -52,7 +53,8 @@ where
 async fn detached<T: Send + 'static>(
     fut: impl Future<Output = (Result<T, ManagerError>, CallStats)> + Send + 'static,
 ) -> Result<(T, CallStats), Status> {
-    match tokio::spawn(fut).await {
+    // In the call's span: the work is the call's, even once it outlives it.
+    match tokio::spawn(fut.in_current_span()).await {
         Ok((Ok(value), stats)) => Ok((value, stats)),
         Ok((Err(err), _)) => Err(to_status(err)),
         Err(join) => {

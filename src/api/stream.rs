@@ -5,6 +5,7 @@
 use futures::StreamExt;
 use tokio::sync::mpsc;
 use tonic::{Request, Response, Status, Streaming};
+use tracing::Instrument;
 
 use super::{auth, convert, deadline, status::to_status};
 use crate::{
@@ -41,23 +42,27 @@ pub(super) async fn call(
     let (answers, answers_rx) = mpsc::channel::<ClientAnswer>(BUFFER);
     tokio::spawn(forward_answers(inbound, answers));
     let manager = manager.clone();
-    tokio::spawn(async move {
-        let outcome = run(
-            &manager,
-            &org,
-            convert::call_tool(first),
-            deadline,
-            &out,
-            answers_rx,
-        )
-        .await;
-        let last = outcome.map(|result| proto::StreamMcpToolCallResponse {
-            message: Some(proto::stream_mcp_tool_call_response::Message::Result(
-                result,
-            )),
-        });
-        let _ = out.send(last).await;
-    });
+    tokio::spawn(
+        async move {
+            let outcome = run(
+                &manager,
+                &org,
+                convert::call_tool(first),
+                deadline,
+                &out,
+                answers_rx,
+            )
+            .await;
+            let last = outcome.map(|result| proto::StreamMcpToolCallResponse {
+                message: Some(proto::stream_mcp_tool_call_response::Message::Result(
+                    result,
+                )),
+            });
+            let _ = out.send(last).await;
+        }
+        // The call's MCP and database work, in the call's span.
+        .in_current_span(),
+    );
     let stream = futures::stream::unfold(out_rx, |mut rx| async move {
         rx.recv().await.map(|message| (message, rx))
     });

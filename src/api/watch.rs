@@ -6,6 +6,7 @@ use futures::StreamExt;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
+use tracing::Instrument;
 
 use super::{auth, convert, status::to_status};
 use crate::{manager::Manager, proto};
@@ -27,17 +28,21 @@ pub(super) async fn watch(
     let (end, end_rx) = oneshot::channel::<Status>();
     let manager = manager.clone();
     let stopping = stopping.clone();
-    tokio::spawn(async move {
-        // Ends when the caller drops the stream (the receiver goes), when
-        // the daemon stops, or on an error.
-        let outcome = manager
-            .watch(&org, after, &events, &stopping)
-            .await
-            .map_err(to_status);
-        if let Err(status) = outcome {
-            let _ = end.send(status);
+    tokio::spawn(
+        async move {
+            // Ends when the caller drops the stream (the receiver goes), when
+            // the daemon stops, or on an error.
+            let outcome = manager
+                .watch(&org, after, &events, &stopping)
+                .await
+                .map_err(to_status);
+            if let Err(status) = outcome {
+                let _ = end.send(status);
+            }
         }
-    });
+        // Its reads of the event log belong to the call.
+        .in_current_span(),
+    );
     // The events sent, then the status the watch ended with, if any.
     let events = futures::stream::unfold(events_rx, |mut rx| async move {
         rx.recv()

@@ -11,6 +11,7 @@ use std::{
 };
 
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use super::Manager;
 
@@ -97,7 +98,18 @@ impl Manager {
             due.starting(&server);
             let (org, server_id) = (&server.0, &server.1);
             // A sync that changes something logs it; failures only here.
-            if let (Err(err), _) = self.sync_server_tools(org, server_id).await {
+            // Its own trace: no call asked for it.
+            let span = tracing::info_span!(
+                parent: None,
+                "auto_sync",
+                mcpd.organization = org.as_str(),
+                mcpd.server.id = server_id.as_str(),
+            );
+            if let (Err(err), _) = self
+                .sync_server_tools(org, server_id)
+                .instrument(span)
+                .await
+            {
                 tracing::warn!(%org, server = %server_id, error = %err, "automatic tool sync failed");
             }
             if !due.again(&server) {

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use super::Manager;
 use crate::{model::ServerState, store::Contact};
@@ -124,7 +125,10 @@ impl Manager {
             }
             let round = tokio::select! {
                 () = stopping.cancelled() => return,
-                round = self.check_health(concurrency) => round,
+                // One trace per round, with its reads, contacts and writes.
+                round = self
+                    .check_health(concurrency)
+                    .instrument(tracing::info_span!(parent: None, "health_round")) => round,
             };
             tracing::debug!(
                 checked = round.checked,

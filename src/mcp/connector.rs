@@ -139,6 +139,16 @@ impl McpConnector {
     }
 
     /// [`Self::connect`] with the client `handler` shows the server.
+    #[tracing::instrument(
+        name = "mcp.connect",
+        skip_all,
+        fields(
+            otel.kind = "client",
+            mcp.operation = "connect",
+            mcp.transport = metrics::transport_label(spec),
+            mcpd.server.id = server_id,
+        )
+    )]
     pub(super) async fn connect_with(
         &self,
         organization_id: &str,
@@ -296,7 +306,7 @@ impl McpConnector {
                     Tapped::new(SinkStreamTransport::new(sink, stream), handler.events());
                 match timeout_at(
                     deadline,
-                    service.serve_with_lifecycle(transport, start.mode()),
+                    outside_spans(service.serve_with_lifecycle(transport, start.mode())),
                 )
                 .await
                 {
@@ -730,7 +740,7 @@ impl Failure {
 }
 
 /// A session with a remote server over `transport`, started by the deadline.
-async fn remote<T, E, A>(
+async fn remote<T, E, A: 'static>(
     deadline: Instant,
     timeout: Duration,
     url: &url::Url,
@@ -747,7 +757,7 @@ where
         timeout,
         url,
         start,
-        service.serve_with_lifecycle(transport, start.mode()),
+        outside_spans(service.serve_with_lifecycle(transport, start.mode())),
     )
     .await?;
     Ok(Live {
@@ -755,6 +765,31 @@ where
         child: None,
         malformed: None,
     })
+}
+
+/// Starts a session on a task of its own, where no span is current. rmcp
+/// runs a session's loop, for the session's whole life, in the span current
+/// when the session started: started in a call, a live session would keep
+/// that call's span (and trace) open, and unexported, until it closed.
+/// Dropping the returned future stops the start, as dropping it did inline.
+async fn outside_spans<F>(start: F) -> F::Output
+where
+    F: Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+    impl<T> Drop for AbortOnDrop<T> {
+        fn drop(&mut self) {
+            self.0.abort();
+        }
+    }
+    let mut task = AbortOnDrop(tokio::spawn(start));
+    match (&mut task.0).await {
+        Ok(output) => output,
+        // Only a panic: the task is aborted when this future is dropped,
+        // and then nobody awaits it.
+        Err(err) => std::panic::resume_unwind(err.into_panic()),
+    }
 }
 
 /// The session start with a remote server, by the deadline.

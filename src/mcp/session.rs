@@ -109,6 +109,16 @@ impl Session {
     }
 
     /// Every tool the server offers, following pagination cursors.
+    #[tracing::instrument(
+        name = "mcp.list_tools",
+        skip_all,
+        fields(
+            otel.kind = "client",
+            mcp.operation = "list_tools",
+            mcp.transport = self.terms.transport,
+            mcpd.server.id = self.key.1.as_str(),
+        )
+    )]
     pub async fn list_tools(&self) -> Result<Vec<ListedTool>, McpError> {
         let _timer = self
             .terms
@@ -194,6 +204,17 @@ impl Session {
     /// session's handler fulfils the input requests (a streamed call asks its
     /// caller) and the call is sent again with the answers and the server's
     /// `requestState`, verbatim, for at most [`MAX_INPUT_ROUNDS`] rounds.
+    #[tracing::instrument(
+        name = "mcp.call_tool",
+        skip_all,
+        fields(
+            otel.kind = "client",
+            mcp.operation = "call_tool",
+            mcp.transport = self.terms.transport,
+            mcpd.server.id = self.key.1.as_str(),
+            mcp.tool.name = name,
+        )
+    )]
     pub(super) async fn call_tool_until(
         &self,
         name: &str,

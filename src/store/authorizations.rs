@@ -65,7 +65,7 @@ impl Store {
         ttl: Duration,
     ) -> Result<(), StoreError> {
         let row = self.authorization_row(organization_id, server_id, state, payload, ttl)?;
-        with_conn!(self, Access::Write, |conn| {
+        with_conn!(self, Access::Write, "save_authorization", |conn| {
             diesel::insert_into(oauth_authorizations::table)
                 .values(&row)
                 .execute(conn)
@@ -105,25 +105,27 @@ impl Store {
     ) -> Result<Option<PendingAuthorization>, StoreError> {
         let hash = state_hash(state);
         let now = to_ms(SystemTime::now());
-        let row: Option<AuthorizationRow> = with_conn!(self, Access::Write, |conn| {
-            conn.transaction::<_, StoreError, _>(async |conn| {
-                let row: Option<AuthorizationRow> = diesel::delete(
-                    oauth_authorizations::table.filter(oauth_authorizations::state_hash.eq(&hash)),
-                )
-                .returning(AuthorizationRow::as_returning())
-                .get_result(conn)
-                .await
-                .optional()?;
-                match row {
-                    Some(row) if row.expires_at <= now => {
-                        expire_servers!(conn, [row.server_id.as_str()]);
-                        Ok(None)
+        let row: Option<AuthorizationRow> =
+            with_conn!(self, Access::Write, "take_authorization", |conn| {
+                conn.transaction::<_, StoreError, _>(async |conn| {
+                    let row: Option<AuthorizationRow> = diesel::delete(
+                        oauth_authorizations::table
+                            .filter(oauth_authorizations::state_hash.eq(&hash)),
+                    )
+                    .returning(AuthorizationRow::as_returning())
+                    .get_result(conn)
+                    .await
+                    .optional()?;
+                    match row {
+                        Some(row) if row.expires_at <= now => {
+                            expire_servers!(conn, [row.server_id.as_str()]);
+                            Ok(None)
+                        }
+                        row => Ok(row),
                     }
-                    row => Ok(row),
-                }
-            })
-            .await
-        })?;
+                })
+                .await
+            })?;
         let Some(row) = row else { return Ok(None) };
         let payload = self
             .sealer()?
@@ -140,7 +142,7 @@ impl Store {
     /// for them in [`ServerState::Error`]; returns how many.
     pub async fn sweep_authorizations(&self) -> Result<usize, StoreError> {
         let now = to_ms(SystemTime::now());
-        with_conn!(self, Access::Write, |conn| {
+        with_conn!(self, Access::Write, "sweep_authorizations", |conn| {
             conn.transaction::<_, StoreError, _>(async |conn| {
                 let servers: Vec<String> = diesel::delete(
                     oauth_authorizations::table.filter(oauth_authorizations::expires_at.le(now)),

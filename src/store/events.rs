@@ -277,7 +277,7 @@ impl Store {
 
     /// The organization's newest cursor (0 before its first event).
     pub async fn event_head(&self, org: &str) -> Result<u64, StoreError> {
-        let head: Option<i64> = with_conn!(self, Access::Read, |conn| {
+        let head: Option<i64> = with_conn!(self, Access::Read, "event_head", |conn| {
             Ok(event_cursors::table
                 .find(org)
                 .select(event_cursors::last_seq)
@@ -300,23 +300,24 @@ impl Store {
         let from = i64::try_from(after).map_err(|_| StoreError::CursorAhead { after, head: 0 })?;
         // The head first: every event up to it was committed by then, so
         // finding one of them missing afterwards means it was pruned.
-        let (head, rows): (Option<i64>, Vec<EventRow>) = with_conn!(self, Access::Read, |conn| {
-            let head = event_cursors::table
-                .find(org)
-                .select(event_cursors::last_seq)
-                .first(conn)
-                .await
-                .optional()?;
-            let rows = server_events::table
-                .filter(server_events::organization_id.eq(org))
-                .filter(server_events::seq.gt(from))
-                .order(server_events::seq.asc())
-                .limit(limit)
-                .select(EventRow::as_select())
-                .load(conn)
-                .await?;
-            Ok((head, rows))
-        })?;
+        let (head, rows): (Option<i64>, Vec<EventRow>) =
+            with_conn!(self, Access::Read, "events_after", |conn| {
+                let head = event_cursors::table
+                    .find(org)
+                    .select(event_cursors::last_seq)
+                    .first(conn)
+                    .await
+                    .optional()?;
+                let rows = server_events::table
+                    .filter(server_events::organization_id.eq(org))
+                    .filter(server_events::seq.gt(from))
+                    .order(server_events::seq.asc())
+                    .limit(limit)
+                    .select(EventRow::as_select())
+                    .load(conn)
+                    .await?;
+                Ok((head, rows))
+            })?;
         let head = head.unwrap_or(0);
         if from > head {
             return Err(StoreError::CursorAhead {
@@ -362,7 +363,7 @@ impl Store {
                 .checked_sub(max_age)
                 .unwrap_or(std::time::UNIX_EPOCH),
         );
-        with_conn!(self, Access::Write, |conn| {
+        with_conn!(self, Access::Write, "sweep_events", |conn| {
             Ok(
                 diesel::delete(server_events::table.filter(server_events::created_at.lt(cutoff)))
                     .execute(conn)

@@ -35,7 +35,7 @@ impl Store {
         let now = to_ms(std::time::SystemTime::now());
         let ready = state_column(ServerState::Ready);
         let retention = &self.inner.settings.event_retention;
-        let changed = with_conn!(self, Access::Write, |conn| {
+        let changed = with_conn!(self, Access::Write, "record_contact", |conn| {
             conn.transaction::<_, StoreError, _>(async |conn| {
                 let server = mcp_servers::table
                     .filter(mcp_servers::organization_id.eq(org))
@@ -110,7 +110,7 @@ impl Store {
         limit: i64,
     ) -> Result<Vec<(String, String)>, StoreError> {
         let ready = state_column(ServerState::Ready);
-        with_conn!(self, Access::Read, |conn| {
+        with_conn!(self, Access::Read, "ready_servers", |conn| {
             let mut query = mcp_servers::table
                 .filter(mcp_servers::state.eq(ready))
                 .select((mcp_servers::organization_id, mcp_servers::id))

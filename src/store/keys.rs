@@ -36,7 +36,7 @@ impl Store {
             created_at: to_ms(SystemTime::now()),
             revoked_at: None,
         };
-        with_conn!(self, Access::Write, |conn| {
+        with_conn!(self, Access::Write, "insert_api_key", |conn| {
             diesel::insert_into(api_keys::table)
                 .values(&row)
                 .execute(conn)
@@ -47,7 +47,7 @@ impl Store {
 
     /// Keys of one organization, or of all, oldest first.
     pub async fn list_api_keys(&self, org: Option<&str>) -> Result<Vec<ApiKey>, StoreError> {
-        let rows: Vec<ApiKeyRow> = with_conn!(self, Access::Read, |conn| {
+        let rows: Vec<ApiKeyRow> = with_conn!(self, Access::Read, "list_api_keys", |conn| {
             let mut query = api_keys::table
                 .select(ApiKeyRow::as_select())
                 .order(api_keys::id.asc())
@@ -64,7 +64,7 @@ impl Store {
     /// twice keeps the first time.
     pub async fn revoke_api_key(&self, id: &str) -> Result<bool, StoreError> {
         let now = to_ms(SystemTime::now());
-        with_conn!(self, Access::Write, |conn| {
+        with_conn!(self, Access::Write, "revoke_api_key", |conn| {
             let updated = diesel::update(
                 api_keys::table
                     .filter(api_keys::id.eq(id))
@@ -89,15 +89,16 @@ impl Store {
         &self,
         key_hash: &str,
     ) -> Result<Option<KeyMatch>, StoreError> {
-        let found: Option<(String, String)> = with_conn!(self, Access::Read, |conn| {
-            Ok(api_keys::table
-                .filter(api_keys::key_hash.eq(key_hash))
-                .filter(api_keys::revoked_at.is_null())
-                .select((api_keys::organization_id, api_keys::key_hash))
-                .first(conn)
-                .await
-                .optional()?)
-        })?;
+        let found: Option<(String, String)> =
+            with_conn!(self, Access::Read, "find_active_api_key", |conn| {
+                Ok(api_keys::table
+                    .filter(api_keys::key_hash.eq(key_hash))
+                    .filter(api_keys::revoked_at.is_null())
+                    .select((api_keys::organization_id, api_keys::key_hash))
+                    .first(conn)
+                    .await
+                    .optional()?)
+            })?;
         Ok(found.map(|(organization_id, key_hash)| KeyMatch {
             organization_id,
             key_hash,

@@ -172,29 +172,56 @@ impl<M: bb8::ManageConnection> DerefMut for Lease<'_, M> {
 
 /// Runs `$body` with `$conn` bound to a checked-out connection of whichever
 /// backend the store has. The body is compiled once per backend.
+///
+/// The checkout and the body are one `db.transaction` span named after the
+/// store's `$operation` (a body is one transaction, or one statement that
+/// is its own), with the wait for a connection as a `db.acquire` span in it.
 macro_rules! with_conn {
-    ($store:expr, $access:expr, |$conn:ident| $body:expr) => {{
+    ($store:expr, $access:expr, $operation:literal, |$conn:ident| $body:expr) => {{
         let inner = &$store.inner;
-        match &inner.backend {
-            $crate::store::Backend::Postgres(pool) => {
-                let mut lease = $store.checkout(pool, None).await?;
-                let result: Result<_, $crate::store::StoreError> = {
-                    let $conn = &mut *lease;
-                    $body
-                };
-                $crate::store::confirm_going_away(result, &mut *lease).await
-            }
-            $crate::store::Backend::Sqlite { pool, writer } => {
-                let writer = ($access == $crate::store::Access::Write).then_some(writer);
-                let mut lease = $store.checkout(pool, writer).await?;
-                let $conn = &mut *lease;
-                let result: Result<_, $crate::store::StoreError> = $body;
-                result
-            }
-        }
+        let span = $crate::store::transaction_span(&inner.backend, $operation);
+        tracing::Instrument::instrument(
+            async {
+                match &inner.backend {
+                    $crate::store::Backend::Postgres(pool) => {
+                        let mut lease = $store.checkout(pool, None).await?;
+                        let result: Result<_, $crate::store::StoreError> = {
+                            let $conn = &mut *lease;
+                            $body
+                        };
+                        $crate::store::confirm_going_away(result, &mut *lease).await
+                    }
+                    $crate::store::Backend::Sqlite { pool, writer } => {
+                        let writer = ($access == $crate::store::Access::Write).then_some(writer);
+                        let mut lease = $store.checkout(pool, writer).await?;
+                        let $conn = &mut *lease;
+                        let result: Result<_, $crate::store::StoreError> = $body;
+                        result
+                    }
+                }
+            },
+            span,
+        )
+        .await
     }};
 }
 pub(crate) use with_conn;
+
+/// The span of one unit of work on the database: the system and the
+/// store's operation, never a statement or its values.
+fn transaction_span(backend: &Backend, operation: &'static str) -> tracing::Span {
+    let system = match backend {
+        Backend::Postgres(_) => "postgresql",
+        Backend::Sqlite { .. } => "sqlite",
+    };
+    tracing::info_span!(
+        "db.transaction",
+        otel.kind = "client",
+        db.system = system,
+        db.system.name = system,
+        db.operation.name = operation,
+    )
+}
 
 /// An unknown database error on a connection that no longer answers a
 /// trivial query is the server going away (see
@@ -317,6 +344,7 @@ impl Store {
         self.inner.metrics.reset_peak();
     }
 
+    #[tracing::instrument(name = "db.acquire", skip_all)]
     async fn checkout<'a, M>(
         &'a self,
         pool: &'a bb8::Pool<M>,

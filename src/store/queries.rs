@@ -64,7 +64,7 @@ pub struct DeletedServer {
 
 impl Store {
     pub async fn server_name_taken(&self, org: &str, name: &str) -> Result<bool, StoreError> {
-        with_conn!(self, Access::Read, |conn| {
+        with_conn!(self, Access::Read, "server_name_taken", |conn| {
             let taken = diesel::select(exists(
                 mcp_servers::table
                     .filter(mcp_servers::organization_id.eq(org))
@@ -109,7 +109,7 @@ impl Store {
         let authorization = &authorization;
         let retention = &self.inner.settings.event_retention;
         let event = EventDraft::new(ServerEventKind::Created, row, ToolChanges::default());
-        with_conn!(self, Access::Write, |conn| {
+        with_conn!(self, Access::Write, "create_pending_server", |conn| {
             conn.transaction::<_, StoreError, _>(async |conn| {
                 insert_server!(conn, row);
                 diesel::insert_into(oauth_authorizations::table)
@@ -168,7 +168,7 @@ impl Store {
         let authorization = &authorization;
         let sealed_url = &sealed_url;
         let retention = &self.inner.settings.event_retention;
-        with_conn!(self, Access::Write, |conn| {
+        with_conn!(self, Access::Write, "reopen_authorization", |conn| {
             conn.transaction::<_, StoreError, _>(async |conn| {
                 let row: ServerRow = diesel::update(
                     mcp_servers::table
@@ -217,7 +217,7 @@ impl Store {
         let sealed = self.seal_transport(server_id, transport)?;
         let names = secret_names_column(transport);
         let retention = &self.inner.settings.event_retention;
-        let row: ServerRow = with_conn!(self, Access::Write, |conn| {
+        let row: ServerRow = with_conn!(self, Access::Write, "reauthorized", |conn| {
             conn.transaction::<_, StoreError, _>(async |conn| {
                 let row: ServerRow = diesel::update(
                     mcp_servers::table
@@ -259,7 +259,7 @@ impl Store {
     ) -> Result<(), StoreError> {
         let sealed = self.seal_transport(server_id, transport)?;
         let names = secret_names_column(transport);
-        let updated = with_conn!(self, Access::Write, |conn| {
+        let updated = with_conn!(self, Access::Write, "update_transport", |conn| {
             Ok(diesel::update(
                 mcp_servers::table
                     .filter(mcp_servers::organization_id.eq(org))
@@ -287,7 +287,7 @@ impl Store {
         reason: &str,
     ) -> Result<(), StoreError> {
         let retention = &self.inner.settings.event_retention;
-        let failed = with_conn!(self, Access::Write, |conn| {
+        let failed = with_conn!(self, Access::Write, "fail_server", |conn| {
             conn.transaction::<_, StoreError, _>(async |conn| {
                 let row: Option<ServerRow> = diesel::update(
                     mcp_servers::table
@@ -333,15 +333,16 @@ impl Store {
         org: &str,
         server_id: &str,
     ) -> Result<(Transport, ServerState), StoreError> {
-        let found: Option<(String, String)> = with_conn!(self, Access::Read, |conn| {
-            Ok(mcp_servers::table
-                .filter(mcp_servers::organization_id.eq(org))
-                .filter(mcp_servers::id.eq(server_id))
-                .select((mcp_servers::transport_config, mcp_servers::state))
-                .first(conn)
-                .await
-                .optional()?)
-        })?;
+        let found: Option<(String, String)> =
+            with_conn!(self, Access::Read, "server_transport", |conn| {
+                Ok(mcp_servers::table
+                    .filter(mcp_servers::organization_id.eq(org))
+                    .filter(mcp_servers::id.eq(server_id))
+                    .select((mcp_servers::transport_config, mcp_servers::state))
+                    .first(conn)
+                    .await
+                    .optional()?)
+            })?;
         let (sealed, state) =
             found.ok_or_else(|| StoreError::ServerNotFound(server_id.to_owned()))?;
         Ok((
@@ -417,7 +418,7 @@ impl Store {
         let new_tools = &new_tools;
         let write = &write;
         let retention = &self.inner.settings.event_retention;
-        let row = with_conn!(self, Access::Write, |conn| {
+        let row = with_conn!(self, Access::Write, "persist", |conn| {
             conn.transaction::<_, StoreError, _>(async |conn| {
                 match write {
                     ServerWrite::Insert(row) => {
@@ -518,7 +519,7 @@ impl Store {
     /// Whether any server's transport config is sealed (then the key that
     /// sealed it is needed).
     pub async fn has_sealed_configs(&self) -> Result<bool, StoreError> {
-        with_conn!(self, Access::Read, |conn| {
+        with_conn!(self, Access::Read, "has_sealed_configs", |conn| {
             Ok(diesel::select(exists(
                 mcp_servers::table.filter(mcp_servers::transport_config.like(sealed_pattern())),
             ))
@@ -530,14 +531,15 @@ impl Store {
     /// Opens one stored config with `sealer`: a wrong key fails here, at
     /// start-up, not on some later call.
     pub async fn verify_sealer(&self, sealer: &Sealer) -> Result<(), StoreError> {
-        let sample: Option<(String, String)> = with_conn!(self, Access::Read, |conn| {
-            Ok(mcp_servers::table
-                .filter(mcp_servers::transport_config.like(sealed_pattern()))
-                .select((mcp_servers::id, mcp_servers::transport_config))
-                .first(conn)
-                .await
-                .optional()?)
-        })?;
+        let sample: Option<(String, String)> =
+            with_conn!(self, Access::Read, "verify_sealer", |conn| {
+                Ok(mcp_servers::table
+                    .filter(mcp_servers::transport_config.like(sealed_pattern()))
+                    .select((mcp_servers::id, mcp_servers::transport_config))
+                    .first(conn)
+                    .await
+                    .optional()?)
+            })?;
         if let Some((id, sealed)) = sample {
             sealer.open(&sealed, id.as_bytes()).map_err(|e| {
                 StoreError::Sealing(format!(
@@ -550,7 +552,7 @@ impl Store {
     }
 
     pub async fn get_server(&self, org: &str, id: &str) -> Result<Server, StoreError> {
-        let row: ServerRow = with_conn!(self, Access::Read, |conn| {
+        let row: ServerRow = with_conn!(self, Access::Read, "get_server", |conn| {
             mcp_servers::table
                 .filter(mcp_servers::organization_id.eq(org))
                 .filter(mcp_servers::id.eq(id))
@@ -592,7 +594,7 @@ impl Store {
         tool: &str,
     ) -> Result<CallTarget, StoreError> {
         type Found = (String, String, Option<i64>, String);
-        let found: Option<Found> = with_conn!(self, Access::Read, |conn| {
+        let found: Option<Found> = with_conn!(self, Access::Read, "call_target", |conn| {
             let found = mcp_servers::table
                 .inner_join(server_tools::table.inner_join(tools::table))
                 .filter(mcp_servers::organization_id.eq(org))
@@ -677,7 +679,7 @@ impl Store {
         limit: i64,
     ) -> Result<Vec<Server>, StoreError> {
         let prefix_chars = i32::try_from(filter.name_prefix.chars().count()).unwrap_or(i32::MAX);
-        let rows: Vec<ServerRow> = with_conn!(self, Access::Read, |conn| {
+        let rows: Vec<ServerRow> = with_conn!(self, Access::Read, "list_servers", |conn| {
             let mut query = mcp_servers::table
                 .filter(mcp_servers::organization_id.eq(org))
                 .select(ServerRow::as_select())
@@ -720,7 +722,7 @@ impl Store {
         after_name: Option<&str>,
         limit: i64,
     ) -> Result<Vec<Tool>, StoreError> {
-        let rows: Vec<ToolRow> = with_conn!(self, Access::Read, |conn| {
+        let rows: Vec<ToolRow> = with_conn!(self, Access::Read, "list_server_tools", |conn| {
             let found = diesel::select(exists(
                 mcp_servers::table
                     .filter(mcp_servers::organization_id.eq(org))
@@ -750,7 +752,7 @@ impl Store {
     /// provides, in one transaction.
     pub async fn delete_server(&self, org: &str, id: &str) -> Result<DeletedServer, StoreError> {
         let retention = &self.inner.settings.event_retention;
-        let deleted = with_conn!(self, Access::Write, |conn| {
+        let deleted = with_conn!(self, Access::Write, "delete_server", |conn| {
             conn.transaction::<_, StoreError, _>(async |conn| {
                 let server: ServerRow = mcp_servers::table
                     .filter(mcp_servers::organization_id.eq(org))
@@ -840,7 +842,7 @@ impl Store {
         limit: i64,
     ) -> Result<Vec<(Tool, bool)>, StoreError> {
         let (after_name, after_id) = after.unwrap_or(("", ""));
-        let rows: Vec<CatalogueRow> = with_conn!(self, Access::Read, |conn| {
+        let rows: Vec<CatalogueRow> = with_conn!(self, Access::Read, "list_catalogue", |conn| {
             Ok(diesel::sql_query(
                 "SELECT t.id, t.organization_id, t.name, t.qualified_name, t.description, \
                  t.input_schema, t.created_at, t.title, t.annotations, t.output_schema, \

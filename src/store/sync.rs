@@ -62,7 +62,7 @@ impl Store {
         let now = to_ms(std::time::SystemTime::now());
         let listed = &listed;
         let retention = &self.inner.settings.event_retention;
-        let (synced, announced) = with_conn!(self, Access::Write, |conn| {
+        let (synced, announced) = with_conn!(self, Access::Write, "sync_tools", |conn| {
             conn.transaction::<_, StoreError, _>(async |conn| {
                 let (synced, row, reached_again) = sync_in_transaction!(
                     &mut *conn,
@@ -337,7 +337,7 @@ impl Store {
         let update = &update;
         let sealed = &sealed;
         let retention = &self.inner.settings.event_retention;
-        let (row, synced) = with_conn!(self, Access::Write, |conn| {
+        let (row, synced) = with_conn!(self, Access::Write, "update_server", |conn| {
             conn.transaction::<_, StoreError, _>(async |conn| {
                 let target = mcp_servers::table
                     .filter(mcp_servers::organization_id.eq(org))

@@ -284,6 +284,16 @@ impl SessionPool {
         slot.as_ref().filter(|session| session.is_open()).cloned()
     }
 
+    /// The servers the pool holds a place for (a live session, or one being
+    /// opened).
+    pub(super) fn servers(&self) -> Vec<ServerKey> {
+        self.inner
+            .servers
+            .lock()
+            .map(|servers| servers.keys().cloned().collect())
+            .unwrap_or_default()
+    }
+
     /// Closes the server's live session, if any. Calls on it end with an error.
     pub(super) fn remove(&self, key: &ServerKey) {
         let entry = self

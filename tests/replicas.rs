@@ -140,7 +140,7 @@ async fn three_replicas_serve_one_registry_round_robin() {
     let transport = |i: usize| {
         if i == 0 {
             stdio(["--tools-file", tools_file.to_str().unwrap()])
-        } else if i % STDIO_EVERY == 0 {
+        } else if i.is_multiple_of(STDIO_EVERY) {
             stdio(["--tools", "3"])
         } else {
             streamable_http(&http[i % http.len()].url)

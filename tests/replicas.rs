@@ -20,7 +20,7 @@ use std::{
 
 use common::*;
 use futures::StreamExt;
-use mcpd::proto::{McpServerEventKind as Kind, McpServerState};
+use mcpd::proto::{self, McpServerEventKind as Kind, McpServerState};
 use serde_json::json;
 use tonic::{Code, Status};
 
@@ -436,6 +436,65 @@ async fn a_close_on_one_replica_ends_the_live_sessions_of_the_others() {
     assert!(!answer.is_error, "{answer:?}");
     assert_eq!(right.manager.stats().live.session_opens, 2);
     on_left.close(&kept).await.unwrap();
+    right.stop().await;
+    left.stop().await;
+}
+
+/// A transport replaced through one replica is what the next call on
+/// another uses, even though that replica had a session open with the old
+/// one (and kept using it: nothing else would have closed it while busy).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_transport_replaced_on_one_replica_is_used_by_the_others() {
+    let db = Arc::new(TestDb::new(Backend::Postgres).await);
+    let left = Daemon::start_on(db.clone(), DaemonOptions::default()).await;
+    let right = Daemon::start_on(db.clone(), DaemonOptions::default()).await;
+    let key = left.keys.key("acme").to_owned();
+    let on_left = OrgClient::new(left.channel().await, &key);
+    let on_right = OrgClient::new(right.channel().await, &key);
+    let old = HttpTestServer::start(["--tools", "1", "--tool-prefix", "old_"]).await;
+    let new = HttpTestServer::start(["--tools", "1", "--tool-prefix", "new_"]).await;
+    let id = on_left
+        .create("moving", streamable_http(&old.url))
+        .await
+        .unwrap()
+        .server
+        .unwrap()
+        .id;
+    let answer = on_right
+        .call_tool(call(&id, "old_0000", json!({"x": 1})))
+        .await
+        .unwrap();
+    assert!(!answer.is_error, "{answer:?}");
+
+    on_left
+        .raw()
+        .update_mcp_server(on_left.req(proto::UpdateMcpServerRequest {
+            server_id: id.clone(),
+            update_mask: Some(prost_types::FieldMask {
+                paths: vec!["transport".into()],
+            }),
+            transport: Some(proto::update_mcp_server_request::Transport::StreamableHttp(
+                proto::StreamableHttpTransport {
+                    url: new.url.clone(),
+                    headers: Default::default(),
+                    oauth: None,
+                },
+            )),
+            ..Default::default()
+        }))
+        .await
+        .unwrap();
+    // The old server is still up: only the new transport tells them apart.
+    let answer = on_right
+        .call_tool(call(&id, "new_0000", json!({"x": 2})))
+        .await
+        .unwrap();
+    assert!(!answer.is_error, "{answer:?}");
+    assert!(text_of(&answer).contains("new_0000"), "{answer:?}");
+    assert_eq!(right.manager.stats().live.session_opens, 2);
+    on_left.close(&id).await.unwrap();
+    old.stop().await;
+    new.stop().await;
     right.stop().await;
     left.stop().await;
 }

@@ -113,6 +113,41 @@ impl Proc {
     }
 }
 
+/// What `/proc/<pid>/stat` says about a process: the CPU time it used so
+/// far (user + system, its own threads; children it reaped are not
+/// counted) and its resident set.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ProcStat {
+    pub cpu_secs: f64,
+    pub rss_bytes: u64,
+}
+
+impl ProcStat {
+    pub fn of(pid: Option<u32>) -> ProcStat {
+        pid.and_then(Self::read).unwrap_or_default()
+    }
+
+    fn read(pid: u32) -> Option<ProcStat> {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        // The command may hold spaces: count fields after its closing
+        // parenthesis, where field 3 (state) is index 0 (man 5 proc).
+        let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+        let field = |n: usize| fields.get(n - 3)?.parse::<u64>().ok();
+        let (utime, stime, rss_pages) = (field(14)?, field(15)?, field(24)?);
+        // SAFETY: sysconf reads a constant of the system.
+        let (ticks, page) = unsafe {
+            (
+                libc::sysconf(libc::_SC_CLK_TCK),
+                libc::sysconf(libc::_SC_PAGESIZE),
+            )
+        };
+        Some(ProcStat {
+            cpu_secs: (utime + stime) as f64 / ticks.max(1) as f64,
+            rss_bytes: rss_pages * u64::try_from(page).ok()?,
+        })
+    }
+}
+
 /// The rmcp test server on a free loopback port, serving `tools` synthetic
 /// tools whose names are unique per session.
 pub async fn start_mcp_server(bin: &str, tools: usize) -> anyhow::Result<(Proc, String)> {

@@ -9,6 +9,7 @@ mod calls;
 mod env;
 mod fanout;
 mod floor;
+mod replicas;
 mod scenarios;
 mod stats;
 
@@ -53,7 +54,7 @@ struct Cli {
     #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
     pool_timeout: Duration,
     /// Which scenarios: the registry's (creates, fan-out, load, memory),
-    /// tool calls, or both.
+    /// tool calls, replicas on one PostgreSQL, or all.
     #[arg(long, value_enum, default_value_t = Scenarios::All)]
     scenarios: Scenarios,
 }
@@ -63,6 +64,7 @@ enum Scenarios {
     All,
     Registry,
     Call,
+    Replicas,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -126,28 +128,39 @@ async fn main() -> anyhow::Result<()> {
     let mut results = Vec::new();
     let mut baseline = Vec::new();
     let mut call = Vec::new();
+    let mut replica_rows = Vec::new();
+    let replica_plan = replicas::ReplicaPlan::new(cli.quick);
     for backend in backends {
         eprintln!("== {}", backend.name());
         let db = Db::create(backend, &cli.pg_admin_url).await?;
         let outcome = async {
-            let registry = if cli.scenarios == Scenarios::Call {
-                (Vec::new(), Vec::new())
-            } else {
+            let registry = if matches!(cli.scenarios, Scenarios::All | Scenarios::Registry) {
                 run_backend(&cli, &plan, &db).await?
-            };
-            let calls = if cli.scenarios == Scenarios::Registry {
-                Vec::new()
             } else {
-                run_calls(&cli, &call_plan, &db).await?
+                (Vec::new(), Vec::new())
             };
-            anyhow::Ok((registry, calls))
+            let calls = if matches!(cli.scenarios, Scenarios::All | Scenarios::Call) {
+                run_calls(&cli, &call_plan, &db).await?
+            } else {
+                Vec::new()
+            };
+            // Replicas need a database server: PostgreSQL only.
+            let replicated = if matches!(cli.scenarios, Scenarios::All | Scenarios::Replicas)
+                && backend == Backend::Postgres
+            {
+                run_replicas(&cli, replica_plan, &db).await?
+            } else {
+                Vec::new()
+            };
+            anyhow::Ok((registry, calls, replicated))
         }
         .await;
         db.drop_db().await;
-        let ((ours, theirs), calls) = outcome?;
+        let ((ours, theirs), calls, replicated) = outcome?;
         results.extend(ours);
         baseline.extend(theirs);
         call.extend(calls);
+        replica_rows.extend(replicated);
     }
     let report = json!({
         "generated_at_unix": std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs(),
@@ -157,6 +170,7 @@ async fn main() -> anyhow::Result<()> {
         "results": results,
         "fanout_baseline": baseline,
         "call": call,
+        "replicas": replica_rows,
     });
     if let Some(dir) = cli.out.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir)?;
@@ -354,6 +368,30 @@ async fn run_calls(cli: &Cli, plan: &CallPlan, db: &Db) -> anyhow::Result<Vec<Va
         .collect())
 }
 
+/// The round-robin workload on one daemon, then on three on one database.
+async fn run_replicas(
+    cli: &Cli,
+    plan: replicas::ReplicaPlan,
+    db: &Db,
+) -> anyhow::Result<Vec<Value>> {
+    eprintln!("  replicas: {} servers, {} calls", plan.servers, plan.calls);
+    let test_server = std::fs::canonicalize(&cli.test_server)
+        .with_context(|| format!("resolving {}", cli.test_server))?
+        .to_string_lossy()
+        .into_owned();
+    replicas::run(
+        &replicas::Launch {
+            bin: &cli.daemon,
+            db,
+            pool_size: cli.pool_size,
+            pool_timeout: cli.pool_timeout,
+            test_server: &test_server,
+        },
+        plan,
+    )
+    .await
+}
+
 /// Median milliseconds the floor takes for `n` tools.
 async fn floor(db: &Db, n: usize, runs: usize) -> anyhow::Result<f64> {
     let mut times = Vec::with_capacity(runs);
@@ -444,6 +482,7 @@ fn print_table(report: &Value) {
         print_registry(rows, fanout, f);
     }
     calls::print_table(report["call"].as_array().unwrap_or(&empty));
+    replicas::print_table(report["replicas"].as_array().unwrap_or(&empty));
 }
 
 fn print_registry(rows: &[Value], fanout: &[Value], f: impl Fn(&Value) -> String) {
@@ -569,7 +608,7 @@ fn print_registry(rows: &[Value], fanout: &[Value], f: impl Fn(&Value) -> String
     }
     println!("\nLoad: concurrent creates then closes (daemon)");
     println!(
-        "{:<9} {:>7} {:>8} {:>9} {:>9} {:>7} {:>10} {:>9} {:>10} {:>9}",
+        "{:<9} {:>7} {:>8} {:>9} {:>9} {:>7} {:>10} {:>9} {:>10} {:>9} {:>12} {:>11} {:>6}",
         "backend",
         "creates",
         "per s",
@@ -579,11 +618,14 @@ fn print_registry(rows: &[Value], fanout: &[Value], f: impl Fn(&Value) -> String
         "peak conn",
         "peak/req",
         "close/s",
-        "close p99"
+        "close p99",
+        "CPU/create",
+        "CPU/close",
+        "cores"
     );
     for r in rows.iter().filter(|r| r["scenario"] == "load") {
         println!(
-            "{:<9} {:>7} {:>8} {:>9} {:>9} {:>7} {:>10} {:>9} {:>10} {:>9}",
+            "{:<9} {:>7} {:>8} {:>9} {:>9} {:>7} {:>10} {:>9} {:>10} {:>9} {:>12} {:>11} {:>6}",
             r["backend"].as_str().unwrap_or(""),
             f(&r["creates"]),
             f(&r["throughput_per_s"]),
@@ -594,6 +636,9 @@ fn print_registry(rows: &[Value], fanout: &[Value], f: impl Fn(&Value) -> String
             f(&r["peak_connections_per_request"]),
             f(&r["close_throughput_per_s"]),
             f(&r["close_p99_ms"]),
+            f(&r["cpu_ms_per_create"]),
+            f(&r["cpu_ms_per_close"]),
+            f(&r["cpu_cores_during_creates"]),
         );
     }
     println!("\nMemory and listing (daemon)");

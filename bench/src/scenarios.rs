@@ -15,7 +15,7 @@ use serde_json::{Value, json};
 use tonic::{metadata::MetadataMap, transport::Channel};
 
 use crate::{
-    env::Daemon,
+    env::{Daemon, ProcStat},
     stats::{round, summarize},
 };
 
@@ -167,6 +167,8 @@ pub async fn single_creates(
 pub async fn load(daemon: &Daemon, url: &str, count: usize, tools: usize) -> anyhow::Result<Value> {
     let org = "load";
     daemon_peak(daemon, true).await?;
+    // Where the daemon's CPU goes: its own time per create and per close.
+    let cpu_before = ProcStat::of(daemon.proc.pid()).cpu_secs;
     let started = Instant::now();
     let creates = (0..count).map(|i| {
         let mut client = daemon.client();
@@ -190,6 +192,7 @@ pub async fn load(daemon: &Daemon, url: &str, count: usize, tools: usize) -> any
             }
         }
     }
+    let cpu_after_creates = ProcStat::of(daemon.proc.pid()).cpu_secs;
     let stats_after_creates = daemon_peak(daemon, true).await?;
     let started = Instant::now();
     let closes = ids.iter().map(|id| {
@@ -209,8 +212,16 @@ pub async fn load(daemon: &Daemon, url: &str, count: usize, tools: usize) -> any
             }
         }
     }
+    let cpu_after_closes = ProcStat::of(daemon.proc.pid()).cpu_secs;
     let stats_after_closes = daemon_peak(daemon, false).await?;
     let (c, k) = (summarize(&latencies), summarize(&close_latencies));
+    let per = |secs: f64, n: usize| {
+        if n == 0 {
+            0.0
+        } else {
+            round(secs * 1000.0 / n as f64)
+        }
+    };
     Ok(json!({
         "scenario": "load",
         "creates": count,
@@ -224,6 +235,9 @@ pub async fn load(daemon: &Daemon, url: &str, count: usize, tools: usize) -> any
         "close_throughput_per_s": round(close_latencies.len() as f64 / close_secs),
         "close_p50_ms": round(k.p50),
         "close_p99_ms": round(k.p99),
+        "cpu_ms_per_create": per(cpu_after_creates - cpu_before, latencies.len()),
+        "cpu_ms_per_close": per(cpu_after_closes - cpu_after_creates, close_latencies.len()),
+        "cpu_cores_during_creates": round((cpu_after_creates - cpu_before) / create_secs),
         "peak_connections": stats_after_creates.pool_peak_checked_out.max(stats_after_closes.pool_peak_checked_out),
         "peak_connections_per_request": peak_per_request,
         "pool_size": stats_after_closes.pool_max_size,

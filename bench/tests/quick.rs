@@ -83,6 +83,13 @@ fn quick_run_writes_the_documented_json() {
             load[0]["peak_connections"].as_u64().unwrap() <= load[0]["pool_size"].as_u64().unwrap()
         );
         assert!(load[0]["throughput_per_s"].as_f64().unwrap() > 0.0);
+        for key in ["cpu_ms_per_create", "cpu_ms_per_close"] {
+            assert!(
+                load[0][key].as_f64().is_some_and(|v| v > 0.0),
+                "{backend} {key}: {}",
+                load[0]
+            );
+        }
         let sync = of("sync_vs_recreate");
         assert_eq!(sync.len(), 1, "{backend}");
         let sync = sync[0];
@@ -223,4 +230,27 @@ fn quick_run_writes_the_documented_json() {
         }
     }
     assert!(stdout.contains("Tool-call targets"), "{stdout}");
+
+    // Replicas: PostgreSQL only, one daemon then three, the same workload.
+    let replicas = report["replicas"].as_array().unwrap();
+    let counts: Vec<u64> = replicas
+        .iter()
+        .map(|r| r["replicas"].as_u64().unwrap())
+        .collect();
+    assert_eq!(counts, [1, 3], "{replicas:?}");
+    for r in replicas {
+        assert_eq!(r["backend"], "postgres", "{r}");
+        assert_eq!(r["errors"], 0, "{r}");
+        let cpu = r["cpu_secs_per_replica"].as_array().unwrap();
+        assert_eq!(cpu.len() as u64, r["replicas"].as_u64().unwrap(), "{r}");
+        assert!(cpu.iter().all(|c| c.as_f64().unwrap() > 0.0), "{r}");
+        for op in ["create", "call", "sync", "close"] {
+            assert!(
+                r[format!("{op}_per_s")].as_f64().unwrap() > 0.0,
+                "{op}: {r}"
+            );
+        }
+    }
+    assert!(replicas[1]["call_vs_one"].as_f64().unwrap() > 0.0);
+    assert!(stdout.contains("Replicas on one PostgreSQL"), "{stdout}");
 }

@@ -101,6 +101,7 @@ pub async fn serve(
     tokio::spawn(sweep_expired(manager.clone(), stopping.clone()));
     tokio::spawn(manager.clone().run_event_listener(stopping.clone()));
     tokio::spawn(manager.clone().run_auto_sync(stopping.clone()));
+    tokio::spawn(manager.clone().run_closed_elsewhere(stopping.clone()));
     if let Some(every) = manager.limits().health_interval {
         let concurrency = manager.limits().health_concurrency;
         tokio::spawn(

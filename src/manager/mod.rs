@@ -4,6 +4,7 @@
 mod authorize;
 mod auto_sync;
 mod call;
+mod closed_elsewhere;
 mod error;
 #[cfg(test)]
 mod fuzz;

@@ -627,6 +627,12 @@ impl McpConnector {
         self.pool.stats()
     }
 
+    /// (organization, server id) of every server with a live session for
+    /// calls.
+    pub fn live_servers(&self) -> Vec<(String, String)> {
+        self.pool.servers()
+    }
+
     /// Tears down every session still open for one server. Best-effort.
     pub async fn close_server(&self, organization_id: &str, server_id: &str) {
         let key = (organization_id.to_owned(), server_id.to_owned());

@@ -71,6 +71,10 @@ struct Entry {
     session: tokio::sync::Mutex<Option<Arc<Session>>>,
     calls: Arc<Semaphore>,
     last_used: Mutex<Instant>,
+    /// The [`reach`] of the transport the session was opened with: another
+    /// replica may replace the transport, and each call brings the stored
+    /// one.
+    opened_with: Mutex<Option<u64>>,
 }
 
 impl Entry {
@@ -227,6 +231,7 @@ impl SessionPool {
             session: tokio::sync::Mutex::new(None),
             calls: Arc::new(Semaphore::new(limits.max_calls_per_server)),
             last_used: Mutex::new(Instant::now()),
+            opened_with: Mutex::new(None),
         });
         servers.insert(key.clone(), entry.clone());
         Ok(entry)
@@ -248,12 +253,17 @@ impl SessionPool {
         let mut slot = tokio::time::timeout_at(deadline, entry.session.lock())
             .await
             .map_err(|_| timed_out())?;
+        let wanted = reach(transport);
+        let opened_with = entry.opened_with.lock().ok().and_then(|w| *w);
         if let Some(session) = slot.as_ref() {
-            if session.is_open() {
+            if opened_with != Some(wanted) {
+                tracing::debug!(server = %key.1, "the server's transport changed; opening a new live MCP session");
+            } else if session.is_open() {
                 self.inner.reuses.fetch_add(1, Ordering::Relaxed);
                 return Ok(session.clone());
+            } else {
+                tracing::debug!(server = %key.1, "live MCP session died; opening a new one");
             }
-            tracing::debug!(server = %key.1, "live MCP session died; opening a new one");
         }
         if let Some(dead) = slot.take() {
             tokio::spawn(async move { dead.shut_down().await });
@@ -274,6 +284,9 @@ impl SessionPool {
         session.listen_for_tool_changes();
         let session = Arc::new(session);
         *slot = Some(session.clone());
+        if let Ok(mut opened_with) = entry.opened_with.lock() {
+            *opened_with = Some(wanted);
+        }
         Ok(session)
     }
 
@@ -282,6 +295,16 @@ impl SessionPool {
         let entry = self.inner.servers.lock().ok()?.get(key)?.clone();
         let slot = entry.session.try_lock().ok()?;
         slot.as_ref().filter(|session| session.is_open()).cloned()
+    }
+
+    /// The servers the pool holds a place for (a live session, or one being
+    /// opened).
+    pub(super) fn servers(&self) -> Vec<ServerKey> {
+        self.inner
+            .servers
+            .lock()
+            .map(|servers| servers.keys().cloned().collect())
+            .unwrap_or_default()
     }
 
     /// Closes the server's live session, if any. Calls on it end with an error.
@@ -388,6 +411,25 @@ async fn forget(entry: &Entry, dead: &Arc<Session>) {
     drop(slot);
     let dead = dead.clone();
     tokio::spawn(async move { dead.shut_down().await });
+}
+
+/// What says how a session reaches its server: the transport without its
+/// OAuth grant, which is renewed in place (a session whose token is refused
+/// is replaced anyway).
+fn reach(transport: &Transport) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut transport = transport.clone();
+    if let Transport::StreamableHttp {
+        oauth: Some(oauth), ..
+    } = &mut transport
+    {
+        oauth.grant = None;
+    }
+    let mut hasher = std::hash::DefaultHasher::new();
+    serde_json::to_string(&transport)
+        .unwrap_or_default()
+        .hash(&mut hasher);
+    hasher.finish()
 }
 
 fn remaining(deadline: Instant) -> Duration {

@@ -251,6 +251,29 @@ impl EventSignal {
     }
 }
 
+/// What [`EventSignal::next`] woke for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Woken {
+    /// This organization may have new events.
+    Organization(String),
+    /// Any organization may have: the listener reconnected, or the signal
+    /// fell behind.
+    Everyone,
+}
+
+impl EventSignal {
+    /// The next wake-up, of any organization; `None` once the store is gone.
+    pub async fn next(&mut self) -> Option<Woken> {
+        match self.receiver.recv().await {
+            Ok(Wake::Organization(org)) => Some(Woken::Organization(org.to_string())),
+            Ok(Wake::Everyone) | Err(broadcast::error::RecvError::Lagged(_)) => {
+                Some(Woken::Everyone)
+            }
+            Err(broadcast::error::RecvError::Closed) => None,
+        }
+    }
+}
+
 /// Events after a cursor, and the cursor to read on from.
 #[derive(Debug, Clone)]
 pub struct EventPage {

@@ -34,7 +34,7 @@ use tokio::sync::{Mutex, MutexGuard};
 
 pub use authorizations::PendingAuthorization;
 pub use error::StoreError;
-pub use events::{EventPage, EventRetention, EventSignal};
+pub use events::{EventPage, EventRetention, EventSignal, Woken};
 pub use health::Contact;
 pub use keys::KeyMatch;
 pub use metrics::{PoolStats, track_connections};

@@ -76,6 +76,24 @@ impl Store {
         })
     }
 
+    /// Which of these servers of `org` are registered (the others were
+    /// closed, possibly by another replica).
+    pub async fn registered_servers(
+        &self,
+        org: &str,
+        ids: &[String],
+    ) -> Result<std::collections::HashSet<String>, StoreError> {
+        let found: Vec<String> = with_conn!(self, Access::Read, |conn| {
+            Ok(mcp_servers::table
+                .filter(mcp_servers::organization_id.eq(org))
+                .filter(mcp_servers::id.eq_any(ids))
+                .select(mcp_servers::id)
+                .load(conn)
+                .await?)
+        })?;
+        Ok(found.into_iter().collect())
+    }
+
     /// Writes the server, then its tools and their mappings, in one
     /// transaction on one connection, in multi-row batches.
     pub async fn create_server(

@@ -83,7 +83,7 @@ impl Store {
         org: &str,
         ids: &[String],
     ) -> Result<std::collections::HashSet<String>, StoreError> {
-        let found: Vec<String> = with_conn!(self, Access::Read, |conn| {
+        let found: Vec<String> = with_conn!(self, Access::Read, "registered_servers", |conn| {
             Ok(mcp_servers::table
                 .filter(mcp_servers::organization_id.eq(org))
                 .filter(mcp_servers::id.eq_any(ids))

@@ -84,6 +84,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 ..args.mcp_settings()?
             })?;
             let manager = Manager::new(store, mcp, args.limits());
+            // Before the listener: from here on a signal stops the daemon
+            // cleanly (until now it ends it where it stands).
+            let shutdown = shutdown_signal()?;
             let listener = tokio::net::TcpListener::bind(args.listen)
                 .await
                 .with_context(|| format!("binding {}", args.listen))?;
@@ -98,7 +101,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     drain_timeout: args.shutdown_timeout,
                     tls,
                 },
-                shutdown_signal(),
+                shutdown,
             )
             .await?;
         }
@@ -183,18 +186,18 @@ async fn keys(command: KeysCommand) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// SIGINT or SIGTERM.
-async fn shutdown_signal() {
-    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-        Ok(term) => term,
-        Err(err) => {
-            tracing::warn!(error = %err, "cannot listen for SIGTERM; only SIGINT stops the daemon");
-            let _ = tokio::signal::ctrl_c().await;
-            return;
+/// SIGINT or SIGTERM. The handlers are installed when this is called, not
+/// when the future is first polled: a signal that came after the daemon said
+/// it was listening but before the server polled its shutdown future would
+/// otherwise take the default action and kill the daemon with no teardown.
+fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).context("listening for SIGTERM")?;
+    let mut interrupt = signal(SignalKind::interrupt()).context("listening for SIGINT")?;
+    Ok(async move {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = interrupt.recv() => {}
         }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
-    }
+    })
 }

@@ -999,7 +999,6 @@ async fn a_live_daemons_groups_are_not_swept() {
     assert!(process_alive(pids.grandchild), "and its grandchild");
     assert!(record[0].exists(), "the first daemon's record is kept");
     assert_eq!(records(&db.run_dir()).len(), 2, "one record per daemon");
-    // Serving (and so listening for SIGTERM) before it is stopped.
     second.org(&key).await.servers().await.expect("serving");
     let (status, log) = stop(second).await;
     assert!(status.success(), "{status:?}\n{log}");
@@ -1013,6 +1012,23 @@ async fn a_live_daemons_groups_are_not_swept() {
     assert!(pending.await.unwrap().is_err(), "the hung create fails");
     pids.assert_gone().await;
     assert!(records(&db.run_dir()).is_empty());
+}
+
+/// A SIGTERM sent the moment the daemon says it is listening stops it
+/// cleanly: its handler is installed before the listener, not when the
+/// server first polls for shutdown (until then the default action killed
+/// the daemon, leaving its run record behind). Several times, since the
+/// window was a few scheduler ticks wide.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_sigterm_right_after_listening_stops_the_daemon_cleanly() {
+    let db = TestDb::new(Backend::Sqlite).await;
+    for attempt in 0..5 {
+        let daemon = serve(&db, &[], "info").await;
+        let (status, log) = stop(daemon).await;
+        assert!(status.success(), "attempt {attempt}: {status:?}\n{log}");
+        assert!(log.contains("mcpd stopped"), "attempt {attempt}: {log}");
+        assert!(records(&db.run_dir()).is_empty(), "attempt {attempt}");
+    }
 }
 
 /// A dead daemon's record names two groups: one whose leader still has the
@@ -1039,7 +1055,6 @@ async fn a_recycled_group_id_is_spared() {
         "a recycled pid is not killed"
     );
     assert!(!record.exists(), "a swept record is removed");
-    // Serving (and so listening for SIGTERM) before it is stopped.
     daemon.org(&key).await.servers().await.expect("serving");
     let (status, log) = stop(daemon).await;
     assert!(status.success(), "{status:?}\n{log}");

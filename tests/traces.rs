@@ -259,7 +259,9 @@ async fn serve(
             &LOOPBACK.join(","),
         ])
         .arg("--secret-key-file")
-        .arg(db.dir().join("mcpd.key"));
+        .arg(db.dir().join("mcpd.key"))
+        .arg("--run-dir")
+        .arg(db.run_dir());
     for (name, value) in env {
         command.env(name, value);
     }

@@ -415,9 +415,14 @@ impl Store {
     /// The server row, then its tools and mappings, in one transaction.
     async fn persist(
         &self,
-        write: ServerWrite,
+        mut write: ServerWrite,
         new_tools: Vec<NewTool>,
     ) -> Result<CreatedServer, StoreError> {
+        let tool_count = i32::try_from(new_tools.len()).unwrap_or(i32::MAX);
+        // A new row carries its count from the start: one statement fewer.
+        if let ServerWrite::Insert(row) = &mut write {
+            row.tool_count = tool_count;
+        }
         let (server_id, org, prefix) = match &write {
             ServerWrite::Insert(row) => (&row.id, &row.organization_id, &row.tool_prefix),
             ServerWrite::Authorized {
@@ -489,18 +494,8 @@ impl Store {
                     InsertMappings(&mappings).execute(conn).await?;
                 }
 
-                let tool_count = i32::try_from(new_tools.len()).unwrap_or(i32::MAX);
                 let row = match write {
-                    ServerWrite::Insert(row) => {
-                        diesel::update(mcp_servers::table.find(server_id))
-                            .set(mcp_servers::tool_count.eq(tool_count))
-                            .execute(conn)
-                            .await?;
-                        ServerRow {
-                            tool_count,
-                            ..(**row).clone()
-                        }
-                    }
+                    ServerWrite::Insert(row) => (**row).clone(),
                     ServerWrite::Authorized { .. } => {
                         diesel::update(mcp_servers::table.find(server_id))
                             .set(mcp_servers::tool_count.eq(tool_count))

@@ -199,6 +199,22 @@ impl ServerRow {
     }
 }
 
+/// The [`content_hash`] a row made from `tool` gets, without making the row.
+pub(super) fn listed_hash(tool: &NewTool) -> String {
+    let annotations = tool
+        .annotations
+        .as_ref()
+        .and_then(|a| serde_json::to_string(a).ok());
+    content_hash(
+        &tool.name,
+        &tool.description,
+        &tool.input_schema_json,
+        &tool.title,
+        annotations.as_deref(),
+        tool.output_schema_json.as_deref(),
+    )
+}
+
 impl ToolRow {
     pub(super) fn new(
         organization_id: &str,
@@ -281,7 +297,7 @@ impl From<ApiKeyRow> for ApiKey {
 
 #[cfg(test)]
 mod tests {
-    use super::content_hash;
+    use super::{ToolRow, content_hash, listed_hash};
 
     #[test]
     fn digests_tell_apart_what_plain_concatenation_would_not() {
@@ -296,5 +312,31 @@ mod tests {
             content_hash("a", "bc", "{}", "", None, Some(""))
         );
         assert_eq!(base.len(), 32, "128 bits, hex");
+    }
+
+    /// A sync compares the digest of what was listed with the stored one:
+    /// both must come out of one computation, hints and output schema
+    /// included.
+    #[test]
+    fn a_listed_tool_digests_as_its_row() {
+        let tool = crate::model::NewTool {
+            name: "search".into(),
+            title: "Search".into(),
+            description: "Finds things".into(),
+            input_schema_json: r#"{"type":"object"}"#.into(),
+            annotations: Some(crate::model::ToolAnnotations {
+                read_only_hint: Some(true),
+                ..Default::default()
+            }),
+            output_schema_json: Some(r#"{"type":"object"}"#.into()),
+        };
+        let row = ToolRow::new("acme", "gh__", tool.clone(), 0);
+        assert_eq!(listed_hash(&tool), row.content_hash);
+        assert_eq!(row.computed_hash(), row.content_hash);
+        let bare = crate::model::NewTool {
+            annotations: None,
+            ..tool
+        };
+        assert_ne!(listed_hash(&bare), row.content_hash);
     }
 }

@@ -10,7 +10,7 @@ use super::{
     Access, Backend, Store, StoreError,
     batch::{InsertMappings, InsertTools, UpdateTools},
     events::{AppendEvents, EventDraft},
-    models::{MappingRow, ServerRow, ToolRow, to_ms, transport_kind_column},
+    models::{MappingRow, ServerRow, ToolRow, listed_hash, to_ms, transport_kind_column},
     schema::{mcp_servers, server_tools, tools},
     with_conn,
 };
@@ -60,7 +60,7 @@ impl Store {
         let identity = &identity;
         let postgres = matches!(self.inner.backend, Backend::Postgres(_));
         let now = to_ms(std::time::SystemTime::now());
-        let listed = &listed;
+        let listed = &Listed::new(listed);
         let retention = &self.inner.settings.event_retention;
         let (synced, announced) = with_conn!(self, Access::Write, "sync_tools", |conn| {
             conn.transaction::<_, StoreError, _>(async |conn| {
@@ -144,7 +144,7 @@ macro_rules! sync_in_transaction {
                     .await?,
             );
         }
-        let listed: &[NewTool] = $listed;
+        let listed: &Listed = $listed;
         let diff = Diff::of(&server, stored, legacy, listed, $now);
 
         for batch in diff.added.chunks(BATCH_ROWS) {
@@ -177,7 +177,7 @@ macro_rules! sync_in_transaction {
             server.server_info = identity;
         }
         if diff.changes_anything() {
-            server.tool_count = i32::try_from(listed.len()).unwrap_or(i32::MAX);
+            server.tool_count = i32::try_from(listed.tools.len()).unwrap_or(i32::MAX);
         }
         // The server was reached and listed just now: one write of its row
         // says so (with its identity and tool count). Its tools and mappings
@@ -221,6 +221,21 @@ pub(super) use sync_in_transaction;
 /// A stored tool as a sync reads it: id, name and content digest.
 type StoredTool = (String, String, String);
 
+/// The tools a server listed, with their digests, computed before the sync
+/// takes its connection and lock: a server of thousands of tools otherwise
+/// spends most of its transaction hashing.
+pub(super) struct Listed {
+    tools: Vec<NewTool>,
+    digests: Vec<String>,
+}
+
+impl Listed {
+    pub(super) fn new(tools: Vec<NewTool>) -> Listed {
+        let digests = tools.iter().map(listed_hash).collect();
+        Listed { tools, digests }
+    }
+}
+
 /// The rows to write to go from what is stored to what is listed.
 pub(super) struct Diff {
     added: Vec<ToolRow>,
@@ -238,7 +253,7 @@ impl Diff {
         server: &ServerRow,
         stored: Vec<StoredTool>,
         legacy: Vec<ToolRow>,
-        listed: &[NewTool],
+        listed: &Listed,
         now: i64,
     ) -> Diff {
         let mut stored: HashMap<String, (String, String)> = stored
@@ -250,20 +265,23 @@ impl Diff {
         let mut added = Vec::new();
         let mut updated = Vec::new();
         let mut digested = Vec::new();
-        for tool in listed {
-            let fresh = ToolRow::new(
+        let row = |tool: &NewTool| {
+            ToolRow::new(
                 &server.organization_id,
                 &server.tool_prefix,
                 tool.clone(),
                 now,
-            );
+            )
+        };
+        for (tool, digest) in listed.tools.iter().zip(&listed.digests) {
             let Some((id, hash)) = stored.remove(&tool.name) else {
-                added.push(fresh);
+                added.push(row(tool));
                 continue;
             };
-            if hash == fresh.content_hash {
+            if hash == *digest {
                 continue;
             }
+            let fresh = row(tool);
             let unchanged_legacy = hash.is_empty()
                 && legacy
                     .remove(&id)
@@ -334,6 +352,12 @@ impl Store {
         };
         let identity = super::queries::identity_column(update.identity.as_ref());
         let identity = &identity;
+        let mut update = update;
+        let listed = update
+            .transport
+            .as_mut()
+            .map(|(_, tools)| Listed::new(std::mem::take(tools)));
+        let listed = &listed;
         let update = &update;
         let sealed = &sealed;
         let retention = &self.inner.settings.event_retention;
@@ -380,9 +404,7 @@ impl Store {
                         .await?;
                 }
                 let mut synced = None;
-                if let (Some((config, names, kind, endpoint)), Some((_, listed))) =
-                    (sealed, &update.transport)
-                {
+                if let (Some((config, names, kind, endpoint)), Some(listed)) = (sealed, listed) {
                     diesel::update(target)
                         .set((
                             mcp_servers::transport_config.eq(config),

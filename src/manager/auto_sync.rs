@@ -174,8 +174,9 @@ impl Manager {
                 () = stopping.cancelled() => return,
                 () = tokio::time::sleep(self.limits.sync_debounce) => {}
             }
-            if due.starting(&server) && request.is_some() {
-                // Announced during the quiet moment: a request after it.
+            // Announced during the quiet moment: a request after it (and
+            // a second try for a request that failed).
+            if due.starting(&server) || request.is_none() {
                 request = self.request_sync(&server).await;
             }
             if let Some(generation) = request {

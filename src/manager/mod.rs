@@ -126,6 +126,8 @@ pub struct Manager {
     limits: Limits,
     schemas: std::sync::Arc<call::SchemaCache>,
     renewals: std::sync::Arc<authorize::Renewals>,
+    /// Automatic syncs' lease across the daemons on the database.
+    sync_lease: auto_sync::LeaseTerms,
 }
 
 impl Manager {
@@ -135,6 +137,7 @@ impl Manager {
 
     pub fn new(store: Store, mcp: McpConnector, limits: Limits) -> Self {
         Manager {
+            sync_lease: auto_sync::LeaseTerms::new(&mcp),
             store,
             mcp,
             limits,

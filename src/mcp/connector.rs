@@ -515,6 +515,12 @@ impl McpConnector {
         &self.settings
     }
 
+    /// The longest a listing may take: reaching the server and its
+    /// initialize (`connect_timeout`), then every page (`list_timeout`).
+    pub fn listing_limit(&self) -> Duration {
+        self.settings.connect_timeout + self.settings.list_timeout
+    }
+
     /// The caller's deadline, or `--mcp-call-timeout`, whichever is shorter.
     fn call_timeout(&self, deadline: Option<Duration>) -> Duration {
         deadline.map_or(self.settings.call_timeout, |d| {

@@ -16,6 +16,7 @@ mod queries;
 mod schema;
 mod sealer;
 mod sync;
+mod sync_lease;
 
 use std::{
     ops::{Deref, DerefMut},
@@ -42,6 +43,7 @@ pub use migrate::run_migrations;
 pub use queries::{CreatedServer, DeletedServer};
 pub use sealer::{Sealer, SealerError};
 pub use sync::{ServerUpdate, SyncedTools};
+pub use sync_lease::{LeaseAttempt, LeaseRelease};
 
 use crate::telemetry::metrics as exposition;
 use metrics::{LeaseCount, PoolMetrics};

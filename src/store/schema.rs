@@ -96,3 +96,13 @@ diesel::table! {
         created_at -> BigInt,
     }
 }
+
+diesel::table! {
+    sync_leases (server_id) {
+        server_id -> Text,
+        holder -> Nullable<Text>,
+        expires_at -> BigInt,
+        requested -> BigInt,
+        done -> BigInt,
+    }
+}

@@ -29,7 +29,7 @@ use mcpd::{
     store::{self, DatabaseUrl, Sealer, Store, StoreSettings},
 };
 #[allow(unused_imports)]
-pub use registry::{PgActivity, Registry, StoredKey, StoredServer};
+pub use registry::{PgActivity, Registry, StoredKey, StoredLease, StoredServer};
 #[allow(unused_imports)]
 pub use spawn::{
     Announced, HttpTestServer, On, address_after, after_prefix, refused_port, spawn_announcing,

@@ -49,6 +49,19 @@ pub struct StoredAuthorization {
     pub payload: String,
 }
 
+/// A server's sync lease as stored.
+#[derive(Debug, Clone, PartialEq, Eq, QueryableByName)]
+pub struct StoredLease {
+    #[diesel(sql_type = diesel::sql_types::Nullable<diesel::sql_types::Text>)]
+    pub holder: Option<String>,
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    pub expires_at: i64,
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    pub requested: i64,
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    pub done: i64,
+}
+
 #[derive(Debug, Clone, QueryableByName)]
 struct Counted {
     #[diesel(sql_type = diesel::sql_types::Text)]
@@ -185,16 +198,43 @@ impl Registry {
         servers
     }
 
-    async fn load<T>(&self, sql: &'static str) -> Vec<T>
+    /// The server's sync lease (automatic syncs across replicas), if a sync
+    /// was ever requested for it.
+    pub async fn sync_lease(&self, server_id: &str) -> Option<StoredLease> {
+        let leases: Vec<StoredLease> = self
+            .load(format!(
+                "SELECT holder, expires_at, requested, done FROM sync_leases \
+                 WHERE server_id = '{}'",
+                quoted(server_id)
+            ))
+            .await;
+        leases.into_iter().next()
+    }
+
+    /// Writes the server's sync lease as a daemon `holder` would have left
+    /// it, with nothing requested or done yet.
+    pub async fn put_sync_lease(&self, server_id: &str, holder: &str, expires_at: i64) {
+        let _: Vec<Named> = self
+            .load(format!(
+                "INSERT INTO sync_leases (server_id, holder, expires_at, requested, done) \
+                 VALUES ('{}', '{}', {expires_at}, 0, 0) RETURNING server_id AS what",
+                quoted(server_id),
+                quoted(holder)
+            ))
+            .await;
+    }
+
+    async fn load<T>(&self, sql: impl Into<String>) -> Vec<T>
     where
         T: QueryableByName<Pg> + QueryableByName<Sqlite> + Send + 'static,
     {
+        let sql: String = sql.into();
         match &self.url {
             DatabaseUrl::Postgres(url) => {
                 let mut conn = AsyncPgConnection::establish(url)
                     .await
                     .expect("connect to the test database");
-                diesel_async::RunQueryDsl::load(diesel::sql_query(sql), &mut conn)
+                diesel_async::RunQueryDsl::load(diesel::sql_query(&sql), &mut conn)
                     .await
                     .unwrap_or_else(|e| panic!("{sql}: {e}"))
             }
@@ -205,7 +245,7 @@ impl Registry {
                         .expect("open the test database");
                     conn.batch_execute("PRAGMA busy_timeout = 10000")
                         .expect("busy_timeout");
-                    diesel::RunQueryDsl::load(diesel::sql_query(sql), &mut conn)
+                    diesel::RunQueryDsl::load(diesel::sql_query(&sql), &mut conn)
                         .unwrap_or_else(|e| panic!("{sql}: {e}"))
                 })
                 .await
@@ -213,6 +253,11 @@ impl Registry {
             }
         }
     }
+}
+
+/// A string as an SQL literal's content.
+fn quoted(text: &str) -> String {
+    text.replace('\'', "''")
 }
 
 fn counts(rows: Vec<Counted>) -> HashMap<String, i64> {

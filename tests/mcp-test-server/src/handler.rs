@@ -29,7 +29,7 @@ pub const CRASH_EXIT_CODE: i32 = 3;
 /// Exit code of `--crash-during-list`.
 pub const CRASH_DURING_LIST_EXIT_CODE: i32 = 4;
 
-/// How `tools/call` behaves.
+/// How `tools/call` (and `tools/list`) behave.
 #[derive(Debug, Clone, Default)]
 pub struct Calls {
     /// Answer only after this long (`--call-delay-ms`).
@@ -37,9 +37,33 @@ pub struct Calls {
     /// Where delayed calls are logged as `started <id>` and, when the client
     /// cancels them, `cancelled <id>` (`--cancel-log`).
     pub cancel_log: Option<std::path::PathBuf>,
-    /// Where `server/discover` and `initialize` are logged, one method name
-    /// per line (`--lifecycle-log`).
+    /// Where `server/discover`, `initialize` and `subscriptions/listen` are
+    /// logged, one method name per line (`--lifecycle-log`).
     pub lifecycle_log: Option<std::path::PathBuf>,
+    /// Answer each `tools/list` only after this long (`--list-delay-ms`).
+    pub list_delay: std::time::Duration,
+    /// Where each `tools/list` is logged as `list <n>`, n the listings in
+    /// flight with it included (`--list-log`).
+    pub list_log: Option<std::path::PathBuf>,
+}
+
+/// `tools/list` requests being answered now, over every session.
+static LISTING: AtomicU64 = AtomicU64::new(0);
+
+/// Counts a `tools/list` in flight while it lives.
+struct Listing;
+
+impl Listing {
+    /// Counts one more, and answers how many are in flight now.
+    fn start() -> (Listing, u64) {
+        (Listing, LISTING.fetch_add(1, Ordering::SeqCst) + 1)
+    }
+}
+
+impl Drop for Listing {
+    fn drop(&mut self) {
+        LISTING.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 /// Where the offered tools come from.
@@ -245,6 +269,9 @@ impl ServerHandler for TestServer {
     }
 
     async fn listen(&self, subscription: SubscriptionContext) -> Result<(), McpError> {
+        if let Some(log) = &self.calls.lifecycle_log {
+            append(log, "subscriptions/listen");
+        }
         match &self.list_changed {
             Some(list_changed) => list_changed.listen(subscription).await,
             None => subscription.cancelled().await,
@@ -278,6 +305,18 @@ impl ServerHandler for TestServer {
                 "tools/list abandoned (--hang list)",
                 None,
             ));
+        }
+        let (_listing, in_flight) = Listing::start();
+        if let Some(log) = &self.calls.list_log {
+            append(log, &format!("list {in_flight}"));
+        }
+        if !self.calls.list_delay.is_zero() {
+            tokio::select! {
+                () = tokio::time::sleep(self.calls.list_delay) => {}
+                () = context.ct.cancelled() => {
+                    return Err(McpError::internal_error("cancelled by the client", None));
+                }
+            }
         }
         let cursor = request.as_ref().and_then(|params| params.cursor.as_deref());
         let (tools, next_cursor) = match (&self.tools, cursor) {

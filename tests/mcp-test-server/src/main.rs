@@ -108,8 +108,18 @@ struct Cli {
     /// (`notifications/cancelled`) to this file.
     #[arg(long, value_name = "PATH")]
     cancel_log: Option<PathBuf>,
+    /// Answer each `tools/list` request (each page) only after this many
+    /// milliseconds (unless the client cancels it first).
+    #[arg(long, default_value_t = 0)]
+    list_delay_ms: u64,
+    /// Append `list <n>` to this file for every `tools/list` request (each
+    /// page) as it arrives, n the requests being answered at that moment,
+    /// this one included (over every session).
+    #[arg(long, value_name = "PATH")]
+    list_log: Option<PathBuf>,
     /// Append `server/discover` (or `server/discover (refused)` with
-    /// `--legacy`) and `initialize` to this file as they arrive.
+    /// `--legacy`), `initialize` and `subscriptions/listen` to this file as
+    /// they arrive.
     #[arg(long, value_name = "PATH")]
     lifecycle_log: Option<PathBuf>,
     /// HTTP only: require `Authorization: Bearer <the file's content>` on
@@ -239,6 +249,8 @@ async fn main() -> anyhow::Result<()> {
         delay: std::time::Duration::from_millis(cli.call_delay_ms),
         cancel_log: cli.cancel_log.clone(),
         lifecycle_log: cli.lifecycle_log.clone(),
+        list_delay: std::time::Duration::from_millis(cli.list_delay_ms),
+        list_log: cli.list_log.clone(),
     };
 
     match cli.transport {

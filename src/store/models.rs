@@ -7,7 +7,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use diesel::prelude::*;
 use serde::{Deserialize, Serialize};
 
-use super::schema::{api_keys, mcp_servers, server_tools, tools};
+use super::schema::{api_keys, mcp_servers, tools};
 use crate::model::{ApiKey, NewTool, ServerState, Tool, ToolAnnotations, TransportKind};
 
 /// Also the server snapshot an event keeps (JSON), less its secrets: the
@@ -100,13 +100,6 @@ pub(super) fn content_hash(
         }
     }
     hex::encode(&digest.finalize()[..16])
-}
-
-#[derive(Debug, Clone, Insertable)]
-#[diesel(table_name = server_tools)]
-pub(super) struct MappingRow {
-    pub server_id: String,
-    pub tool_id: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Queryable, Selectable, Insertable)]

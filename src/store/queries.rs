@@ -9,9 +9,7 @@ use super::{
     batch::{InsertMappings, InsertTools},
     error::is_unique_violation,
     events::{AppendEvents, EventDraft},
-    models::{
-        MappingRow, ServerRow, ToolRow, server_state, state_column, to_ms, transport_kind_column,
-    },
+    models::{ServerRow, ToolRow, server_state, state_column, to_ms, transport_kind_column},
     schema::{mcp_servers, oauth_authorizations, server_tools, tools},
     with_conn,
 };
@@ -483,15 +481,8 @@ impl Store {
                 }
 
                 for batch in new_tools.chunks(BATCH_ROWS) {
-                    InsertTools(batch).execute(conn).await?;
-                    let mappings: Vec<MappingRow> = batch
-                        .iter()
-                        .map(|tool| MappingRow {
-                            server_id: server_id.clone(),
-                            tool_id: tool.id.clone(),
-                        })
-                        .collect();
-                    InsertMappings(&mappings).execute(conn).await?;
+                    InsertTools::new(batch).execute(conn).await?;
+                    InsertMappings::new(server_id, batch).execute(conn).await?;
                 }
 
                 let row = match write {

@@ -10,7 +10,7 @@ use super::{
     Access, Backend, Store, StoreError,
     batch::{InsertMappings, InsertTools, UpdateTools},
     events::{AppendEvents, EventDraft},
-    models::{MappingRow, ServerRow, ToolRow, listed_hash, to_ms, transport_kind_column},
+    models::{ServerRow, ToolRow, listed_hash, to_ms, transport_kind_column},
     schema::{mcp_servers, server_tools, tools},
     with_conn,
 };
@@ -148,15 +148,8 @@ macro_rules! sync_in_transaction {
         let diff = Diff::of(&server, stored, legacy, listed, $now);
 
         for batch in diff.added.chunks(BATCH_ROWS) {
-            InsertTools(batch).execute(conn).await?;
-            let mappings: Vec<MappingRow> = batch
-                .iter()
-                .map(|tool| MappingRow {
-                    server_id: server_id.to_owned(),
-                    tool_id: tool.id.clone(),
-                })
-                .collect();
-            InsertMappings(&mappings).execute(conn).await?;
+            InsertTools::new(batch).execute(conn).await?;
+            InsertMappings::new(server_id, batch).execute(conn).await?;
         }
         for batch in diff.updated.chunks(BATCH_ROWS) {
             UpdateTools(batch).execute(conn).await?;

@@ -1031,6 +1031,48 @@ async fn a_sigterm_right_after_listening_stops_the_daemon_cleanly() {
     }
 }
 
+/// Listeners beyond loopback without TLS are named at start-up: the gRPC one
+/// (API keys and tool calls in clear text) and the HTTP one (OAuth callbacks,
+/// unauthenticated metrics). Bound to every address, reached by nobody.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn plaintext_listeners_beyond_loopback_are_warned_about() {
+    let db = TestDb::new(Backend::Sqlite).await;
+    let mut command = mcpd();
+    command
+        .env("RUST_LOG", "info")
+        .args([
+            "serve",
+            "--listen",
+            "0.0.0.0:0",
+            "--http-listen",
+            "0.0.0.0:0",
+        ])
+        .args(["--database-url", &db.cli_url()])
+        .arg("--secret-key-file")
+        .arg(db.dir().join("mcpd.key"))
+        .arg("--run-dir")
+        .arg(db.run_dir());
+    let process = spawn_announcing(command, On::Stderr, address_after("mcpd listening")).await;
+    let addr = process.announced.parse().expect("a socket address");
+    let (status, log) = stop(Process { process, addr }).await;
+    assert!(status.success(), "{status:?}\n{log}");
+    assert!(
+        log.contains("serving gRPC without TLS on a non-loopback address"),
+        "{log}"
+    );
+    assert!(
+        log.contains("serving the HTTP listener on a non-loopback address"),
+        "{log}"
+    );
+
+    let daemon = serve(&db, &[], "info").await;
+    let (_, log) = stop(daemon).await;
+    assert!(
+        !log.contains("non-loopback"),
+        "loopback is not warned about: {log}"
+    );
+}
+
 /// A dead daemon's record names two groups: one whose leader still has the
 /// recorded start time (killed), and one whose id a process started at
 /// another time holds now, i.e. a recycled pid (spared).

@@ -214,6 +214,13 @@ async fn run_backend(cli: &Cli, plan: &Plan, db: &Db) -> anyhow::Result<(Vec<Val
         } else {
             0.0
         });
+        // Issue 11's target: closing a server costs no more than storing it.
+        let close = row["close_p50_ms"].as_f64().unwrap_or(0.0);
+        row["close_vs_persist"] = json!(if persist > 0.0 {
+            round(close / persist)
+        } else {
+            0.0
+        });
         eprintln!("  single create n={n}: {row}");
         ours.push(tag(row));
     }
@@ -488,7 +495,7 @@ fn print_table(report: &Value) {
 fn print_registry(rows: &[Value], fanout: &[Value], f: impl Fn(&Value) -> String) {
     println!("\nSingle create (daemon) vs floor");
     println!(
-        "{:<9} {:>5} {:>5} {:>9} {:>9} {:>9} {:>11} {:>9} {:>7} {:>6} {:>9}",
+        "{:<9} {:>5} {:>5} {:>9} {:>9} {:>9} {:>11} {:>9} {:>7} {:>9} {:>8} {:>6} {:>9}",
         "backend",
         "n",
         "runs",
@@ -498,12 +505,14 @@ fn print_registry(rows: &[Value], fanout: &[Value], f: impl Fn(&Value) -> String
         "persist ms",
         "floor ms",
         "ratio",
+        "close ms",
+        "close x",
         "errors",
         "peak/req"
     );
     for r in rows.iter().filter(|r| r["scenario"] == "single_create") {
         println!(
-            "{:<9} {:>5} {:>5} {:>9} {:>9} {:>9} {:>11} {:>9} {:>7} {:>6} {:>9}",
+            "{:<9} {:>5} {:>5} {:>9} {:>9} {:>9} {:>11} {:>9} {:>7} {:>9} {:>8} {:>6} {:>9}",
             r["backend"].as_str().unwrap_or(""),
             f(&r["n"]),
             f(&r["runs"]),
@@ -513,6 +522,8 @@ fn print_registry(rows: &[Value], fanout: &[Value], f: impl Fn(&Value) -> String
             f(&r["persist_ms"]),
             f(&r["floor_ms"]),
             f(&r["floor_ratio"]),
+            f(&r["close_p50_ms"]),
+            f(&r["close_vs_persist"]),
             f(&r["errors"]),
             f(&r["peak_connections_per_request"]),
         );

@@ -65,7 +65,15 @@ fn quick_run_writes_the_documented_json() {
         let sizes: Vec<u64> = singles.iter().map(|r| r["n"].as_u64().unwrap()).collect();
         assert_eq!(sizes, [1, 50, 500, 5000], "{backend}");
         for r in &singles {
-            for key in ["p50_ms", "p99_ms", "persist_ms", "floor_ms", "floor_ratio"] {
+            for key in [
+                "p50_ms",
+                "p99_ms",
+                "persist_ms",
+                "floor_ms",
+                "floor_ratio",
+                "close_p50_ms",
+                "close_vs_persist",
+            ] {
                 assert!(
                     r[key].as_f64().is_some_and(|v| v > 0.0),
                     "{backend} {key}: {r}"

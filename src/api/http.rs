@@ -56,6 +56,14 @@ pub(super) async fn serve(
         });
     if let Ok(addr) = edge.listener.local_addr() {
         tracing::info!(%addr, "mcpd http listening");
+        if super::tls::exposed_in_clear(addr.ip(), false) {
+            tracing::warn!(
+                %addr,
+                "serving the HTTP listener on a non-loopback address: OAuth callbacks carry \
+                 authorization codes and /metrics is unauthenticated; bind --http-listen to \
+                 loopback and put a TLS-terminating proxy in front of the callback"
+            );
+        }
     }
     let served = axum::serve(edge.listener, router)
         .with_graceful_shutdown(async move { stopping.cancelled().await })

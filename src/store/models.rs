@@ -194,16 +194,25 @@ impl ServerRow {
 
 /// The [`content_hash`] a row made from `tool` gets, without making the row.
 pub(super) fn listed_hash(tool: &NewTool) -> String {
-    let annotations = tool
-        .annotations
+    let annotations = annotations_column(tool);
+    tool_hash(tool, annotations.as_deref())
+}
+
+/// The annotations as their column holds them.
+fn annotations_column(tool: &NewTool) -> Option<String> {
+    tool.annotations
         .as_ref()
-        .and_then(|a| serde_json::to_string(a).ok());
+        .and_then(|a| serde_json::to_string(a).ok())
+}
+
+/// [`content_hash`] of `tool` whose annotations column is `annotations`.
+fn tool_hash(tool: &NewTool, annotations: Option<&str>) -> String {
     content_hash(
         &tool.name,
         &tool.description,
         &tool.input_schema_json,
         &tool.title,
-        annotations.as_deref(),
+        annotations,
         tool.output_schema_json.as_deref(),
     )
 }
@@ -215,21 +224,12 @@ impl ToolRow {
         tool: NewTool,
         created_at: i64,
     ) -> ToolRow {
-        let annotations = tool
-            .annotations
-            .and_then(|a| serde_json::to_string(&a).ok());
+        let annotations = annotations_column(&tool);
         ToolRow {
             id: uuid::Uuid::now_v7().to_string(),
             organization_id: organization_id.to_owned(),
             qualified_name: format!("{tool_prefix}{}", tool.name),
-            content_hash: content_hash(
-                &tool.name,
-                &tool.description,
-                &tool.input_schema_json,
-                &tool.title,
-                annotations.as_deref(),
-                tool.output_schema_json.as_deref(),
-            ),
+            content_hash: tool_hash(&tool, annotations.as_deref()),
             name: tool.name,
             description: tool.description,
             input_schema: tool.input_schema_json,

@@ -1,5 +1,5 @@
 //! One diesel schema that both backends accept: text ids, text JSON, bigint
-//! timestamps. The DDL lives in `migrations/{postgres,sqlite}`.
+//! timestamps. The DDL lives in `migrations/`, one tree both backends read.
 
 diesel::table! {
     mcp_servers (id) {

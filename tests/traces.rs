@@ -339,6 +339,12 @@ async fn every_call_is_a_span_with_its_mcp_and_database_work_under_it(backend: B
     assert!(refused.message().contains(ARGUMENT_SECRET), "{refused:?}");
     let missing = uuid::Uuid::now_v7().to_string();
     assert_eq!(acme.get(&missing).await.unwrap_err().code(), Code::NotFound);
+    // A server fault: the MCP server dies while listing.
+    let crashed = acme
+        .create("crashing", stdio(["--tools", "2", "--crash-during-list"]))
+        .await
+        .unwrap_err();
+    assert_eq!(crashed.code(), Code::Unavailable, "{crashed:?}");
 
     let db_system = match backend {
         Backend::Postgres => "postgresql",
@@ -352,7 +358,10 @@ async fn every_call_is_a_span_with_its_mcp_and_database_work_under_it(backend: B
             .spans()
             .into_iter()
             .map(|(_, s)| s)
-            .filter(|s| s.name == rpc_name("CreateMcpServer"))
+            .filter(|s| {
+                s.name == rpc_name("CreateMcpServer")
+                    && int_attr(&s.attributes, "rpc.grpc.status_code") == Some(0)
+            })
             .collect();
         (creates.len() == 2).then_some(creates)
     })
@@ -454,7 +463,9 @@ async fn every_call_is_a_span_with_its_mcp_and_database_work_under_it(backend: B
     let read = receiver.child(call_span, "db.transaction").await;
     assert_eq!(read.trace_id, call_span.trace_id);
 
-    // The miss: NOT_FOUND, an error span.
+    // The miss: NOT_FOUND, the caller's mistake, not the server's: the
+    // code is on the span, its status is not an error (semantic conventions
+    // for gRPC server spans); so is the refused call's.
     let get = receiver
         .span(&rpc_name("GetMcpServer"), "rpc.method", "GetMcpServer")
         .await;
@@ -462,8 +473,25 @@ async fn every_call_is_a_span_with_its_mcp_and_database_work_under_it(backend: B
         int_attr(&get.attributes, "rpc.grpc.status_code"),
         Some(Code::NotFound as i64)
     );
-    assert_eq!(status_code(&get), StatusCode::Error);
-    assert_eq!(get.status.as_ref().unwrap().message, "NOT_FOUND");
+    assert_eq!(status_code(&get), StatusCode::Unset);
+    assert_eq!(status_code(refused_span), StatusCode::Unset);
+    // UNAVAILABLE is the server's failure: an error span, its code's name
+    // as the description.
+    let crashed = wait_for(
+        "the crashed create's span",
+        Duration::from_secs(20),
+        async || {
+            receiver.spans().into_iter().find_map(|(_, s)| {
+                (s.name == rpc_name("CreateMcpServer")
+                    && int_attr(&s.attributes, "rpc.grpc.status_code")
+                        == Some(Code::Unavailable as i64))
+                .then_some(s)
+            })
+        },
+    )
+    .await;
+    assert_eq!(status_code(&crashed), StatusCode::Error);
+    assert_eq!(crashed.status.as_ref().unwrap().message, "UNAVAILABLE");
 
     // The resource names the service.
     assert!(

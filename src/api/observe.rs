@@ -235,7 +235,7 @@ impl Call {
         }
         // The code's name, not the message: a message may quote the
         // caller's input (a tool argument that did not fit its schema).
-        if status.code() != Code::Ok {
+        if server_fault(status.code()) {
             span.record("otel.status_description", code);
         }
         let rpc = match &self.method {
@@ -363,9 +363,44 @@ fn code_name(code: Code) -> &'static str {
     }
 }
 
+/// Whether `code` says the server failed, which marks its span as an error
+/// (OpenTelemetry's conventions for gRPC server spans). A caller's mistake
+/// (NOT_FOUND, INVALID_ARGUMENT, UNAUTHENTICATED, ...) is the server doing its
+/// job: the span's status stays unset, the code is in `rpc.grpc.status_code`.
+fn server_fault(code: Code) -> bool {
+    matches!(
+        code,
+        Code::Unknown
+            | Code::DeadlineExceeded
+            | Code::Unimplemented
+            | Code::Internal
+            | Code::Unavailable
+            | Code::DataLoss
+    )
+}
+
 #[cfg(test)]
 mod tests {
-    use super::Methods;
+    use super::{Methods, server_fault};
+    use tonic::Code;
+
+    #[test]
+    fn only_server_faults_are_span_errors() {
+        for code in [Code::Unavailable, Code::Internal, Code::DeadlineExceeded] {
+            assert!(server_fault(code), "{code:?}");
+        }
+        for code in [
+            Code::Ok,
+            Code::NotFound,
+            Code::InvalidArgument,
+            Code::Unauthenticated,
+            Code::AlreadyExists,
+            Code::ResourceExhausted,
+            Code::FailedPrecondition,
+        ] {
+            assert!(!server_fault(code), "{code:?}");
+        }
+    }
 
     #[test]
     fn methods_come_from_the_descriptors_and_nothing_else() {

@@ -73,7 +73,7 @@ DB=sqlite://$TMP/mcpd.db
 RUST_LOG=info "$MCPD" --log-format text serve --listen 127.0.0.1:0 --database-url "$DB" \
   --http-listen 127.0.0.1:0 \
   --oauth-client-metadata-url https://conformance-test.local/client-metadata.json \
-  --secret-key-file "$TMP/k" --outbound-allow 127.0.0.0/8,::1/128 2>"$TMP/mcpd.log" &
+  --secret-key-file "$TMP/k" --run-dir "$TMP/run" --outbound-allow 127.0.0.0/8,::1/128 2>"$TMP/mcpd.log" &
 DAEMON=$!
 ADDR=
 for _ in $(seq 1 300); do

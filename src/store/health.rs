@@ -9,6 +9,7 @@ use super::{
     Access, Store, StoreError,
     events::{AppendEvents, EventDraft},
     models::{ServerRow, state_column, to_ms},
+    queries::one_server,
     schema::mcp_servers,
     with_conn,
 };
@@ -37,10 +38,7 @@ impl Store {
         let retention = &self.inner.settings.event_retention;
         let changed = with_conn!(self, Access::Write, "record_contact", |conn| {
             conn.transaction::<_, StoreError, _>(async |conn| {
-                let server = mcp_servers::table
-                    .filter(mcp_servers::organization_id.eq(org))
-                    .filter(mcp_servers::id.eq(server_id))
-                    .filter(mcp_servers::state.eq(ready));
+                let server = one_server(org, server_id).filter(mcp_servers::state.eq(ready));
                 let transition: Option<ServerRow> = match contact {
                     Contact::Reached => {
                         let changed = diesel::update(

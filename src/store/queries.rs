@@ -46,6 +46,15 @@ macro_rules! insert_server {
     };
 }
 
+/// The server `id` of organization `org`, and only of it: every read or
+/// write of one server starts here, so none can leave the organization out.
+#[diesel::dsl::auto_type]
+pub(super) fn one_server<'a>(org: &'a str, id: &'a str) -> _ {
+    mcp_servers::table
+        .filter(mcp_servers::organization_id.eq(org))
+        .filter(mcp_servers::id.eq(id))
+}
+
 /// What [`Store::create_server`] wrote.
 #[derive(Debug, Clone)]
 pub struct CreatedServer {
@@ -186,21 +195,17 @@ impl Store {
         let retention = &self.inner.settings.event_retention;
         with_conn!(self, Access::Write, "reopen_authorization", |conn| {
             conn.transaction::<_, StoreError, _>(async |conn| {
-                let row: ServerRow = diesel::update(
-                    mcp_servers::table
-                        .filter(mcp_servers::organization_id.eq(org))
-                        .filter(mcp_servers::id.eq(server_id)),
-                )
-                .set((
-                    mcp_servers::state.eq(state_column(ServerState::AuthorizationPending)),
-                    mcp_servers::state_reason.eq(""),
-                    mcp_servers::authorization_url.eq(sealed_url),
-                ))
-                .returning(ServerRow::as_returning())
-                .get_result(conn)
-                .await
-                .optional()?
-                .ok_or_else(|| StoreError::ServerNotFound(server_id.to_owned()))?;
+                let row: ServerRow = diesel::update(one_server(org, server_id))
+                    .set((
+                        mcp_servers::state.eq(state_column(ServerState::AuthorizationPending)),
+                        mcp_servers::state_reason.eq(""),
+                        mcp_servers::authorization_url.eq(sealed_url),
+                    ))
+                    .returning(ServerRow::as_returning())
+                    .get_result(conn)
+                    .await
+                    .optional()?
+                    .ok_or_else(|| StoreError::ServerNotFound(server_id.to_owned()))?;
                 // One authorization in flight per server: the newest.
                 diesel::delete(
                     oauth_authorizations::table
@@ -235,14 +240,9 @@ impl Store {
         let retention = &self.inner.settings.event_retention;
         let row: ServerRow = with_conn!(self, Access::Write, "reauthorized", |conn| {
             conn.transaction::<_, StoreError, _>(async |conn| {
-                let row: ServerRow = diesel::update(
-                    mcp_servers::table
-                        .filter(mcp_servers::organization_id.eq(org))
-                        .filter(mcp_servers::id.eq(server_id))
-                        .filter(
-                            mcp_servers::state.eq(state_column(ServerState::AuthorizationPending)),
-                        ),
-                )
+                let row: ServerRow = diesel::update(one_server(org, server_id).filter(
+                    mcp_servers::state.eq(state_column(ServerState::AuthorizationPending)),
+                ))
                 .set((
                     mcp_servers::transport_config.eq(&sealed),
                     mcp_servers::secret_names.eq(&names),
@@ -276,17 +276,13 @@ impl Store {
         let sealed = self.seal_transport(server_id, transport)?;
         let names = secret_names_column(transport);
         let updated = with_conn!(self, Access::Write, "update_transport", |conn| {
-            Ok(diesel::update(
-                mcp_servers::table
-                    .filter(mcp_servers::organization_id.eq(org))
-                    .filter(mcp_servers::id.eq(server_id)),
-            )
-            .set((
-                mcp_servers::transport_config.eq(&sealed),
-                mcp_servers::secret_names.eq(&names),
-            ))
-            .execute(conn)
-            .await?)
+            Ok(diesel::update(one_server(org, server_id))
+                .set((
+                    mcp_servers::transport_config.eq(&sealed),
+                    mcp_servers::secret_names.eq(&names),
+                ))
+                .execute(conn)
+                .await?)
         })?;
         if updated == 0 {
             return Err(StoreError::ServerNotFound(server_id.to_owned()));
@@ -305,20 +301,16 @@ impl Store {
         let retention = &self.inner.settings.event_retention;
         let failed = with_conn!(self, Access::Write, "fail_server", |conn| {
             conn.transaction::<_, StoreError, _>(async |conn| {
-                let row: Option<ServerRow> = diesel::update(
-                    mcp_servers::table
-                        .filter(mcp_servers::organization_id.eq(org))
-                        .filter(mcp_servers::id.eq(server_id)),
-                )
-                .set((
-                    mcp_servers::state.eq(state_column(ServerState::Error)),
-                    mcp_servers::state_reason.eq(reason),
-                    mcp_servers::authorization_url.eq(None::<String>),
-                ))
-                .returning(ServerRow::as_returning())
-                .get_result(conn)
-                .await
-                .optional()?;
+                let row: Option<ServerRow> = diesel::update(one_server(org, server_id))
+                    .set((
+                        mcp_servers::state.eq(state_column(ServerState::Error)),
+                        mcp_servers::state_reason.eq(reason),
+                        mcp_servers::authorization_url.eq(None::<String>),
+                    ))
+                    .returning(ServerRow::as_returning())
+                    .get_result(conn)
+                    .await
+                    .optional()?;
                 diesel::delete(
                     oauth_authorizations::table
                         .filter(oauth_authorizations::server_id.eq(server_id)),
@@ -351,9 +343,7 @@ impl Store {
     ) -> Result<(Transport, ServerState), StoreError> {
         let found: Option<(String, String)> =
             with_conn!(self, Access::Read, "server_transport", |conn| {
-                Ok(mcp_servers::table
-                    .filter(mcp_servers::organization_id.eq(org))
-                    .filter(mcp_servers::id.eq(server_id))
+                Ok(one_server(org, server_id)
                     .select((mcp_servers::transport_config, mcp_servers::state))
                     .first(conn)
                     .await
@@ -453,15 +443,9 @@ impl Store {
                         server_info,
                         ..
                     } => {
-                        let updated = diesel::update(
-                            mcp_servers::table
-                                .filter(mcp_servers::organization_id.eq(organization_id))
-                                .filter(mcp_servers::id.eq(id))
-                                .filter(
-                                    mcp_servers::state
-                                        .eq(state_column(ServerState::AuthorizationPending)),
-                                ),
-                        )
+                        let updated = diesel::update(one_server(organization_id, id).filter(
+                            mcp_servers::state.eq(state_column(ServerState::AuthorizationPending)),
+                        ))
                         .set((
                             mcp_servers::transport_config.eq(transport_config),
                             mcp_servers::secret_names.eq(secret_names),
@@ -557,9 +541,7 @@ impl Store {
 
     pub async fn get_server(&self, org: &str, id: &str) -> Result<Server, StoreError> {
         let row: ServerRow = with_conn!(self, Access::Read, "get_server", |conn| {
-            mcp_servers::table
-                .filter(mcp_servers::organization_id.eq(org))
-                .filter(mcp_servers::id.eq(id))
+            one_server(org, id)
                 .select(ServerRow::as_select())
                 .first(conn)
                 .await
@@ -616,9 +598,7 @@ impl Store {
             if found.is_none() {
                 // Which of the two is missing decides the message; a server
                 // waiting for authorization has no tools yet.
-                let state: Option<(String, String)> = mcp_servers::table
-                    .filter(mcp_servers::organization_id.eq(org))
-                    .filter(mcp_servers::id.eq(server_id))
+                let state: Option<(String, String)> = one_server(org, server_id)
                     .select((mcp_servers::state, mcp_servers::state_reason))
                     .first(conn)
                     .await
@@ -727,13 +707,9 @@ impl Store {
         limit: i64,
     ) -> Result<Vec<Tool>, StoreError> {
         let rows: Vec<ToolRow> = with_conn!(self, Access::Read, "list_server_tools", |conn| {
-            let found = diesel::select(exists(
-                mcp_servers::table
-                    .filter(mcp_servers::organization_id.eq(org))
-                    .filter(mcp_servers::id.eq(server_id)),
-            ))
-            .get_result::<bool>(conn)
-            .await?;
+            let found = diesel::select(exists(one_server(org, server_id)))
+                .get_result::<bool>(conn)
+                .await?;
             if !found {
                 return Err(StoreError::ServerNotFound(server_id.to_owned()));
             }
@@ -758,9 +734,7 @@ impl Store {
         let retention = &self.inner.settings.event_retention;
         let deleted = with_conn!(self, Access::Write, "delete_server", |conn| {
             conn.transaction::<_, StoreError, _>(async |conn| {
-                let server: ServerRow = mcp_servers::table
-                    .filter(mcp_servers::organization_id.eq(org))
-                    .filter(mcp_servers::id.eq(id))
+                let server: ServerRow = one_server(org, id)
                     .select(ServerRow::as_select())
                     .first(conn)
                     .await

@@ -11,6 +11,7 @@ use super::{
     batch::{InsertMappings, InsertTools, UpdateTools},
     events::{AppendEvents, EventDraft},
     models::{ServerRow, ToolRow, listed_hash, to_ms, transport_kind_column},
+    queries::one_server,
     schema::{mcp_servers, server_tools, tools},
     with_conn,
 };
@@ -111,9 +112,7 @@ macro_rules! sync_in_transaction {
                 .execute(conn)
                 .await?;
         }
-        let server: ServerRow = mcp_servers::table
-            .filter(mcp_servers::organization_id.eq($org))
-            .filter(mcp_servers::id.eq(server_id))
+        let server: ServerRow = one_server($org, server_id)
             .select(ServerRow::as_select())
             .first(conn)
             .await
@@ -356,9 +355,7 @@ impl Store {
         let retention = &self.inner.settings.event_retention;
         let (row, synced) = with_conn!(self, Access::Write, "update_server", |conn| {
             conn.transaction::<_, StoreError, _>(async |conn| {
-                let target = mcp_servers::table
-                    .filter(mcp_servers::organization_id.eq(org))
-                    .filter(mcp_servers::id.eq(server_id));
+                let target = one_server(org, server_id);
                 let found = diesel::select(diesel::dsl::exists(target))
                     .get_result::<bool>(conn)
                     .await?;

@@ -601,6 +601,38 @@ async fn the_last_spans_go_out_at_sigterm_whatever_the_log_level() {
     assert!(!log.contains(" rpc "), "{log}");
 }
 
+/// A collector that is not there: the daemon serves as before, and its log
+/// says, once, that spans are being dropped (the SDK's own diagnostics are
+/// off, so without this an operator would see nothing at all).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_collector_that_is_not_there_is_named_once_in_the_log() {
+    let db = TestDb::new(Backend::Sqlite).await;
+    let key = create_key(&db, "acme").await;
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let endpoint = format!("http://{}", closed.local_addr().unwrap());
+    drop(closed);
+    let daemon = serve(
+        &db,
+        None,
+        "info",
+        QUICK,
+        &[("MCPD_OTLP_ENDPOINT", endpoint)],
+    )
+    .await;
+    let acme = OrgClient::connect(daemon.addr, &key).await;
+    for name in ["one", "two", "three"] {
+        acme.create(name, stdio(["--tools", "1"])).await.unwrap();
+        // Each in a batch of its own.
+        tokio::time::sleep(QUICK * 4).await;
+    }
+    let log = stop(daemon).await;
+    assert_eq!(
+        log.matches("the OTLP collector did not take spans").count(),
+        1,
+        "{log}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn without_the_flag_nothing_is_exported() {
     let db = TestDb::new(Backend::Sqlite).await;

@@ -7,7 +7,10 @@
 //! a span chooses them, and never puts a URL, header, environment value,
 //! tool argument or result there.
 
-use std::time::Duration;
+use std::{
+    sync::atomic::{AtomicBool, Ordering},
+    time::Duration,
+};
 
 use opentelemetry::{
     KeyValue,
@@ -16,9 +19,10 @@ use opentelemetry::{
 };
 use opentelemetry_otlp::WithExportConfig;
 use opentelemetry_sdk::{
+    error::OTelSdkResult,
     propagation::TraceContextPropagator,
     resource::{EnvResourceDetector, Resource, TelemetryResourceDetector},
-    trace::SdkTracerProvider,
+    trace::{SdkTracerProvider, SpanData, SpanExporter},
 };
 use tracing::{Level, Metadata};
 use tracing_opentelemetry::OpenTelemetrySpanExt;
@@ -73,7 +77,7 @@ impl Traces {
             .build()
             .map_err(|e| TraceError::Endpoint(e.to_string()))?;
         let provider = SdkTracerProvider::builder()
-            .with_batch_exporter(exporter)
+            .with_batch_exporter(Reporting::new(exporter))
             .with_resource(resource())
             .build();
         let layer = tracing_opentelemetry::layer()
@@ -99,6 +103,55 @@ impl Traces {
             Ok(Err(err)) => tracing::warn!(error = %err, "could not export the last spans"),
             Err(err) => tracing::warn!(error = %err, "could not export the last spans"),
         }
+    }
+}
+
+/// The exporter, telling the log when the collector stops taking spans and
+/// when it takes them again (the SDK's own diagnostics are compiled out):
+/// once per change, not once per batch.
+#[derive(Debug)]
+struct Reporting<E> {
+    inner: E,
+    failing: AtomicBool,
+}
+
+impl<E> Reporting<E> {
+    fn new(inner: E) -> Reporting<E> {
+        Reporting {
+            inner,
+            failing: AtomicBool::new(false),
+        }
+    }
+}
+
+impl<E: SpanExporter> SpanExporter for Reporting<E> {
+    async fn export(&self, batch: Vec<SpanData>) -> OTelSdkResult {
+        let spans = batch.len();
+        let result = self.inner.export(batch).await;
+        match &result {
+            Err(err) if !self.failing.swap(true, Ordering::Relaxed) => tracing::warn!(
+                error = %err,
+                spans,
+                "the OTLP collector did not take spans; they are dropped until it does"
+            ),
+            Ok(()) if self.failing.swap(false, Ordering::Relaxed) => {
+                tracing::info!("the OTLP collector takes spans again")
+            }
+            _ => {}
+        }
+        result
+    }
+
+    fn shutdown_with_timeout(&self, timeout: Duration) -> OTelSdkResult {
+        self.inner.shutdown_with_timeout(timeout)
+    }
+
+    fn force_flush(&self) -> OTelSdkResult {
+        self.inner.force_flush()
+    }
+
+    fn set_resource(&mut self, resource: &Resource) {
+        self.inner.set_resource(resource);
     }
 }
 

@@ -39,7 +39,7 @@ use super::{
 };
 
 /// A metric's name, help and how it reads the live-session pool's figures.
-type PooledFigure<T> = (&'static str, &'static str, fn(&PoolStats) -> T);
+type PooledFigure<T> = crate::telemetry::metrics::Figure<PoolStats, T>;
 
 /// The MCP client side of the daemon. Cheap to clone.
 #[derive(Clone)]
@@ -675,7 +675,7 @@ impl McpConnector {
     /// The client side's figures: its own instruments, and the sessions
     /// and live-session pool read when scraped.
     pub fn register_metrics(&self, registry: &crate::telemetry::metrics::Registry) {
-        use crate::telemetry::metrics::{pulled_counter, pulled_gauge};
+        use crate::telemetry::metrics::{pulled_counters, pulled_gauge, pulled_gauges};
         self.metrics.register(registry);
         let live = self.live.clone();
         pulled_gauge(
@@ -696,10 +696,9 @@ impl McpConnector {
                 |p| p.calls_in_flight as f64,
             ),
         ];
-        for (name, help, read) in gauges {
-            let pool = self.pool.clone();
-            pulled_gauge(registry, name, help, move || read(&pool.stats()));
-        }
+        let pool = self.pool.clone();
+        let stats = move || pool.stats();
+        pulled_gauges(registry, gauges, stats.clone());
         let counters: [PooledFigure<u64>; 2] = [
             (
                 "mcpd_mcp_live_session_opens_total",
@@ -712,10 +711,7 @@ impl McpConnector {
                 |p| p.session_reuses,
             ),
         ];
-        for (name, help, read) in counters {
-            let pool = self.pool.clone();
-            pulled_counter(registry, name, help, move || read(&pool.stats()));
-        }
+        pulled_counters(registry, counters, stats);
     }
 }
 

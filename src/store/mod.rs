@@ -49,7 +49,7 @@ use crate::telemetry::metrics as exposition;
 use metrics::{LeaseCount, PoolMetrics};
 
 /// A metric's name, help and how it reads the pool's figures.
-type Pulled<T> = (&'static str, &'static str, fn(&PoolStats) -> T);
+type Pulled<T> = exposition::Figure<PoolStats, T>;
 
 pub(crate) type SqliteConn = SyncConnectionWrapper<SqliteConnection>;
 type PgManager = AsyncDieselConnectionManager<AsyncPgConnection>;
@@ -319,10 +319,9 @@ impl Store {
                 |p| p.peak_checked_out as f64,
             ),
         ];
-        for (name, help, read) in gauges {
-            let store = self.clone();
-            exposition::pulled_gauge(registry, name, help, move || read(&store.pool_stats()));
-        }
+        let store = self.clone();
+        let stats = move || store.pool_stats();
+        exposition::pulled_gauges(registry, gauges, stats.clone());
         let counters: [Pulled<u64>; 2] = [
             (
                 "mcpd_db_pool_checkouts_total",
@@ -335,10 +334,7 @@ impl Store {
                 |p| p.timeouts,
             ),
         ];
-        for (name, help, read) in counters {
-            let store = self.clone();
-            exposition::pulled_counter(registry, name, help, move || read(&store.pool_stats()));
-        }
+        exposition::pulled_counters(registry, counters, stats);
     }
 
     /// Restarts the daemon-wide peak from the connections held now.

@@ -70,6 +70,33 @@ pub fn pulled_counter(
     }
 }
 
+/// One figure of an owner's snapshot: name, help, and how to read it.
+pub type Figure<S, T> = (&'static str, &'static str, fn(&S) -> T);
+
+/// Gauges read from a fresh `snapshot` of their owner when scraped.
+pub fn pulled_gauges<S: 'static>(
+    registry: &Registry,
+    figures: impl IntoIterator<Item = Figure<S, f64>>,
+    snapshot: impl Fn() -> S + Clone + Send + Sync + 'static,
+) {
+    for (name, help, read) in figures {
+        let snapshot = snapshot.clone();
+        pulled_gauge(registry, name, help, move || read(&snapshot()));
+    }
+}
+
+/// Counters read from a fresh `snapshot` of their owner when scraped.
+pub fn pulled_counters<S: 'static>(
+    registry: &Registry,
+    figures: impl IntoIterator<Item = Figure<S, u64>>,
+    snapshot: impl Fn() -> S + Clone + Send + Sync + 'static,
+) {
+    for (name, help, read) in figures {
+        let snapshot = snapshot.clone();
+        pulled_counter(registry, name, help, move || read(&snapshot()));
+    }
+}
+
 struct PullingCounter {
     desc: Desc,
     read: Box<dyn Fn() -> u64 + Send + Sync>,

@@ -377,17 +377,23 @@ async fn an_authorization_started_on_one_replica_finishes_on_another() {
     }
 }
 
+/// Two replicas on one PostgreSQL database, and a client of `acme` on each.
+async fn two_replicas() -> (Daemon, Daemon, OrgClient, OrgClient) {
+    let db = Arc::new(TestDb::new(Backend::Postgres).await);
+    let left = Daemon::start_on(db.clone(), DaemonOptions::default()).await;
+    let right = Daemon::start_on(db, DaemonOptions::default()).await;
+    let key = left.keys.key("acme").to_owned();
+    let on_left = OrgClient::new(left.channel().await, &key);
+    let on_right = OrgClient::new(right.channel().await, &key);
+    (left, right, on_left, on_right)
+}
+
 /// What one replica closes, another that holds a live session to it lets go
 /// of (its stdio child included) without waiting for the idle timeout, and
 /// a call there is refused as NOT_FOUND.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_close_on_one_replica_ends_the_live_sessions_of_the_others() {
-    let db = Arc::new(TestDb::new(Backend::Postgres).await);
-    let left = Daemon::start_on(db.clone(), DaemonOptions::default()).await;
-    let right = Daemon::start_on(db.clone(), DaemonOptions::default()).await;
-    let key = left.keys.key("acme").to_owned();
-    let on_left = OrgClient::new(left.channel().await, &key);
-    let on_right = OrgClient::new(right.channel().await, &key);
+    let (left, right, on_left, on_right) = two_replicas().await;
     let kept = on_left
         .create("kept", stdio(["--tools", "1"]))
         .await
@@ -445,12 +451,7 @@ async fn a_close_on_one_replica_ends_the_live_sessions_of_the_others() {
 /// one (and kept using it: nothing else would have closed it while busy).
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_transport_replaced_on_one_replica_is_used_by_the_others() {
-    let db = Arc::new(TestDb::new(Backend::Postgres).await);
-    let left = Daemon::start_on(db.clone(), DaemonOptions::default()).await;
-    let right = Daemon::start_on(db.clone(), DaemonOptions::default()).await;
-    let key = left.keys.key("acme").to_owned();
-    let on_left = OrgClient::new(left.channel().await, &key);
-    let on_right = OrgClient::new(right.channel().await, &key);
+    let (left, right, on_left, on_right) = two_replicas().await;
     let old = HttpTestServer::start(["--tools", "1", "--tool-prefix", "old_"]).await;
     let new = HttpTestServer::start(["--tools", "1", "--tool-prefix", "new_"]).await;
     let id = on_left

@@ -363,17 +363,7 @@ async fn announced_tool_changes_are_synced_at_2026_07_28(backend: Backend) {
 }
 
 async fn announcements_are_synced(backend: Backend, lifecycle: &[&str]) {
-    let daemon = Daemon::start_with(
-        backend,
-        DaemonOptions {
-            limits: mcpd::manager::Limits {
-                sync_debounce: Duration::from_millis(50),
-                ..Default::default()
-            },
-            ..Default::default()
-        },
-    )
-    .await;
+    let daemon = Daemon::start_with(backend, DaemonOptions::quick_sync()).await;
     let acme = daemon.org("acme").await;
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("tools.json");

@@ -127,13 +127,7 @@ async fn replicas_list_an_announcing_server_one_at_a_time() {
     .await;
 
     let db = Arc::new(TestDb::new(Backend::Postgres).await);
-    let options = DaemonOptions {
-        limits: mcpd::manager::Limits {
-            sync_debounce: Duration::from_millis(50),
-            ..Default::default()
-        },
-        ..Default::default()
-    };
+    let options = DaemonOptions::quick_sync();
     let mut replicas = Vec::new();
     for _ in 0..REPLICAS {
         replicas.push(Daemon::start_on(db.clone(), options.clone()).await);
@@ -324,17 +318,7 @@ async fn the_lease_hands_requests_over(backend: Backend) {
 /// expires in a few seconds: the announced change waits for the expiry and
 /// is synced right after it.
 async fn a_lease_left_by_a_dead_daemon_delays_the_sync_until_it_expires(backend: Backend) {
-    let daemon = Daemon::start_with(
-        backend,
-        DaemonOptions {
-            limits: mcpd::manager::Limits {
-                sync_debounce: Duration::from_millis(50),
-                ..Default::default()
-            },
-            ..Default::default()
-        },
-    )
-    .await;
+    let daemon = Daemon::start_with(backend, DaemonOptions::quick_sync()).await;
     let acme = daemon.org("acme").await;
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("tools.json");

@@ -204,6 +204,20 @@ impl Default for DaemonOptions {
     }
 }
 
+impl DaemonOptions {
+    /// Automatic syncs after a quiet moment of 50 ms instead of the
+    /// default's half second: announcement tests wait on the sync.
+    pub fn quick_sync() -> Self {
+        DaemonOptions {
+            limits: Limits {
+                sync_debounce: Duration::from_millis(50),
+                ..Default::default()
+            },
+            ..Default::default()
+        }
+    }
+}
+
 /// What the tests' daemons may run and reach: the test server and node over
 /// stdio, loopback over HTTP.
 pub fn test_mcp_settings() -> McpSettings {

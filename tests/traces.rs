@@ -601,16 +601,24 @@ async fn the_last_spans_go_out_at_sigterm_whatever_the_log_level() {
     assert!(!log.contains(" rpc "), "{log}");
 }
 
-/// A collector that is not there: the daemon serves as before, and its log
-/// says, once, that spans are being dropped (the SDK's own diagnostics are
-/// off, so without this an operator would see nothing at all).
+/// A collector that is not there (a port that hangs up on every connection):
+/// the daemon serves as before, and its log says, once, that spans are being
+/// dropped, however many exports fail (the SDK's own diagnostics are off, so
+/// without this an operator would see nothing at all).
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_collector_that_is_not_there_is_named_once_in_the_log() {
     let db = TestDb::new(Backend::Sqlite).await;
     let key = create_key(&db, "acme").await;
-    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let endpoint = format!("http://{}", closed.local_addr().unwrap());
-    drop(closed);
+    let hang_up = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let endpoint = format!("http://{}", hang_up.local_addr().unwrap());
+    let attempts = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counting = attempts.clone();
+    let collector = tokio::spawn(async move {
+        while let Ok((socket, _)) = hang_up.accept().await {
+            counting.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            drop(socket);
+        }
+    });
     let daemon = serve(
         &db,
         None,
@@ -620,12 +628,23 @@ async fn a_collector_that_is_not_there_is_named_once_in_the_log() {
     )
     .await;
     let acme = OrgClient::connect(daemon.addr, &key).await;
-    for name in ["one", "two", "three"] {
-        acme.create(name, stdio(["--tools", "1"])).await.unwrap();
-        // Each in a batch of its own.
-        tokio::time::sleep(QUICK * 4).await;
-    }
+    // Several failed exports: each create's spans, until three connections
+    // were hung up on.
+    let mut created = 0;
+    wait_until(
+        "three failed exports",
+        Duration::from_secs(20),
+        async || {
+            created += 1;
+            acme.create(&format!("server-{created}"), stdio(["--tools", "1"]))
+                .await
+                .unwrap();
+            attempts.load(std::sync::atomic::Ordering::Relaxed) >= 3
+        },
+    )
+    .await;
     let log = stop(daemon).await;
+    collector.abort();
     assert_eq!(
         log.matches("the OTLP collector did not take spans").count(),
         1,

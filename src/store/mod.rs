@@ -5,6 +5,7 @@
 
 mod authorizations;
 mod batch;
+mod blocking;
 mod error;
 mod events;
 mod health;
@@ -51,7 +52,7 @@ use metrics::{LeaseCount, PoolMetrics};
 /// A metric's name, help and how it reads the pool's figures.
 type Pulled<T> = exposition::Figure<PoolStats, T>;
 
-pub(crate) type SqliteConn = SyncConnectionWrapper<SqliteConnection>;
+pub(crate) type SqliteConn = SyncConnectionWrapper<SqliteConnection, blocking::OnThisThread>;
 type PgManager = AsyncDieselConnectionManager<AsyncPgConnection>;
 type SqliteManager = AsyncDieselConnectionManager<SqliteConn>;
 
@@ -196,9 +197,12 @@ macro_rules! with_conn {
                     $crate::store::Backend::Sqlite { pool, writer } => {
                         let writer = ($access == $crate::store::Access::Write).then_some(writer);
                         let mut lease = $store.checkout(pool, writer).await?;
-                        let $conn = &mut *lease;
-                        let result: Result<_, $crate::store::StoreError> = $body;
-                        result
+                        $crate::store::blocking::unit_of_work(async {
+                            let $conn = &mut *lease;
+                            let result: Result<_, $crate::store::StoreError> = $body;
+                            result
+                        })
+                        .await
                     }
                 }
             },
@@ -258,11 +262,7 @@ impl Store {
                 config.custom_setup = Box::new(|path| open_sqlite(path.to_owned()).boxed());
                 Backend::Sqlite {
                     // No ping on check-out: an SQLite connection is a file
-                    // handle in this process and does not go away, and bb8
-                    // runs the ping inside the acquire timeout, where a ping
-                    // cut off is a cancelled `spawn_blocking` job of
-                    // diesel-async's sync wrapper whose drop blocks a runtime
-                    // thread (seen to hang the benchmark's fan-out baseline).
+                    // handle in this process and does not go away.
                     pool: pool_builder(&settings)
                         .test_on_check_out(false)
                         .build_unchecked(SqliteManager::new_with_config(path.clone(), config)),

@@ -420,6 +420,68 @@ async fn announcements_are_synced(backend: Backend, lifecycle: &[&str]) {
 /// The reference server's tools (schemas, titles, annotations, output
 /// schemas) read back equal to what it lists: a sync right after the create
 /// finds no difference and writes no tool row.
+/// A daemon keeps the stored digests of the servers it synced. Another
+/// replica's sync changes them behind its back; the next sync here must see
+/// the database's tools, not what it held (which would add a tool twice and
+/// miss the one to add).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_sync_after_another_replica_synced_reads_what_it_wrote() {
+    let db = std::sync::Arc::new(TestDb::new(Backend::Postgres).await);
+    let left = Daemon::start_on(db.clone(), DaemonOptions::default()).await;
+    let right = Daemon::start_on(db, DaemonOptions::default()).await;
+    let key = left.keys.key("acme").to_owned();
+    let on_left = OrgClient::new(left.channel().await, &key);
+    let on_right = OrgClient::new(right.channel().await, &key);
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("tools.json");
+    write_tools(&file, json!([tool("alpha", "a"), tool("beta", "b")]));
+    let id = on_left
+        .create("shared", stdio(["--tools-file", file.to_str().unwrap()]))
+        .await
+        .unwrap()
+        .server
+        .unwrap()
+        .id;
+    // The left daemon now holds alpha and beta.
+    let synced = on_left.sync(&id).await.unwrap();
+    assert!(
+        synced.added.is_empty() && synced.removed.is_empty(),
+        "{synced:?}"
+    );
+
+    write_tools(&file, json!([tool("alpha", "a"), tool("gamma", "c")]));
+    let synced = on_right.sync(&id).await.unwrap();
+    assert_eq!(names(&synced.added), ["gamma"]);
+    assert_eq!(synced.removed, ["beta"]);
+
+    write_tools(
+        &file,
+        json!([tool("alpha", "a2"), tool("beta", "b"), tool("gamma", "c")]),
+    );
+    let synced = on_left.sync(&id).await.unwrap();
+    assert_eq!(names(&synced.added), ["beta"], "{synced:?}");
+    assert_eq!(names(&synced.updated), ["alpha"], "{synced:?}");
+    assert!(synced.removed.is_empty(), "{synced:?}");
+    let stored = on_right.tools(&id).await.unwrap();
+    assert_eq!(names(&stored), ["alpha", "beta", "gamma"]);
+    left.registry().assert_whole("acme", 3).await;
+
+    // And the other way round, now that the right daemon holds digests too.
+    write_tools(&file, json!([tool("gamma", "c")]));
+    let synced = on_left.sync(&id).await.unwrap();
+    assert_eq!(synced.removed, ["alpha", "beta"]);
+    write_tools(&file, json!([tool("alpha", "a"), tool("gamma", "c")]));
+    let synced = on_right.sync(&id).await.unwrap();
+    assert_eq!(names(&synced.added), ["alpha"], "{synced:?}");
+    assert!(
+        synced.removed.is_empty() && synced.updated.is_empty(),
+        "{synced:?}"
+    );
+    right.registry().assert_whole("acme", 2).await;
+    left.stop().await;
+    right.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn server_everything_syncs_to_no_difference() {
     let daemon = Daemon::start(Backend::Postgres).await;

@@ -6,6 +6,7 @@
 mod authorizations;
 mod batch;
 mod blocking;
+mod digest_cache;
 mod error;
 mod events;
 mod health;
@@ -145,6 +146,8 @@ struct Inner {
     settings: StoreSettings,
     metrics: Arc<PoolMetrics>,
     events: events::EventBus,
+    /// Stored tools of recently synced servers (see [`digest_cache`]).
+    digests: digest_cache::DigestCache,
 }
 
 /// A checked-out connection, counted while it lives.
@@ -276,6 +279,7 @@ impl Store {
                 settings,
                 metrics: Arc::default(),
                 events: events::event_bus(),
+                digests: Default::default(),
             }),
         })
     }

@@ -455,6 +455,8 @@ impl Store {
                             mcp_servers::authorization_url.eq(None::<String>),
                             mcp_servers::last_connected_at.eq(now),
                             mcp_servers::last_synced_at.eq(now),
+                            // Its tools are written next (see migration 000012).
+                            mcp_servers::tools_version.eq(mcp_servers::tools_version + 1),
                         ))
                         .execute(conn)
                         .await?;
@@ -770,6 +772,7 @@ impl Store {
             })
             .await
         })?;
+        self.inner.digests.forget(id);
         self.events_committed(org);
         Ok(deleted)
     }

@@ -21,6 +21,7 @@ diesel::table! {
         unreachable_since -> Nullable<BigInt>,
         last_connected_at -> Nullable<BigInt>,
         last_synced_at -> Nullable<BigInt>,
+        tools_version -> BigInt,
     }
 }
 

@@ -1,7 +1,7 @@
 //! Tool sync: a server's stored tools made equal to what it lists now, by
 //! writing only the difference, in one transaction.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use diesel::prelude::*;
 use diesel_async::{AsyncConnection, RunQueryDsl};
@@ -9,6 +9,7 @@ use diesel_async::{AsyncConnection, RunQueryDsl};
 use super::{
     Access, Backend, Store, StoreError,
     batch::{InsertMappings, InsertTools, UpdateTools},
+    digest_cache::{DigestCache, StoredTools},
     events::{AppendEvents, EventDraft},
     models::{ServerRow, ToolRow, listed_hash, to_ms, transport_kind_column},
     queries::one_server,
@@ -63,16 +64,18 @@ impl Store {
         let now = to_ms(std::time::SystemTime::now());
         let listed = &Listed::new(listed);
         let retention = &self.inner.settings.event_retention;
-        let (synced, announced) = with_conn!(self, Access::Write, "sync_tools", |conn| {
+        let digests = &self.inner.digests;
+        let (synced, announced, stored) = with_conn!(self, Access::Write, "sync_tools", |conn| {
             conn.transaction::<_, StoreError, _>(async |conn| {
-                let (synced, row, reached_again) = sync_in_transaction!(
+                let (synced, row, reached_again, stored) = sync_in_transaction!(
                     &mut *conn,
                     postgres,
                     org,
                     server_id,
                     listed,
                     identity.clone(),
-                    now
+                    now,
+                    digests
                 );
                 // Only what a watcher would see change is announced.
                 let changes = synced.changes();
@@ -87,10 +90,11 @@ impl Store {
                     let event = EventDraft::new(kind, &row, changes);
                     conn.append_events(retention, org, &[event]).await?;
                 }
-                Ok((synced, kind.is_some()))
+                Ok((synced, kind.is_some(), stored))
             })
             .await
         })?;
+        stored.keep(digests, server_id);
         if announced {
             self.events_committed(org);
         }
@@ -100,10 +104,12 @@ impl Store {
 
 /// The body of a sync, inside a transaction the caller opened on `$conn`
 /// (a macro: it is instantiated for each backend's connection). Evaluates to
-/// the [`SyncedTools`], the server row as written, and whether the server
-/// was unreachable before; returns early with a [`StoreError`].
+/// the [`SyncedTools`], the server row as written, whether the server was
+/// unreachable before, and the tools as now stored for `$digests` (to
+/// [`StoredAfter::keep`] once committed); returns early with a
+/// [`StoreError`].
 macro_rules! sync_in_transaction {
-    ($conn:expr, $postgres:expr, $org:expr, $server_id:expr, $listed:expr, $identity:expr, $now:expr) => {{
+    ($conn:expr, $postgres:expr, $org:expr, $server_id:expr, $listed:expr, $identity:expr, $now:expr, $digests:expr) => {{
         let conn = $conn;
         let server_id: &str = $server_id;
         if $postgres {
@@ -112,26 +118,32 @@ macro_rules! sync_in_transaction {
                 .execute(conn)
                 .await?;
         }
-        let server: ServerRow = one_server($org, server_id)
-            .select(ServerRow::as_select())
+        let (server, version): (ServerRow, i64) = one_server($org, server_id)
+            .select((ServerRow::as_select(), mcp_servers::tools_version))
             .first(conn)
             .await
             .optional()?
             .ok_or_else(|| StoreError::ServerNotFound(server_id.to_owned()))?;
         let reached_again = server.unreachable_since.is_some();
-        // Digests, not whole tools: what a sync reads grows with the
-        // server's size by a few dozen bytes a tool.
-        let stored: Vec<StoredTool> = server_tools::table
-            .inner_join(tools::table)
-            .filter(server_tools::server_id.eq(server_id))
-            .select((tools::id, tools::name, tools::content_hash))
-            .load(conn)
-            .await?;
+        let digests: &DigestCache = $digests;
+        let mut stored: StoredTools = match digests.take(server_id, version) {
+            Some(held) => held,
+            // Digests, not whole tools: what a sync reads grows with the
+            // server's size by a few dozen bytes a tool.
+            None => server_tools::table
+                .inner_join(tools::table)
+                .filter(server_tools::server_id.eq(server_id))
+                .select((tools::name, (tools::id, tools::content_hash)))
+                .load::<(String, (String, String))>(conn)
+                .await?
+                .into_iter()
+                .collect(),
+        };
         // Rows from before digests are compared in full, once.
         let undigested: Vec<&String> = stored
-            .iter()
-            .filter(|(_, _, hash)| hash.is_empty())
-            .map(|(id, _, _)| id)
+            .values()
+            .filter(|(_, hash)| hash.is_empty())
+            .map(|(id, _)| id)
             .collect();
         let mut legacy: Vec<ToolRow> = Vec::new();
         for batch in undigested.chunks(BATCH_ROWS) {
@@ -144,7 +156,7 @@ macro_rules! sync_in_transaction {
             );
         }
         let listed: &Listed = $listed;
-        let diff = Diff::of(&server, stored, legacy, listed, $now);
+        let diff = Diff::of(&server, &stored, legacy, listed, $now);
 
         for batch in diff.added.chunks(BATCH_ROWS) {
             InsertTools::new(batch).execute(conn).await?;
@@ -171,6 +183,12 @@ macro_rules! sync_in_transaction {
         if diff.changes_anything() {
             server.tool_count = i32::try_from(listed.tools.len()).unwrap_or(i32::MAX);
         }
+        let version = if diff.writes_tools() {
+            diff.apply_to(&mut stored);
+            version + 1
+        } else {
+            version
+        };
         // The server was reached and listed just now: one write of its row
         // says so (with its identity and tool count). Its tools and mappings
         // are untouched when nothing changed.
@@ -187,6 +205,7 @@ macro_rules! sync_in_transaction {
                 mcp_servers::last_synced_at.eq(now),
                 mcp_servers::unreachable_since.eq(None::<i64>),
                 mcp_servers::last_error.eq(""),
+                mcp_servers::tools_version.eq(version),
             ))
             .execute(conn)
             .await?;
@@ -205,13 +224,22 @@ macro_rules! sync_in_transaction {
                 .collect(),
             removed: diff.removed.into_iter().map(|(_, name)| name).collect(),
         };
-        (synced, row, reached_again)
+        (synced, row, reached_again, StoredAfter { version, stored })
     }};
 }
 pub(super) use sync_in_transaction;
 
-/// A stored tool as a sync reads it: id, name and content digest.
-type StoredTool = (String, String, String);
+/// A server's tools as a sync left them, to be held once it has committed.
+pub(super) struct StoredAfter {
+    version: i64,
+    stored: StoredTools,
+}
+
+impl StoredAfter {
+    pub(super) fn keep(self, digests: &DigestCache, server_id: &str) {
+        digests.put(server_id, self.version, self.stored);
+    }
+}
 
 /// The tools a server listed, with their digests, computed before the sync
 /// takes its connection and lock: a server of thousands of tools otherwise
@@ -223,6 +251,12 @@ pub(super) struct Listed {
 
 impl Listed {
     pub(super) fn new(tools: Vec<NewTool>) -> Listed {
+        // The manager refuses a listing that repeats a name; the diff
+        // relies on it.
+        debug_assert!(
+            tools.iter().map(|t| &t.name).collect::<HashSet<_>>().len() == tools.len(),
+            "a listing with a repeated tool name reached the store"
+        );
         let digests = tools.iter().map(listed_hash).collect();
         Listed { tools, digests }
     }
@@ -243,15 +277,11 @@ impl Diff {
     /// `legacy`: the stored rows whose digest is empty, in full.
     pub(super) fn of(
         server: &ServerRow,
-        stored: Vec<StoredTool>,
+        stored: &StoredTools,
         legacy: Vec<ToolRow>,
         listed: &Listed,
         now: i64,
     ) -> Diff {
-        let mut stored: HashMap<String, (String, String)> = stored
-            .into_iter()
-            .map(|(id, name, hash)| (name, (id, hash)))
-            .collect();
         let mut legacy: HashMap<String, ToolRow> =
             legacy.into_iter().map(|t| (t.id.clone(), t)).collect();
         let mut added = Vec::new();
@@ -265,31 +295,44 @@ impl Diff {
                 now,
             )
         };
+        let mut kept = 0;
         for (tool, digest) in listed.tools.iter().zip(&listed.digests) {
-            let Some((id, hash)) = stored.remove(&tool.name) else {
+            let Some((id, hash)) = stored.get(&tool.name) else {
                 added.push(row(tool));
                 continue;
             };
-            if hash == *digest {
+            kept += 1;
+            if hash == digest {
                 continue;
             }
             let fresh = row(tool);
             let unchanged_legacy = hash.is_empty()
                 && legacy
-                    .remove(&id)
+                    .remove(id)
                     .is_some_and(|old| old.computed_hash() == fresh.content_hash);
             // Same id: a tool changes in place; created_at is not rewritten.
-            let row = ToolRow { id, ..fresh };
+            let row = ToolRow {
+                id: id.clone(),
+                ..fresh
+            };
             if unchanged_legacy {
                 digested.push(row);
             } else {
                 updated.push(row);
             }
         }
-        let mut removed: Vec<(String, String)> = stored
-            .into_iter()
-            .map(|(name, (id, _))| (id, name))
-            .collect();
+        // Listed names are unique (see `Listed::new`), so when every stored
+        // name was listed nothing was removed, and the common sync skips a
+        // second pass over thousands.
+        let mut removed: Vec<(String, String)> = Vec::new();
+        if kept < stored.len() {
+            let names: HashSet<&str> = listed.tools.iter().map(|t| t.name.as_str()).collect();
+            removed = stored
+                .iter()
+                .filter(|(name, _)| !names.contains(name.as_str()))
+                .map(|(name, (id, _))| (id.clone(), name.clone()))
+                .collect();
+        }
         removed.sort_by(|a, b| a.1.cmp(&b.1));
         added.sort_by(|a, b| a.name.cmp(&b.name));
         updated.sort_by(|a, b| a.name.cmp(&b.name));
@@ -303,6 +346,21 @@ impl Diff {
 
     pub(super) fn changes_anything(&self) -> bool {
         !(self.added.is_empty() && self.updated.is_empty() && self.removed.is_empty())
+    }
+
+    /// Whether any tool row is written: a change, or digests filled in.
+    fn writes_tools(&self) -> bool {
+        self.changes_anything() || !self.digested.is_empty()
+    }
+
+    /// `stored` as it is once this difference is written.
+    fn apply_to(&self, stored: &mut StoredTools) {
+        for (_, name) in &self.removed {
+            stored.remove(name);
+        }
+        for row in self.added.iter().chain(&self.updated).chain(&self.digested) {
+            stored.insert(row.name.clone(), (row.id.clone(), row.content_hash.clone()));
+        }
     }
 }
 
@@ -353,6 +411,7 @@ impl Store {
         let update = &update;
         let sealed = &sealed;
         let retention = &self.inner.settings.event_retention;
+        let digests = &self.inner.digests;
         let (row, synced) = with_conn!(self, Access::Write, "update_server", |conn| {
             conn.transaction::<_, StoreError, _>(async |conn| {
                 let target = one_server(org, server_id);
@@ -404,21 +463,22 @@ impl Store {
                         ))
                         .execute(conn)
                         .await?;
-                    let (tools, _, _) = sync_in_transaction!(
+                    let (tools, _, _, stored) = sync_in_transaction!(
                         &mut *conn,
                         postgres,
                         org,
                         server_id,
                         listed,
                         identity.clone(),
-                        now
+                        now,
+                        digests
                     );
-                    synced = Some(tools);
+                    synced = Some((tools, stored));
                 }
                 let row: ServerRow = target.select(ServerRow::as_select()).first(conn).await?;
                 let changes = synced
                     .as_ref()
-                    .map(SyncedTools::changes)
+                    .map(|(tools, _)| tools.changes())
                     .unwrap_or_default();
                 let event = EventDraft::new(ServerEventKind::Updated, &row, changes);
                 conn.append_events(retention, org, &[event]).await?;
@@ -426,6 +486,10 @@ impl Store {
             })
             .await
         })?;
+        let synced = synced.map(|(tools, stored)| {
+            stored.keep(digests, server_id);
+            tools
+        });
         self.events_committed(org);
         Ok((self.server_of(row)?, synced))
     }

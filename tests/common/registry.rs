@@ -149,6 +149,14 @@ impl Registry {
         let rows: Vec<Counted> = self
             .load("UPDATE tools SET content_hash = '' RETURNING id AS what, CAST(0 AS BIGINT) AS n")
             .await;
+        // As any write of a server's tools must (migration 000012): the
+        // daemons' digests of them are stale now.
+        let _: Vec<Counted> = self
+            .load(
+                "UPDATE mcp_servers SET tools_version = tools_version + 1 \
+                 RETURNING id AS what, CAST(0 AS BIGINT) AS n",
+            )
+            .await;
         rows.len()
     }
 

@@ -1,0 +1,1 @@
+ALTER TABLE mcp_servers DROP COLUMN tools_version;

@@ -1,6 +1,8 @@
-//! The floor: the same rows a create writes (the server, N tools, N
-//! mappings), written by the fastest plain approach on one connection in one
-//! transaction: COPY on PostgreSQL, one multi-row INSERT per table on SQLite.
+//! The floor: the same rows a create writes (the server, N tools with their
+//! digests, N mappings), written by the fastest plain approach on one
+//! connection in one transaction: COPY on PostgreSQL, one multi-row INSERT
+//! per table on SQLite. Not in it: the watch event and the organization's
+//! event cursor, which the daemon's create also writes.
 //! And a sync's floor: `changed` of a stored server's tools given new
 //! descriptions and its server row touched, one `UPDATE … FROM` per table
 //! (from a `WITH v(id, d) AS (VALUES …)`, which both backends read) in one
@@ -18,7 +20,8 @@ use futures::SinkExt;
 pub struct Rows {
     org: String,
     server_id: String,
-    tools: Vec<[String; 5]>,
+    /// id, organization, name, description, input schema, content digest.
+    tools: Vec<[String; 6]>,
     now: i64,
 }
 
@@ -36,6 +39,9 @@ impl Rows {
                         format!("tool_{i:04}"),
                         format!("Test tool number {i}; echoes its name and arguments."),
                         schema.to_owned(),
+                        // The daemon stores a 32-character hex digest per
+                        // tool; the same number of bytes here.
+                        format!("{i:032x}"),
                     ]
                 })
                 .collect(),
@@ -111,7 +117,7 @@ impl PgFloor {
         .await?;
         for (statement, data) in [
             (
-                "COPY tools (id, organization_id, name, description, input_schema, qualified_name, created_at) FROM STDIN",
+                "COPY tools (id, organization_id, name, description, input_schema, content_hash, qualified_name, created_at) FROM STDIN",
                 tools_copy,
             ),
             (
@@ -196,13 +202,14 @@ impl SqliteFloor {
                 .iter()
                 .map(|t| {
                     format!(
-                        "({}, {}, {}, {}, {}, {}, {})",
+                        "({}, {}, {}, {}, {}, {}, {}, {})",
                         q(&t[0]),
                         q(&t[1]),
                         q(&t[2]),
                         q(&t[2]),
                         q(&t[3]),
                         q(&t[4]),
+                        q(&t[5]),
                         rows.now
                     )
                 })
@@ -213,7 +220,7 @@ impl SqliteFloor {
                 .map(|t| format!("({}, {})", q(&rows.server_id), q(&t[0])))
                 .collect();
             sql.push_str(&format!(
-                "INSERT INTO tools (id, organization_id, name, qualified_name, description, input_schema, created_at) VALUES {};\
+                "INSERT INTO tools (id, organization_id, name, qualified_name, description, input_schema, content_hash, created_at) VALUES {};\
                  INSERT INTO server_tools (server_id, tool_id) VALUES {};",
                 tools.join(","),
                 mappings.join(",")

@@ -377,17 +377,6 @@ async fn an_authorization_started_on_one_replica_finishes_on_another() {
     }
 }
 
-/// Two replicas on one PostgreSQL database, and a client of `acme` on each.
-async fn two_replicas() -> (Daemon, Daemon, OrgClient, OrgClient) {
-    let db = Arc::new(TestDb::new(Backend::Postgres).await);
-    let left = Daemon::start_on(db.clone(), DaemonOptions::default()).await;
-    let right = Daemon::start_on(db, DaemonOptions::default()).await;
-    let key = left.keys.key("acme").to_owned();
-    let on_left = OrgClient::new(left.channel().await, &key);
-    let on_right = OrgClient::new(right.channel().await, &key);
-    (left, right, on_left, on_right)
-}
-
 /// What one replica closes, another that holds a live session to it lets go
 /// of (its stdio child included) without waiting for the idle timeout, and
 /// a call there is refused as NOT_FOUND.

@@ -426,12 +426,7 @@ async fn announcements_are_synced(backend: Backend, lifecycle: &[&str]) {
 /// miss the one to add).
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_sync_after_another_replica_synced_reads_what_it_wrote() {
-    let db = std::sync::Arc::new(TestDb::new(Backend::Postgres).await);
-    let left = Daemon::start_on(db.clone(), DaemonOptions::default()).await;
-    let right = Daemon::start_on(db, DaemonOptions::default()).await;
-    let key = left.keys.key("acme").to_owned();
-    let on_left = OrgClient::new(left.channel().await, &key);
-    let on_right = OrgClient::new(right.channel().await, &key);
+    let (left, right, on_left, on_right) = two_replicas().await;
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("tools.json");
     write_tools(&file, json!([tool("alpha", "a"), tool("beta", "b")]));

@@ -218,6 +218,17 @@ impl DaemonOptions {
     }
 }
 
+/// Two replicas on one PostgreSQL database, and a client of `acme` on each.
+pub async fn two_replicas() -> (Daemon, Daemon, OrgClient, OrgClient) {
+    let db = std::sync::Arc::new(TestDb::new(Backend::Postgres).await);
+    let left = Daemon::start_on(db.clone(), DaemonOptions::default()).await;
+    let right = Daemon::start_on(db, DaemonOptions::default()).await;
+    let key = left.keys.key("acme").to_owned();
+    let on_left = OrgClient::new(left.channel().await, &key);
+    let on_right = OrgClient::new(right.channel().await, &key);
+    (left, right, on_left, on_right)
+}
+
 /// What the tests' daemons may run and reach: the test server and node over
 /// stdio, loopback over HTTP.
 pub fn test_mcp_settings() -> McpSettings {

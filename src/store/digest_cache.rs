@@ -4,9 +4,10 @@
 //!
 //! An entry is only as good as the `tools_version` it was taken at: every
 //! commit that changes a server's tool set moves that column on (whichever
-//! daemon sharing the database made it), and a sync uses an entry only when
-//! the row it has just locked still carries the entry's version. Anything
-//! else reads the tools from the database, as a sync without a cache would.
+//! daemon sharing the database made it), each under the server's tools lock
+//! (`sync::TOOLS_LOCK`), and a sync uses an entry only when the row it reads
+//! under that lock still carries the entry's version. Anything else reads
+//! the tools from the database, as a sync without a cache would.
 
 use std::{
     collections::HashMap,

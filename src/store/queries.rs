@@ -5,7 +5,7 @@ use diesel::{dsl::exists, prelude::*};
 use diesel_async::{AsyncConnection, RunQueryDsl};
 
 use super::{
-    Access, Sealer, Store, StoreError,
+    Access, Backend, Sealer, Store, StoreError,
     batch::{InsertMappings, InsertTools},
     error::is_unique_violation,
     events::{AppendEvents, EventDraft},
@@ -429,6 +429,7 @@ impl Store {
         let new_tools = &new_tools;
         let write = &write;
         let retention = &self.inner.settings.event_retention;
+        let postgres = matches!(self.inner.backend, Backend::Postgres(_));
         let row = with_conn!(self, Access::Write, "persist", |conn| {
             conn.transaction::<_, StoreError, _>(async |conn| {
                 match write {
@@ -443,6 +444,12 @@ impl Store {
                         server_info,
                         ..
                     } => {
+                        if postgres {
+                            diesel::sql_query(super::sync::TOOLS_LOCK)
+                                .bind::<diesel::sql_types::Text, _>(id)
+                                .execute(conn)
+                                .await?;
+                        }
                         let updated = diesel::update(one_server(organization_id, id).filter(
                             mcp_servers::state.eq(state_column(ServerState::AuthorizationPending)),
                         ))

@@ -41,6 +41,13 @@ impl SyncedTools {
     }
 }
 
+/// Taken (on PostgreSQL) by every transaction that writes an existing
+/// server's tools, before it reads the server row: writers of one server's
+/// tools never interleave, also across replicas, so the `tools_version` a
+/// writer reads under it is that of the tools it is about to change (which
+/// the held digests rely on). SQLite has one writer.
+pub(super) const TOOLS_LOCK: &str = "SELECT pg_advisory_xact_lock(hashtextextended($1, 7))";
+
 /// Rows per multi-row statement (bind-parameter limits).
 pub(super) const BATCH_ROWS: usize = 500;
 
@@ -113,7 +120,7 @@ macro_rules! sync_in_transaction {
         let conn = $conn;
         let server_id: &str = $server_id;
         if $postgres {
-            diesel::sql_query("SELECT pg_advisory_xact_lock(hashtextextended($1, 7))")
+            diesel::sql_query(TOOLS_LOCK)
                 .bind::<diesel::sql_types::Text, _>(server_id)
                 .execute(conn)
                 .await?;

@@ -3,10 +3,9 @@
 
 mod common;
 
-use std::{net::SocketAddr, process::Output, time::Duration};
+use std::{process::Output, time::Duration};
 
 use common::*;
-use tokio::process::Command;
 use tonic::Code;
 
 backend_tests!(
@@ -15,91 +14,15 @@ backend_tests!(
     keys_are_listed_and_revoked_from_the_command_line,
 );
 
-fn mcpd() -> Command {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_mcpd"));
-    command.kill_on_drop(true);
-    command
-}
-
-/// A running `mcpd serve`; its log (stderr) is drained as it runs.
-struct Process {
-    process: Announced,
-    addr: SocketAddr,
-}
-
-impl Process {
-    /// A client acting with `key`.
-    async fn org(&self, key: &str) -> OrgClient {
-        OrgClient::connect(self.addr, key).await
-    }
-
-    /// SIGKILL, and reaped.
-    async fn kill(self) {
-        self.process.kill().await;
-    }
-}
-
-/// `mcpd serve` on `db`, its key file and run directory, allowed to run the
-/// test server and to reach loopback, logging at `rust_log`.
-fn serve_command(db: &TestDb, rust_log: &str) -> Command {
-    serve_command_in(db, &db.run_dir(), rust_log)
-}
-
-/// [`serve_command`] with another run directory.
-fn serve_command_in(db: &TestDb, run_dir: &std::path::Path, rust_log: &str) -> Command {
-    let mut command = mcpd();
-    command
-        .env("RUST_LOG", rust_log)
-        .args([
-            "serve",
-            "--http-listen",
-            "127.0.0.1:0",
-            "--database-url",
-            &db.cli_url(),
-            "--stdio-allow",
-            &test_server_bin(),
-            "--outbound-allow",
-            &LOOPBACK.join(","),
-        ])
-        .arg("--secret-key-file")
-        .arg(db.dir().join("mcpd.key"))
-        .arg("--run-dir")
-        .arg(run_dir);
-    command
-}
-
-/// Starts the daemon `command` describes on a port of its choosing: it
-/// binds 127.0.0.1:0 and announces the address in its log, so `RUST_LOG`
-/// must let `mcpd::api` log at info.
-async fn start(mut command: Command) -> Process {
-    command.args(["--listen", "127.0.0.1:0"]);
-    let process = spawn_announcing(command, On::Stderr, address_after("mcpd listening")).await;
-    let addr = process.announced.parse().expect("a socket address");
-    Process { process, addr }
-}
-
-async fn serve(db: &TestDb, extra: &[&str], rust_log: &str) -> Process {
+async fn serve(db: &TestDb, extra: &[&str], rust_log: &str) -> McpdProcess {
     let mut command = serve_command(db, rust_log);
     command.args(extra);
-    start(command).await
-}
-
-/// SIGTERM, then the exit status and everything the daemon logged.
-async fn stop(daemon: Process) -> (std::process::ExitStatus, String) {
-    let Process { mut process, .. } = daemon;
-    let pid = process.child.id().unwrap() as i32;
-    // SAFETY: sending a signal to our own child.
-    assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
-    let status = tokio::time::timeout(Duration::from_secs(40), process.child.wait())
-        .await
-        .expect("daemon exits after SIGTERM within its drain bound")
-        .unwrap();
-    (status, process.output().await)
+    start_mcpd(command).await
 }
 
 /// `mcpd keys ARGS --database-url …`.
 async fn keys<'a>(db: &TestDb, args: impl IntoIterator<Item = &'a str>) -> Output {
-    mcpd()
+    mcpd_command()
         .arg("keys")
         .args(args)
         .args(["--database-url", &db.cli_url()])
@@ -167,7 +90,7 @@ async fn list_keys(db: &TestDb, org: Option<&str>) -> Vec<ListedKey> {
 async fn migrate_subcommand_is_idempotent(backend: Backend) {
     let db = TestDb::new(backend).await;
     for _ in 0..2 {
-        let output = mcpd()
+        let output = mcpd_command()
             .args(["migrate", "--database-url", &db.cli_url()])
             .output()
             .await
@@ -221,7 +144,7 @@ async fn sigterm_drains_tears_down_and_exits_zero(backend: Backend) {
     });
     let pids = pidfile.wait().await;
 
-    let (status, log) = stop(daemon).await;
+    let (status, log) = stop_mcpd(daemon).await;
     assert!(status.success(), "exit status {status:?}");
     let answer = stuck.await.unwrap();
     assert!(
@@ -305,7 +228,7 @@ async fn keys_are_listed_and_revoked_from_the_command_line(backend: Backend) {
         stderr.contains(&unknown) && stderr.contains("not found"),
         "{stderr}"
     );
-    let (status, _) = stop(daemon).await;
+    let (status, _) = stop_mcpd(daemon).await;
     assert!(status.success());
 }
 
@@ -473,7 +396,7 @@ async fn secrets_never_reach_the_log_even_at_trace() {
         "{granted}"
     );
 
-    let (status, log) = stop(daemon).await;
+    let (status, log) = stop_mcpd(daemon).await;
     assert!(status.success());
     assert!(log.contains("TRACE"), "the log really was at trace level");
     assert!(
@@ -532,7 +455,7 @@ async fn teardown_faults_are_logged_at_debug_and_never_fail_a_call() {
         assert_eq!(closed.removed_tools, 2);
         pidfile.written().assert_gone().await;
     }
-    let (status, log) = stop(daemon).await;
+    let (status, log) = stop_mcpd(daemon).await;
     assert!(status.success());
     assert!(
         log.contains("did not exit after its session closed; killing it"),
@@ -559,7 +482,7 @@ async fn teardown_faults_are_logged_at_debug_and_never_fail_a_call() {
 async fn stdio_children_get_a_clean_environment() {
     let db = TestDb::new(Backend::Sqlite).await;
     let key = create_key(&db, "acme").await;
-    let mut command = mcpd();
+    let mut command = mcpd_command();
     command
         .env("RUST_LOG", "info")
         .env("MCPD_DATABASE_URL", db.cli_url())
@@ -577,7 +500,7 @@ async fn stdio_children_get_a_clean_environment() {
         ])
         .arg("--secret-key-file")
         .arg(db.dir().join("mcpd.key"));
-    let daemon = start(command).await;
+    let daemon = start_mcpd(command).await;
     let acme = daemon.org(&key).await;
     let pidfile = Pidfile::temp();
     let pending = tokio::spawn({
@@ -598,7 +521,7 @@ async fn stdio_children_get_a_clean_environment() {
         !vars.iter().any(|v| v.contains("daemon-secret")),
         "{vars:?}"
     );
-    let (status, _) = stop(daemon).await;
+    let (status, _) = stop_mcpd(daemon).await;
     assert!(status.success());
     assert!(
         pending.await.unwrap().is_err(),
@@ -729,7 +652,7 @@ async fn sigterm_under_load_leaves_no_orphans() {
     )
     .await;
     let in_flight = calls.iter().filter(|c| !c.is_finished()).count();
-    let (status, _log) = stop(daemon).await;
+    let (status, _log) = stop_mcpd(daemon).await;
     assert!(status.success(), "{status:?}");
     assert!(in_flight > 0, "SIGTERM came while creates were in flight");
     let mut answered_ok = Vec::new();
@@ -788,7 +711,7 @@ async fn sealed_secrets_need_their_key_at_start_up() {
         .unwrap();
     // While the daemon runs, the newest pages are in the write-ahead log.
     assert_sealed_on_disk(db.dir(), secret);
-    let (status, _) = stop(daemon).await;
+    let (status, _) = stop_mcpd(daemon).await;
     assert!(status.success());
     assert_sealed_on_disk(db.dir(), secret);
 
@@ -796,7 +719,7 @@ async fn sealed_secrets_need_their_key_at_start_up() {
         let db_url = db.cli_url();
         let run_dir = db.run_dir();
         async move {
-            let output = mcpd()
+            let output = mcpd_command()
                 .args([
                     "serve",
                     "--listen",
@@ -963,7 +886,7 @@ async fn sigkill_leaves_no_stdio_server_behind() {
     acme.call_tool(call(&ids[0], "tool_0000", serde_json::json!({})))
         .await
         .expect("a new session after the restart");
-    let (status, log) = stop(restarted).await;
+    let (status, log) = stop_mcpd(restarted).await;
     assert!(status.success());
     let swept = log
         .lines()
@@ -1000,14 +923,14 @@ async fn a_live_daemons_groups_are_not_swept() {
     assert!(record[0].exists(), "the first daemon's record is kept");
     assert_eq!(records(&db.run_dir()).len(), 2, "one record per daemon");
     second.org(&key).await.servers().await.expect("serving");
-    let (status, log) = stop(second).await;
+    let (status, log) = stop_mcpd(second).await;
     assert!(status.success(), "{status:?}\n{log}");
     assert!(
         log.contains("swept 0 process groups a previous mcpd left") && log.contains("records=0"),
         "{log}"
     );
 
-    let (status, _) = stop(first).await;
+    let (status, _) = stop_mcpd(first).await;
     assert!(status.success());
     assert!(pending.await.unwrap().is_err(), "the hung create fails");
     pids.assert_gone().await;
@@ -1024,7 +947,7 @@ async fn a_sigterm_right_after_listening_stops_the_daemon_cleanly() {
     let db = TestDb::new(Backend::Sqlite).await;
     for attempt in 0..5 {
         let daemon = serve(&db, &[], "info").await;
-        let (status, log) = stop(daemon).await;
+        let (status, log) = stop_mcpd(daemon).await;
         assert!(status.success(), "attempt {attempt}: {status:?}\n{log}");
         assert!(log.contains("mcpd stopped"), "attempt {attempt}: {log}");
         assert!(records(&db.run_dir()).is_empty(), "attempt {attempt}");
@@ -1037,7 +960,7 @@ async fn a_sigterm_right_after_listening_stops_the_daemon_cleanly() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn plaintext_listeners_beyond_loopback_are_warned_about() {
     let db = TestDb::new(Backend::Sqlite).await;
-    let mut command = mcpd();
+    let mut command = mcpd_command();
     command
         .env("RUST_LOG", "info")
         .args([
@@ -1052,9 +975,7 @@ async fn plaintext_listeners_beyond_loopback_are_warned_about() {
         .arg(db.dir().join("mcpd.key"))
         .arg("--run-dir")
         .arg(db.run_dir());
-    let process = spawn_announcing(command, On::Stderr, address_after("mcpd listening")).await;
-    let addr = process.announced.parse().expect("a socket address");
-    let (status, log) = stop(Process { process, addr }).await;
+    let (status, log) = stop_mcpd(announced_mcpd(command).await).await;
     assert!(status.success(), "{status:?}\n{log}");
     assert!(
         log.contains("serving gRPC without TLS on a non-loopback address"),
@@ -1066,7 +987,7 @@ async fn plaintext_listeners_beyond_loopback_are_warned_about() {
     );
 
     let daemon = serve(&db, &[], "info").await;
-    let (_, log) = stop(daemon).await;
+    let (_, log) = stop_mcpd(daemon).await;
     assert!(
         !log.contains("non-loopback"),
         "loopback is not warned about: {log}"
@@ -1098,7 +1019,7 @@ async fn a_recycled_group_id_is_spared() {
     );
     assert!(!record.exists(), "a swept record is removed");
     daemon.org(&key).await.servers().await.expect("serving");
-    let (status, log) = stop(daemon).await;
+    let (status, log) = stop_mcpd(daemon).await;
     assert!(status.success(), "{status:?}\n{log}");
     assert!(
         log.contains("swept 1 process groups a previous mcpd left")

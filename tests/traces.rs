@@ -26,7 +26,6 @@ use opentelemetry_proto::tonic::{
     trace::v1::{Span, span::SpanKind, status::StatusCode},
 };
 use prost::Message;
-use tokio::process::Command;
 use tonic::{Code, transport::server::TcpIncoming};
 
 backend_tests!(every_call_is_a_span_with_its_mcp_and_database_work_under_it);
@@ -194,15 +193,9 @@ fn rpc_name(method: &str) -> String {
     format!("{SERVICE}/{method}")
 }
 
-fn mcpd() -> Command {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_mcpd"));
-    command.kill_on_drop(true);
-    command
-}
-
 /// `mcpd keys create`: the key is the one line on stdout.
 async fn create_key(db: &TestDb, org: &str) -> String {
-    let output = mcpd()
+    let output = mcpd_command()
         .args([
             "keys",
             "create",
@@ -222,12 +215,6 @@ async fn create_key(db: &TestDb, org: &str) -> String {
     String::from_utf8(output.stdout).unwrap().trim().to_owned()
 }
 
-/// A running `mcpd serve`.
-struct Process {
-    process: Announced,
-    addr: SocketAddr,
-}
-
 /// `mcpd serve` on `db`, exporting to `otlp` if given, logging at
 /// `rust_log` (which must let `mcpd::api` announce the address at info),
 /// with `env` set; spans go out in batches every `batch_delay`.
@@ -237,53 +224,24 @@ async fn serve(
     rust_log: &str,
     batch_delay: Duration,
     env: &[(&str, String)],
-) -> Process {
-    let mut command = mcpd();
-    command
-        .env("RUST_LOG", rust_log)
-        .env(
-            "OTEL_BSP_SCHEDULE_DELAY",
-            batch_delay.as_millis().to_string(),
-        )
-        .args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--http-listen",
-            "127.0.0.1:0",
-            "--database-url",
-            &db.cli_url(),
-            "--stdio-allow",
-            &test_server_bin(),
-            "--outbound-allow",
-            &LOOPBACK.join(","),
-        ])
-        .arg("--secret-key-file")
-        .arg(db.dir().join("mcpd.key"))
-        .arg("--run-dir")
-        .arg(db.run_dir());
+) -> McpdProcess {
+    let mut command = serve_command(db, rust_log);
+    command.env(
+        "OTEL_BSP_SCHEDULE_DELAY",
+        batch_delay.as_millis().to_string(),
+    );
     for (name, value) in env {
         command.env(name, value);
     }
     if let Some(receiver) = otlp {
         command.args(["--otlp-endpoint", &receiver.endpoint()]);
     }
-    let process = spawn_announcing(command, On::Stderr, address_after("mcpd listening")).await;
-    let addr = process.announced.parse().expect("a socket address");
-    Process { process, addr }
+    start_mcpd(command).await
 }
 
 /// SIGTERM; the daemon must exit cleanly. Returns its log.
-async fn stop(daemon: Process) -> String {
-    let Process { mut process, .. } = daemon;
-    let pid = process.child.id().unwrap() as i32;
-    // SAFETY: sending a signal to our own child.
-    assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
-    let status = tokio::time::timeout(Duration::from_secs(40), process.child.wait())
-        .await
-        .expect("daemon exits after SIGTERM within its drain bound")
-        .unwrap();
-    let log = process.output().await;
+async fn stop(daemon: McpdProcess) -> String {
+    let (status, log) = stop_mcpd(daemon).await;
     assert!(status.success(), "{status:?}\n{log}");
     log
 }
@@ -681,7 +639,7 @@ async fn an_endpoint_that_is_not_plain_http_is_refused() {
         "collector:4317",
         "http://user:pw@collector:4317",
     ] {
-        let output = mcpd()
+        let output = mcpd_command()
             .args(["serve", "--otlp-endpoint", endpoint])
             .output()
             .await

@@ -6,6 +6,7 @@
 
 mod groups;
 mod registry;
+mod serve;
 mod spawn;
 mod wait;
 
@@ -30,6 +31,11 @@ use mcpd::{
 };
 #[allow(unused_imports)]
 pub use registry::{PgActivity, Registry, StoredKey, StoredLease, StoredServer};
+#[allow(unused_imports)]
+pub use serve::{
+    McpdProcess, announced_mcpd, mcpd_command, serve_command, serve_command_in, start_mcpd,
+    stop_mcpd,
+};
 #[allow(unused_imports)]
 pub use spawn::{
     Announced, HttpTestServer, On, address_after, after_prefix, refused_port, spawn_announcing,

@@ -136,6 +136,10 @@ _wt_mcpd_pid() {  # the mcpd process among the daemon block's process and its de
   return 1
 }
 
+_wt_daemon_tail() {  # the daemon log's last lines, without backtrace frames (they hide the error)
+  grep -Ev '^ +([0-9]+: |at )' "$_wt_daemon_log" | tail -n 40
+}
+
 _wt_start_daemon() {  # FILE: a daemon block, run from the repository root
   _wt_daemon_log=$_wt_block.log
   (cd "$_wt_repo" && exec bash -c "$(cat "$_wt_block")") >"$_wt_daemon_log" 2>&1 </dev/null &
@@ -145,11 +149,11 @@ _wt_start_daemon() {  # FILE: a daemon block, run from the repository root
   until grep -q 'mcpd listening' "$_wt_daemon_log"; do
     if ! kill -0 "$_wt_daemon" 2>/dev/null; then
       wait "$_wt_daemon" || true
-      tail -n 40 "$_wt_daemon_log" | sed 's/^/  /' >&2
+      _wt_daemon_tail | sed 's/^/  /' >&2
       _wt_daemon=""
       _wt_die "$_wt_where: the daemon exited before it listened"
     fi
-    ((SECONDS < deadline)) || { tail -n 40 "$_wt_daemon_log" >&2; _wt_die "$_wt_where: the daemon did not listen in time"; }
+    ((SECONDS < deadline)) || { _wt_daemon_tail >&2; _wt_die "$_wt_where: the daemon did not listen in time"; }
     sleep 0.2
   done
   _wt_mcpd_pid >/dev/null || _wt_die "$_wt_where: no mcpd process under the daemon block"
@@ -165,7 +169,7 @@ _wt_stop_daemon() {  # SIGTERM to mcpd; the daemon block must end with 0
   wait "$_wt_daemon" || code=$?
   _wt_daemon=""
   if ((code != 0)); then
-    tail -n 40 "$_wt_daemon_log" >&2
+    _wt_daemon_tail >&2
     _wt_die "the daemon exited with $code on SIGTERM, expected 0"
   fi
   echo "  mcpd stopped by SIGTERM, exit code 0"
@@ -205,7 +209,7 @@ _wt_on_exit() {
   [[ -n $left ]] && kill $left 2>/dev/null
   if [[ -n $_wt_daemon ]]; then
     echo "walkthrough: daemon log (last lines):" >&2
-    tail -n 40 "$_wt_daemon_log" >&2
+    _wt_daemon_tail >&2
     local pid
     if pid=$(_wt_mcpd_pid); then kill -TERM "$pid"; else kill -TERM "$_wt_daemon"; fi 2>/dev/null
     wait "$_wt_daemon" 2>/dev/null

@@ -17,6 +17,7 @@ backend_tests!(
     the_catalogue_shows_shared_qualified_names,
     updates_rename_reprefix_and_rotate_the_transport,
     announced_tool_changes_are_synced,
+    syncs_of_many_tools_write_every_batch,
 );
 
 async fn update(
@@ -160,6 +161,55 @@ async fn a_sync_writes_exactly_the_difference(backend: Backend) {
     let before = daemon.registry().tool_row_versions().await;
     let status = acme.sync(&id).await.unwrap_err();
     assert_ne!(status.code(), Code::Ok);
+    assert_eq!(daemon.registry().tool_row_versions().await, before);
+    daemon.stop().await;
+}
+
+/// Sizes that cross the store's statement batches (on SQLite at most 64
+/// rows, cut in powers of two): every row of every batch is written, once.
+async fn syncs_of_many_tools_write_every_batch(backend: Backend) {
+    let daemon = Daemon::start(backend).await;
+    let acme = daemon.org("acme").await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("tools.json");
+    let listing = |count: usize, changed: usize| {
+        let tools: Vec<_> = (0..count)
+            .map(|i| {
+                let version = if i < changed { "v2" } else { "v1" };
+                tool(&format!("t{i:03}"), &format!("tool {i} {version}"))
+            })
+            .collect();
+        json!(tools)
+    };
+    write_tools(&file, listing(100, 0));
+    let created = acme
+        .create("many", stdio(["--tools-file", file.to_str().unwrap()]))
+        .await
+        .unwrap();
+    assert_eq!(created.tools.len(), 100);
+    let id = created.server.unwrap().id;
+    daemon.registry().assert_whole("acme", 100).await;
+
+    // 70 of the 100 change and 67 are new.
+    write_tools(&file, listing(167, 70));
+    let synced = acme.sync(&id).await.unwrap();
+    assert_eq!(synced.updated.len(), 70, "{:?}", names(&synced.updated));
+    assert_eq!(synced.added.len(), 67, "{:?}", names(&synced.added));
+    assert!(synced.removed.is_empty(), "{:?}", synced.removed);
+    let stored = acme.tools(&id).await.unwrap();
+    assert_eq!(stored.len(), 167);
+    for (i, tool) in stored.iter().enumerate() {
+        assert_eq!(tool.name, format!("t{i:03}"));
+        let version = if i < 70 { "v2" } else { "v1" };
+        assert_eq!(tool.description, format!("tool {i} {version}"), "{tool:?}");
+    }
+    daemon.registry().assert_whole("acme", 167).await;
+    let before = daemon.registry().tool_row_versions().await;
+    let again = acme.sync(&id).await.unwrap();
+    assert!(
+        again.added.is_empty() && again.updated.is_empty() && again.removed.is_empty(),
+        "{again:?}"
+    );
     assert_eq!(daemon.registry().tool_row_versions().await, before);
     daemon.stop().await;
 }

@@ -1,6 +1,7 @@
 //! Multi-row writes as query fragments: diesel's own batch insert does not
 //! reach SQLite through diesel-async's sync wrapper, and PostgreSQL takes
-//! whole columns as arrays.
+//! whole columns as arrays. [`WriteTools`] cuts a server's tools into
+//! statements the way each backend prepares them best.
 
 use diesel::{
     QueryResult,
@@ -12,13 +13,91 @@ use diesel::{
     sqlite::Sqlite,
 };
 
-use super::models::ToolRow;
+use diesel_async::{AsyncPgConnection, RunQueryDsl};
+
+use super::{SqliteConn, models::ToolRow};
+
+/// Writes a server's tool rows inside a transaction the caller opened, cut
+/// into statements as the backend is fastest with.
+pub(super) trait WriteTools {
+    /// Inserts `rows` and maps each to `server_id`.
+    async fn insert_tools(&mut self, server_id: &str, rows: &[ToolRow]) -> QueryResult<()>;
+    /// Rewrites the listed fields of `rows` (by id).
+    async fn update_tools(&mut self, rows: &[ToolRow]) -> QueryResult<()>;
+}
+
+/// Rows per PostgreSQL statement: far below its bind-parameter limit.
+const PG_ROWS: usize = 500;
+
+impl WriteTools for AsyncPgConnection {
+    async fn insert_tools(&mut self, server_id: &str, rows: &[ToolRow]) -> QueryResult<()> {
+        for batch in rows.chunks(PG_ROWS) {
+            InsertTools::new(batch).execute(self).await?;
+            InsertMappings::new(server_id, batch).execute(self).await?;
+        }
+        Ok(())
+    }
+
+    async fn update_tools(&mut self, rows: &[ToolRow]) -> QueryResult<()> {
+        for batch in rows.chunks(PG_ROWS) {
+            UpdateTools::new(batch).execute(self).await?;
+        }
+        Ok(())
+    }
+}
+
+/// Most rows in one SQLite statement. SQLite's batches are prepared once
+/// per connection and cached, which only pays if their text repeats:
+/// preparing a fresh 50-row INSERT cost as much as running it. So a batch
+/// holds 64 rows, or a power of two below that: at most seven statements of
+/// each kind per connection, and a create of 50 tools makes three
+/// (32 + 16 + 2).
+const SQLITE_ROWS: usize = 64;
+
+/// Whether a SQLite statement of `rows` rows is one of the cached sizes.
+fn sqlite_cacheable(rows: usize) -> bool {
+    rows.is_power_of_two() && rows <= SQLITE_ROWS
+}
+
+/// `rows` in batches of the cached sizes: 64 at a time, then the rest in
+/// falling powers of two.
+fn sqlite_batches<T>(rows: &[T]) -> impl Iterator<Item = &[T]> {
+    let mut rest = rows;
+    std::iter::from_fn(move || {
+        if rest.is_empty() {
+            return None;
+        }
+        let size = SQLITE_ROWS.min(1 << rest.len().ilog2());
+        let (batch, tail) = rest.split_at(size);
+        rest = tail;
+        Some(batch)
+    })
+}
+
+impl WriteTools for SqliteConn {
+    async fn insert_tools(&mut self, server_id: &str, rows: &[ToolRow]) -> QueryResult<()> {
+        for batch in sqlite_batches(rows) {
+            InsertTools::new(batch).execute(self).await?;
+        }
+        for batch in sqlite_batches(rows) {
+            InsertMappings::new(server_id, batch).execute(self).await?;
+        }
+        Ok(())
+    }
+
+    async fn update_tools(&mut self, rows: &[ToolRow]) -> QueryResult<()> {
+        for batch in sqlite_batches(rows) {
+            UpdateTools::new(batch).execute(self).await?;
+        }
+        Ok(())
+    }
+}
 
 /// `INSERT INTO tools …`: on SQLite one multi-row VALUES; on PostgreSQL
 /// one array parameter per column, unnested (a short statement whatever the
 /// batch's size, parsed once and cached, instead of thousands of
 /// parameters).
-pub(super) struct InsertTools<'a> {
+struct InsertTools<'a> {
     rows: &'a [ToolRow],
     columns: ToolColumns<'a>,
 }
@@ -40,26 +119,33 @@ struct ToolColumns<'a> {
 }
 
 impl<'a> InsertTools<'a> {
-    /// Both forms are kept: a few pointers per row, against the rows'
-    /// own strings.
-    pub(super) fn new(rows: &'a [ToolRow]) -> InsertTools<'a> {
-        let mut columns = ToolColumns::default();
-        {
-            for row in rows {
-                columns.id.push(&row.id);
-                columns.organization_id.push(&row.organization_id);
-                columns.name.push(&row.name);
-                columns.created_at.push(row.created_at);
-                columns.qualified_name.push(&row.qualified_name);
-                columns.description.push(&row.description);
-                columns.input_schema.push(&row.input_schema);
-                columns.title.push(&row.title);
-                columns.annotations.push(row.annotations.as_deref());
-                columns.output_schema.push(row.output_schema.as_deref());
-                columns.content_hash.push(&row.content_hash);
-            }
+    fn new(rows: &'a [ToolRow]) -> InsertTools<'a> {
+        InsertTools {
+            rows,
+            columns: ToolColumns::of(rows),
         }
-        InsertTools { rows, columns }
+    }
+}
+
+impl<'a> ToolColumns<'a> {
+    /// Both forms are kept: a few pointers per row, against the rows' own
+    /// strings.
+    fn of(rows: &'a [ToolRow]) -> ToolColumns<'a> {
+        let mut columns = ToolColumns::default();
+        for row in rows {
+            columns.id.push(&row.id);
+            columns.organization_id.push(&row.organization_id);
+            columns.name.push(&row.name);
+            columns.created_at.push(row.created_at);
+            columns.qualified_name.push(&row.qualified_name);
+            columns.description.push(&row.description);
+            columns.input_schema.push(&row.input_schema);
+            columns.title.push(&row.title);
+            columns.annotations.push(row.annotations.as_deref());
+            columns.output_schema.push(row.output_schema.as_deref());
+            columns.content_hash.push(&row.content_hash);
+        }
+        columns
     }
 }
 
@@ -68,7 +154,9 @@ const INSERT_TOOLS: &str = "INSERT INTO tools (id, organization_id, name, create
 
 impl QueryFragment<Sqlite> for InsertTools<'_> {
     fn walk_ast<'b>(&'b self, mut out: AstPass<'_, 'b, Sqlite>) -> QueryResult<()> {
-        out.unsafe_to_cache_prepared();
+        if !sqlite_cacheable(self.rows.len()) {
+            out.unsafe_to_cache_prepared();
+        }
         out.push_sql(INSERT_TOOLS);
         out.push_sql("VALUES ");
         for (i, tool) in self.rows.iter().enumerate() {
@@ -125,13 +213,13 @@ impl QueryId for InsertTools<'_> {
 
 /// `INSERT INTO server_tools (server_id, tool_id) …`: the server's mappings
 /// to these tools, as [`InsertTools`] writes rows on each backend.
-pub(super) struct InsertMappings<'a> {
+struct InsertMappings<'a> {
     server_id: &'a str,
     tool_ids: Vec<&'a str>,
 }
 
 impl<'a> InsertMappings<'a> {
-    pub(super) fn new(server_id: &'a str, tools: &'a [ToolRow]) -> InsertMappings<'a> {
+    fn new(server_id: &'a str, tools: &'a [ToolRow]) -> InsertMappings<'a> {
         InsertMappings {
             server_id,
             tool_ids: tools.iter().map(|t| t.id.as_str()).collect(),
@@ -141,7 +229,9 @@ impl<'a> InsertMappings<'a> {
 
 impl QueryFragment<Sqlite> for InsertMappings<'_> {
     fn walk_ast<'b>(&'b self, mut out: AstPass<'_, 'b, Sqlite>) -> QueryResult<()> {
-        out.unsafe_to_cache_prepared();
+        if !sqlite_cacheable(self.tool_ids.len()) {
+            out.unsafe_to_cache_prepared();
+        }
         out.push_sql("INSERT INTO server_tools (server_id, tool_id) VALUES ");
         for (i, tool_id) in self.tool_ids.iter().enumerate() {
             out.push_sql(if i == 0 { "(" } else { ", (" });
@@ -170,35 +260,74 @@ impl QueryId for InsertMappings<'_> {
     const HAS_STATIC_QUERY_ID: bool = false;
 }
 
-/// `UPDATE tools SET … FROM (VALUES …)`: tools rewritten in place (same id)
-/// with what their server lists now, one statement per batch.
-pub(super) struct UpdateTools<'a>(pub &'a [ToolRow]);
+/// `UPDATE tools SET … FROM …`: tools rewritten in place (same id) with
+/// what their server lists now, one statement per batch: a `VALUES` list on
+/// SQLite, unnested column arrays on PostgreSQL (as [`InsertTools`]).
+struct UpdateTools<'a> {
+    rows: &'a [ToolRow],
+    columns: ToolColumns<'a>,
+}
 
-impl<DB> QueryFragment<DB> for UpdateTools<'_>
-where
-    DB: Backend,
-    String: ToSql<Text, DB>,
-    Option<String>: ToSql<Nullable<Text>, DB>,
-{
-    fn walk_ast<'b>(&'b self, mut out: AstPass<'_, 'b, DB>) -> QueryResult<()> {
-        out.unsafe_to_cache_prepared();
-        // A CTE names the VALUES columns in a form both backends read
-        // (SQLite has no column list on a subquery's alias).
+impl<'a> UpdateTools<'a> {
+    fn new(rows: &'a [ToolRow]) -> UpdateTools<'a> {
+        UpdateTools {
+            rows,
+            columns: ToolColumns::of(rows),
+        }
+    }
+}
+
+const UPDATE_TOOLS_SET: &str = "UPDATE tools SET qualified_name = v.qualified_name, \
+    description = v.description, input_schema = v.input_schema, title = v.title, \
+    annotations = v.annotations, output_schema = v.output_schema, content_hash = v.content_hash ";
+
+impl QueryFragment<Sqlite> for UpdateTools<'_> {
+    fn walk_ast<'b>(&'b self, mut out: AstPass<'_, 'b, Sqlite>) -> QueryResult<()> {
+        if !sqlite_cacheable(self.rows.len()) {
+            out.unsafe_to_cache_prepared();
+        }
+        // A CTE names the VALUES columns (SQLite has no column list on a
+        // subquery's alias).
         out.push_sql(
             "WITH v (id, qualified_name, description, input_schema, title, annotations, \
              output_schema, content_hash) AS (VALUES ",
         );
-        for (i, tool) in self.0.iter().enumerate() {
+        for (i, tool) in self.rows.iter().enumerate() {
             out.push_sql(if i == 0 { "(" } else { ", (" });
             out.push_bind_param::<Text, _>(&tool.id)?;
             push_listed_fields(&mut out, tool)?;
             out.push_sql(")");
         }
+        out.push_sql(") ");
+        out.push_sql(UPDATE_TOOLS_SET);
+        out.push_sql("FROM v WHERE tools.id = v.id");
+        Ok(())
+    }
+}
+
+impl QueryFragment<Pg> for UpdateTools<'_> {
+    fn walk_ast<'b>(&'b self, mut out: AstPass<'_, 'b, Pg>) -> QueryResult<()> {
+        let c = &self.columns;
+        out.push_sql(UPDATE_TOOLS_SET);
+        out.push_sql("FROM unnest(");
+        out.push_bind_param::<Array<Text>, _>(&c.id)?;
+        out.push_sql(", ");
+        out.push_bind_param::<Array<Text>, _>(&c.qualified_name)?;
+        out.push_sql(", ");
+        out.push_bind_param::<Array<Text>, _>(&c.description)?;
+        out.push_sql(", ");
+        out.push_bind_param::<Array<Text>, _>(&c.input_schema)?;
+        out.push_sql(", ");
+        out.push_bind_param::<Array<Text>, _>(&c.title)?;
+        out.push_sql(", ");
+        out.push_bind_param::<Array<Nullable<Text>>, _>(&c.annotations)?;
+        out.push_sql(", ");
+        out.push_bind_param::<Array<Nullable<Text>>, _>(&c.output_schema)?;
+        out.push_sql(", ");
+        out.push_bind_param::<Array<Text>, _>(&c.content_hash)?;
         out.push_sql(
-            ") UPDATE tools SET qualified_name = v.qualified_name, description = v.description, \
-             input_schema = v.input_schema, title = v.title, annotations = v.annotations, \
-             output_schema = v.output_schema, content_hash = v.content_hash \
-             FROM v WHERE tools.id = v.id",
+            ") AS v (id, qualified_name, description, input_schema, title, annotations, \
+             output_schema, content_hash) WHERE tools.id = v.id",
         );
         Ok(())
     }
@@ -233,4 +362,36 @@ where
     out.push_sql(", ");
     out.push_bind_param::<Text, _>(&tool.content_hash)?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sqlite_batches_are_of_the_cached_sizes_and_cover_every_row() {
+        for total in [0usize, 1, 2, 3, 50, 63, 64, 65, 127, 500, 5000] {
+            let rows: Vec<usize> = (0..total).collect();
+            let batches: Vec<&[usize]> = sqlite_batches(&rows).collect();
+            assert!(
+                batches.iter().all(|b| sqlite_cacheable(b.len())),
+                "{total}: {:?}",
+                batches.iter().map(|b| b.len()).collect::<Vec<_>>()
+            );
+            assert_eq!(batches.concat(), rows, "{total} rows in order, once each");
+        }
+        let sizes = |n: usize| {
+            sqlite_batches(&vec![(); n])
+                .map(<[()]>::len)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(sizes(50), [32, 16, 2]);
+        assert_eq!(sizes(130), [64, 64, 2]);
+    }
+
+    #[test]
+    fn only_the_batch_sizes_sqlite_caches_are_cacheable() {
+        let cached: Vec<usize> = (0..=600).filter(|&n| sqlite_cacheable(n)).collect();
+        assert_eq!(cached, [1, 2, 4, 8, 16, 32, 64]);
+    }
 }

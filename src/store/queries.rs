@@ -6,7 +6,7 @@ use diesel_async::{AsyncConnection, RunQueryDsl};
 
 use super::{
     Access, Backend, Sealer, Store, StoreError,
-    batch::{InsertMappings, InsertTools},
+    batch::WriteTools,
     error::is_unique_violation,
     events::{AppendEvents, EventDraft},
     models::{ServerRow, ToolRow, server_state, state_column, to_ms, transport_kind_column},
@@ -17,10 +17,6 @@ use crate::model::{
     CallTarget, NewServer, NewTool, Server, ServerEventKind, ServerFilter, ServerIdentity,
     ServerState, Tool, ToolChanges, Transport,
 };
-
-/// Rows per multi-row INSERT: big enough to make round trips rare, small
-/// enough to stay far below SQLite's and PostgreSQL's bind-parameter limits.
-const BATCH_ROWS: usize = 500;
 
 /// SQL LIKE pattern of a sealed value, whatever its format version.
 fn sealed_pattern() -> String {
@@ -473,10 +469,7 @@ impl Store {
                     }
                 }
 
-                for batch in new_tools.chunks(BATCH_ROWS) {
-                    InsertTools::new(batch).execute(conn).await?;
-                    InsertMappings::new(server_id, batch).execute(conn).await?;
-                }
+                conn.insert_tools(server_id, new_tools).await?;
 
                 let row = match write {
                     ServerWrite::Insert(row) => (**row).clone(),

@@ -8,7 +8,7 @@ use diesel_async::{AsyncConnection, RunQueryDsl};
 
 use super::{
     Access, Backend, Store, StoreError,
-    batch::{InsertMappings, InsertTools, UpdateTools},
+    batch::WriteTools,
     digest_cache::{DigestCache, StoredTools},
     events::{AppendEvents, EventDraft},
     models::{ServerRow, ToolRow, listed_hash, to_ms, transport_kind_column},
@@ -165,16 +165,9 @@ macro_rules! sync_in_transaction {
         let listed: &Listed = $listed;
         let diff = Diff::of(&server, &stored, legacy, listed, $now);
 
-        for batch in diff.added.chunks(BATCH_ROWS) {
-            InsertTools::new(batch).execute(conn).await?;
-            InsertMappings::new(server_id, batch).execute(conn).await?;
-        }
-        for batch in diff.updated.chunks(BATCH_ROWS) {
-            UpdateTools(batch).execute(conn).await?;
-        }
-        for batch in diff.digested.chunks(BATCH_ROWS) {
-            UpdateTools(batch).execute(conn).await?;
-        }
+        conn.insert_tools(server_id, &diff.added).await?;
+        conn.update_tools(&diff.updated).await?;
+        conn.update_tools(&diff.digested).await?;
         let removed_ids: Vec<&String> = diff.removed.iter().map(|(id, _)| id).collect();
         for batch in removed_ids.chunks(BATCH_ROWS) {
             // Their mappings go with them (ON DELETE CASCADE).

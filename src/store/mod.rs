@@ -418,3 +418,33 @@ async fn open_sqlite(path: String) -> diesel::ConnectionResult<SqliteConn> {
     .map_err(diesel::ConnectionError::CouldntSetupConfiguration)?;
     Ok(conn)
 }
+
+#[cfg(test)]
+mod tests {
+    use diesel::{QueryableByName, sql_types::Text};
+    use diesel_async::RunQueryDsl;
+
+    #[derive(QueryableByName)]
+    struct CompileOption {
+        #[diesel(sql_type = Text)]
+        compile_options: String,
+    }
+
+    /// The bundled SQLite is built with the query planner stability
+    /// guarantee (`.cargo/config.toml`). Without it SQLite reads the bound
+    /// value of `LIMIT ?` while planning, and prepares every such statement
+    /// again on each execution, however it is cached.
+    #[tokio::test]
+    async fn sqlite_plans_do_not_depend_on_bound_values() {
+        let mut conn = super::open_sqlite(":memory:".to_owned()).await.unwrap();
+        let options: Vec<CompileOption> = diesel::sql_query("PRAGMA compile_options")
+            .load(&mut conn)
+            .await
+            .unwrap();
+        let options: Vec<&str> = options.iter().map(|o| o.compile_options.as_str()).collect();
+        assert!(
+            options.contains(&"ENABLE_QPSG"),
+            "SQLite was built without SQLITE_ENABLE_QPSG (LIBSQLITE3_FLAGS): {options:?}"
+        );
+    }
+}

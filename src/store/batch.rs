@@ -147,6 +147,27 @@ impl<'a> ToolColumns<'a> {
         }
         columns
     }
+
+    /// `, qualified_name, description, input_schema, title, annotations,
+    /// output_schema, content_hash` as arrays: [`push_listed_fields`] for
+    /// PostgreSQL's unnest.
+    fn push_listed<'b>(&'b self, out: &mut AstPass<'_, 'b, Pg>) -> QueryResult<()> {
+        out.push_sql(", ");
+        out.push_bind_param::<Array<Text>, _>(&self.qualified_name)?;
+        out.push_sql(", ");
+        out.push_bind_param::<Array<Text>, _>(&self.description)?;
+        out.push_sql(", ");
+        out.push_bind_param::<Array<Text>, _>(&self.input_schema)?;
+        out.push_sql(", ");
+        out.push_bind_param::<Array<Text>, _>(&self.title)?;
+        out.push_sql(", ");
+        out.push_bind_param::<Array<Nullable<Text>>, _>(&self.annotations)?;
+        out.push_sql(", ");
+        out.push_bind_param::<Array<Nullable<Text>>, _>(&self.output_schema)?;
+        out.push_sql(", ");
+        out.push_bind_param::<Array<Text>, _>(&self.content_hash)?;
+        Ok(())
+    }
 }
 
 const INSERT_TOOLS: &str = "INSERT INTO tools (id, organization_id, name, created_at, \
@@ -187,20 +208,7 @@ impl QueryFragment<Pg> for InsertTools<'_> {
         out.push_bind_param::<Array<Text>, _>(&c.name)?;
         out.push_sql(", ");
         out.push_bind_param::<Array<BigInt>, _>(&c.created_at)?;
-        out.push_sql(", ");
-        out.push_bind_param::<Array<Text>, _>(&c.qualified_name)?;
-        out.push_sql(", ");
-        out.push_bind_param::<Array<Text>, _>(&c.description)?;
-        out.push_sql(", ");
-        out.push_bind_param::<Array<Text>, _>(&c.input_schema)?;
-        out.push_sql(", ");
-        out.push_bind_param::<Array<Text>, _>(&c.title)?;
-        out.push_sql(", ");
-        out.push_bind_param::<Array<Nullable<Text>>, _>(&c.annotations)?;
-        out.push_sql(", ");
-        out.push_bind_param::<Array<Nullable<Text>>, _>(&c.output_schema)?;
-        out.push_sql(", ");
-        out.push_bind_param::<Array<Text>, _>(&c.content_hash)?;
+        c.push_listed(&mut out)?;
         out.push_sql(")");
         Ok(())
     }
@@ -311,20 +319,7 @@ impl QueryFragment<Pg> for UpdateTools<'_> {
         out.push_sql(UPDATE_TOOLS_SET);
         out.push_sql("FROM unnest(");
         out.push_bind_param::<Array<Text>, _>(&c.id)?;
-        out.push_sql(", ");
-        out.push_bind_param::<Array<Text>, _>(&c.qualified_name)?;
-        out.push_sql(", ");
-        out.push_bind_param::<Array<Text>, _>(&c.description)?;
-        out.push_sql(", ");
-        out.push_bind_param::<Array<Text>, _>(&c.input_schema)?;
-        out.push_sql(", ");
-        out.push_bind_param::<Array<Text>, _>(&c.title)?;
-        out.push_sql(", ");
-        out.push_bind_param::<Array<Nullable<Text>>, _>(&c.annotations)?;
-        out.push_sql(", ");
-        out.push_bind_param::<Array<Nullable<Text>>, _>(&c.output_schema)?;
-        out.push_sql(", ");
-        out.push_bind_param::<Array<Text>, _>(&c.content_hash)?;
+        c.push_listed(&mut out)?;
         out.push_sql(
             ") AS v (id, qualified_name, description, input_schema, title, annotations, \
              output_schema, content_hash) WHERE tools.id = v.id",

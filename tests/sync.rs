@@ -100,6 +100,32 @@ async fn a_sync_writes_exactly_the_difference(backend: Backend) {
     }
     assert_eq!(daemon.registry().tool_row_versions().await, before);
 
+    // The daemon says how long finding the difference and writing it took.
+    let response = acme
+        .raw()
+        .sync_mcp_server_tools(acme.req(proto::SyncMcpServerToolsRequest {
+            server_id: id.clone(),
+        }))
+        .await
+        .unwrap();
+    let micros = |header: &str| {
+        response
+            .metadata()
+            .get(header)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok())
+    };
+    assert!(
+        micros(mcpd::api::DIFF_US_HEADER).is_some(),
+        "{:?}",
+        response.metadata()
+    );
+    assert!(
+        micros(mcpd::api::PERSIST_US_HEADER).is_some_and(|us| us > 0),
+        "{:?}",
+        response.metadata()
+    );
+
     // Rows from before content digests (migration 000010): the next sync
     // compares them in full, reports no change, and gives them their
     // digests; the one after writes nothing again.

@@ -57,12 +57,18 @@ struct Cli {
     /// tool calls, replicas on one PostgreSQL, or all.
     #[arg(long, value_enum, default_value_t = Scenarios::All)]
     scenarios: Scenarios,
+    /// Syncs of the large server (default: 5, 2 with --quick); many give a
+    /// profiler something to sample.
+    #[arg(long)]
+    sync_runs: Option<usize>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum Scenarios {
     All,
     Registry,
+    /// Only the sync of a large server (part of the registry's).
+    Sync,
     Call,
     Replicas,
 }
@@ -112,7 +118,10 @@ const MEMORY_TOOLS: usize = 10;
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    let plan = Plan::new(cli.quick);
+    let mut plan = Plan::new(cli.quick);
+    if let Some(runs) = cli.sync_runs {
+        plan.sync.2 = runs.max(1);
+    }
     let backends = match cli.backend {
         Which::Postgres => vec![Backend::Postgres],
         Which::Sqlite => vec![Backend::Sqlite],
@@ -136,6 +145,19 @@ async fn main() -> anyhow::Result<()> {
         let outcome = async {
             let registry = if matches!(cli.scenarios, Scenarios::All | Scenarios::Registry) {
                 run_backend(&cli, &plan, &db).await?
+            } else if cli.scenarios == Scenarios::Sync {
+                let daemon = Daemon::start(
+                    &cli.daemon,
+                    &db,
+                    cli.pool_size,
+                    cli.pool_timeout,
+                    &["sync".to_owned()],
+                    &[],
+                )
+                .await?;
+                let row = run_sync(&cli, &plan, &db, &daemon).await;
+                daemon.proc.terminate().await;
+                (vec![row?], Vec::new())
             } else {
                 (Vec::new(), Vec::new())
             };
@@ -283,20 +305,7 @@ async fn run_backend(cli: &Cli, plan: &Plan, db: &Db) -> anyhow::Result<(Vec<Val
     eprintln!("  fan-out load: {row}");
     theirs.push(row);
 
-    // Sync of a large server with 1% of its tools changed, against closing
-    // and registering it again.
-    let (n, changed, runs) = plan.sync;
-    let mut row = scenarios::sync_vs_recreate(&daemon, &cli.test_server, n, changed, runs).await?;
-    let floor_ms = sync_floor(db, n, changed, runs).await?;
-    let persist = row["sync_persist_p50_ms"].as_f64().unwrap_or(0.0);
-    row["sync_floor_ms"] = json!(round(floor_ms));
-    row["sync_floor_ratio"] = json!(if floor_ms > 0.0 {
-        round(persist / floor_ms)
-    } else {
-        0.0
-    });
-    eprintln!("  sync n={n} changed={changed}: {row}");
-    ours.push(tag(row));
+    ours.push(run_sync(cli, plan, db, &daemon).await?);
 
     // Watch latency: across two daemons on PostgreSQL, in one on SQLite.
     let second = match backend {
@@ -340,6 +349,24 @@ async fn run_backend(cli: &Cli, plan: &Plan, db: &Db) -> anyhow::Result<(Vec<Val
 
     daemon.proc.terminate().await;
     Ok((ours, theirs))
+}
+
+/// Sync of a large server with 1% of its tools changed, against closing and
+/// registering it again.
+async fn run_sync(cli: &Cli, plan: &Plan, db: &Db, daemon: &Daemon) -> anyhow::Result<Value> {
+    let (n, changed, runs) = plan.sync;
+    let mut row = scenarios::sync_vs_recreate(daemon, &cli.test_server, n, changed, runs).await?;
+    let floor_ms = sync_floor(db, n, changed, runs).await?;
+    let persist = row["sync_persist_p50_ms"].as_f64().unwrap_or(0.0);
+    row["sync_floor_ms"] = json!(round(floor_ms));
+    row["sync_floor_ratio"] = json!(if floor_ms > 0.0 {
+        round(persist / floor_ms)
+    } else {
+        0.0
+    });
+    row["backend"] = json!(db.backend.name());
+    eprintln!("  sync n={n} changed={changed}: {row}");
+    Ok(row)
 }
 
 /// Tool calls, on a daemon of their own: stdio allowed for the test server,
@@ -567,11 +594,12 @@ fn print_registry(rows: &[Value], fanout: &[Value], f: impl Fn(&Value) -> String
     }
     println!("\nSync with 1% changed vs close and register again (daemon)");
     println!(
-        "{:<9} {:>5} {:>7} {:>9} {:>11} {:>9} {:>8} {:>7} {:>11} {:>15} {:>8} {:>9} {:>9}",
+        "{:<9} {:>5} {:>7} {:>9} {:>8} {:>11} {:>9} {:>8} {:>7} {:>11} {:>15} {:>8} {:>9} {:>9}",
         "backend",
         "n",
         "changed",
         "sync ms",
+        "diff ms",
         "persist ms",
         "floor ms",
         "floor x",
@@ -584,11 +612,12 @@ fn print_registry(rows: &[Value], fanout: &[Value], f: impl Fn(&Value) -> String
     );
     for r in rows.iter().filter(|r| r["scenario"] == "sync_vs_recreate") {
         println!(
-            "{:<9} {:>5} {:>7} {:>9} {:>11} {:>9} {:>8} {:>7} {:>11} {:>15} {:>8} {:>9} {:>9}",
+            "{:<9} {:>5} {:>7} {:>9} {:>8} {:>11} {:>9} {:>8} {:>7} {:>11} {:>15} {:>8} {:>9} {:>9}",
             r["backend"].as_str().unwrap_or(""),
             f(&r["n"]),
             f(&r["changed"]),
             f(&r["sync_p50_ms"]),
+            f(&r["sync_diff_p50_ms"]),
             f(&r["sync_persist_p50_ms"]),
             f(&r["sync_floor_ms"]),
             f(&r["sync_floor_ratio"]),

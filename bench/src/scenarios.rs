@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use futures::{StreamExt, stream};
 use mcpd::{
-    api::{MCP_US_HEADER, PEAK_CONNECTIONS_HEADER, PERSIST_US_HEADER},
+    api::{DIFF_US_HEADER, MCP_US_HEADER, PEAK_CONNECTIONS_HEADER, PERSIST_US_HEADER},
     proto::{
         self, GetStatsRequest, create_mcp_server_request::Transport,
         mcp_server_service_client::McpServerServiceClient,
@@ -380,6 +380,7 @@ pub async fn sync_vs_recreate(
         created.stored_tools
     );
     let mut sync_ms = Vec::new();
+    let mut sync_diff_ms = Vec::new();
     let mut sync_persist_ms = Vec::new();
     let mut sync_rows = 0;
     for round in 1..=runs {
@@ -394,6 +395,7 @@ pub async fn sync_vs_recreate(
             ))
             .await?;
         sync_ms.push(started.elapsed().as_secs_f64() * 1000.0);
+        sync_diff_ms.push(header_u64(response.metadata(), DIFF_US_HEADER) as f64 / 1000.0);
         sync_persist_ms.push(header_u64(response.metadata(), PERSIST_US_HEADER) as f64 / 1000.0);
         let body = response.into_inner();
         anyhow::ensure!(
@@ -410,7 +412,8 @@ pub async fn sync_vs_recreate(
     let mut recreate_ms = Vec::new();
     let mut recreate_persist_ms = Vec::new();
     let mut server_id = created.server_id;
-    for _ in 0..runs {
+    // Five are enough for a p50; more syncs (--sync-runs) are for profiling.
+    for _ in 0..runs.min(5) {
         let started = Instant::now();
         close(daemon, &mut client, org, &server_id).await?;
         let again = create(daemon, &mut client, org, "synced", &url).await?;
@@ -421,7 +424,11 @@ pub async fn sync_vs_recreate(
     close(daemon, &mut client, org, &server_id).await?;
     // Server, tools and mappings, twice, and the CLOSED and CREATED events.
     let recreate_rows = 2 * (1 + 2 * n) + 2;
-    let (sync, sync_persist) = (summarize(&sync_ms), summarize(&sync_persist_ms));
+    let (sync, sync_diff, sync_persist) = (
+        summarize(&sync_ms),
+        summarize(&sync_diff_ms),
+        summarize(&sync_persist_ms),
+    );
     let (recreate, recreate_persist) = (summarize(&recreate_ms), summarize(&recreate_persist_ms));
     Ok(json!({
         "scenario": "sync_vs_recreate",
@@ -429,6 +436,7 @@ pub async fn sync_vs_recreate(
         "changed": changed,
         "runs": runs,
         "sync_p50_ms": round(sync.p50),
+        "sync_diff_p50_ms": round(sync_diff.p50),
         "sync_persist_p50_ms": round(sync_persist.p50),
         "sync_rows_written": sync_rows,
         "recreate_p50_ms": round(recreate.p50),

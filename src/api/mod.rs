@@ -23,7 +23,9 @@ use tonic::transport::{Server, server::TcpIncoming};
 
 pub use auth::AUTHORIZATION_HEADER;
 pub use http::HttpEdge;
-pub use service::{MCP_US_HEADER, McpServerApi, PEAK_CONNECTIONS_HEADER, PERSIST_US_HEADER};
+pub use service::{
+    DIFF_US_HEADER, MCP_US_HEADER, McpServerApi, PEAK_CONNECTIONS_HEADER, PERSIST_US_HEADER,
+};
 pub use tls::{PemFile, TlsError, TlsSettings};
 
 use crate::{manager::Manager, proto, telemetry::metrics::Registry};

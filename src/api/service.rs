@@ -22,6 +22,10 @@ pub const MCP_US_HEADER: &str = "mcpd-mcp-us";
 /// Response metadata: microseconds spent persisting (waiting for the
 /// connection included).
 pub const PERSIST_US_HEADER: &str = "mcpd-persist-us";
+/// Response metadata, on syncs: microseconds spent finding what changed
+/// (digests of the listed tools and the difference from the stored ones),
+/// before persisting.
+pub const DIFF_US_HEADER: &str = "mcpd-diff-us";
 
 pub struct McpServerApi {
     manager: Manager,
@@ -80,6 +84,9 @@ fn with_stats<T>(message: T, stats: CallStats) -> Response<T> {
         PERSIST_US_HEADER,
         MetadataValue::from(micros(stats.persist)),
     );
+    if !stats.diff.is_zero() {
+        metadata.insert(DIFF_US_HEADER, MetadataValue::from(micros(stats.diff)));
+    }
     response
 }
 

@@ -72,6 +72,7 @@ impl Manager {
         let stats = CallStats {
             peak_connections: stats.peak_connections.max(again.peak_connections),
             mcp: stats.mcp + again.mcp,
+            diff: stats.diff + again.diff,
             persist: stats.persist + again.persist,
         };
         (result, stats)

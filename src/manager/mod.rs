@@ -63,6 +63,9 @@ pub struct CallStats {
     /// Most pooled connections this call held at once.
     pub peak_connections: usize,
     pub mcp: Duration,
+    /// Finding what to write (a sync's digests and difference), before a
+    /// connection is taken.
+    pub diff: Duration,
     pub persist: Duration,
 }
 

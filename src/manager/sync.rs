@@ -69,10 +69,15 @@ impl Manager {
                 return Err(failed.into());
             }
         };
+        // The difference is found before a connection is taken, and timed
+        // apart from writing it.
+        let diff_started = std::time::Instant::now();
+        let prepared = self.store.prepare_sync(server_id, &listed.tools);
+        stats.diff = diff_started.elapsed();
         let persist_started = std::time::Instant::now();
         let synced = self
             .store
-            .sync_tools(org, server_id, listed.tools, listed.identity.as_ref())
+            .sync_tools(org, server_id, prepared, listed.identity.as_ref())
             .await;
         stats.persist = persist_started.elapsed();
         listed.teardown.await;

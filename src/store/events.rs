@@ -16,6 +16,7 @@ use tokio_util::sync::CancellationToken;
 use super::{
     Access, Backend, DatabaseUrl, Store, StoreError,
     models::{ServerRow, from_ms, to_ms},
+    reuse::Reuse,
     schema::{event_cursors, server_events},
     with_conn,
 };
@@ -154,6 +155,7 @@ macro_rules! append_body {
             .do_update()
             .set(event_cursors::last_seq.eq(event_cursors::last_seq + count))
             .returning(event_cursors::last_seq)
+            .reused()
             .get_result(conn)
             .await?;
         let now = to_ms(std::time::SystemTime::now());
@@ -167,6 +169,7 @@ macro_rules! append_body {
                     payload: draft.payload.clone(),
                     created_at: now,
                 })
+                .reused()
                 .execute(conn)
                 .await?;
         }
@@ -185,6 +188,7 @@ macro_rules! append_body {
             diesel::sql_query("SELECT pg_notify($1, $2)")
                 .bind::<diesel::sql_types::Text, _>(CHANNEL)
                 .bind::<diesel::sql_types::Text, _>(org)
+                .reused()
                 .execute(conn)
                 .await?;
         }

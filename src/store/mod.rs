@@ -15,6 +15,7 @@ mod metrics;
 mod migrate;
 mod models;
 mod queries;
+mod reuse;
 mod schema;
 mod sealer;
 mod sync;
@@ -44,7 +45,7 @@ pub use metrics::{PoolStats, track_connections};
 pub use migrate::run_migrations;
 pub use queries::{CreatedServer, DeletedServer};
 pub use sealer::{Sealer, SealerError};
-pub use sync::{ServerUpdate, SyncedTools};
+pub use sync::{PreparedSync, ServerUpdate, SyncedTools};
 pub use sync_lease::{LeaseAttempt, LeaseRelease};
 
 use crate::telemetry::metrics as exposition;

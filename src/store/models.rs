@@ -79,7 +79,28 @@ pub(super) fn content_hash(
     annotations: Option<&str>,
     output_schema: Option<&str>,
 ) -> String {
-    use sha2::{Digest, Sha256};
+    digest_hex(&content_digest(
+        name,
+        description,
+        input_schema,
+        title,
+        annotations,
+        output_schema,
+    ))
+}
+
+/// [`content_hash`] as bytes, the form a sync compares and holds.
+pub(super) type Digest = [u8; 16];
+
+fn content_digest(
+    name: &str,
+    description: &str,
+    input_schema: &str,
+    title: &str,
+    annotations: Option<&str>,
+    output_schema: Option<&str>,
+) -> Digest {
+    use sha2::{Digest as _, Sha256};
     let mut digest = Sha256::new();
     let fields = [
         Some(name),
@@ -99,7 +120,25 @@ pub(super) fn content_hash(
             }
         }
     }
-    hex::encode(&digest.finalize()[..16])
+    let mut out = Digest::default();
+    out.copy_from_slice(&digest.finalize()[..16]);
+    out
+}
+
+/// The column's text of `digest`.
+pub(super) fn digest_hex(digest: &Digest) -> String {
+    let mut text = [0u8; 32];
+    // Cannot fail: the buffer is twice the digest's length.
+    let _ = hex::encode_to_slice(digest, &mut text);
+    text.iter().map(|&b| b as char).collect()
+}
+
+/// The digest a `content_hash` column holds; `None` for a row from before
+/// the column (empty) or a value this store did not write.
+pub(super) fn digest_of_column(column: &str) -> Option<Digest> {
+    let mut digest = Digest::default();
+    hex::decode_to_slice(column, &mut digest).ok()?;
+    Some(digest)
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Queryable, Selectable, Insertable)]
@@ -192,10 +231,10 @@ impl ServerRow {
     }
 }
 
-/// The [`content_hash`] a row made from `tool` gets, without making the row.
-pub(super) fn listed_hash(tool: &NewTool) -> String {
-    let annotations = annotations_column(tool);
-    tool_hash(tool, annotations.as_deref())
+/// The digest of the [`content_hash`] a row made from `tool` gets, without
+/// making the row.
+pub(super) fn listed_digest(tool: &NewTool) -> Digest {
+    tool_digest(tool, annotations_column(tool).as_deref())
 }
 
 /// The annotations as their column holds them.
@@ -205,9 +244,9 @@ fn annotations_column(tool: &NewTool) -> Option<String> {
         .and_then(|a| serde_json::to_string(a).ok())
 }
 
-/// [`content_hash`] of `tool` whose annotations column is `annotations`.
-fn tool_hash(tool: &NewTool, annotations: Option<&str>) -> String {
-    content_hash(
+/// [`content_digest`] of `tool` whose annotations column is `annotations`.
+fn tool_digest(tool: &NewTool, annotations: Option<&str>) -> Digest {
+    content_digest(
         &tool.name,
         &tool.description,
         &tool.input_schema_json,
@@ -229,7 +268,7 @@ impl ToolRow {
             id: uuid::Uuid::now_v7().to_string(),
             organization_id: organization_id.to_owned(),
             qualified_name: format!("{tool_prefix}{}", tool.name),
-            content_hash: tool_hash(&tool, annotations.as_deref()),
+            content_hash: digest_hex(&tool_digest(&tool, annotations.as_deref())),
             name: tool.name,
             description: tool.description,
             input_schema: tool.input_schema_json,
@@ -290,7 +329,7 @@ impl From<ApiKeyRow> for ApiKey {
 
 #[cfg(test)]
 mod tests {
-    use super::{ToolRow, content_hash, listed_hash};
+    use super::{ToolRow, content_hash, digest_hex, digest_of_column, listed_digest};
 
     #[test]
     fn digests_tell_apart_what_plain_concatenation_would_not() {
@@ -305,6 +344,14 @@ mod tests {
             content_hash("a", "bc", "{}", "", None, Some(""))
         );
         assert_eq!(base.len(), 32, "128 bits, hex");
+        assert_eq!(base, hex::encode(digest_of_column(&base).unwrap()));
+    }
+
+    #[test]
+    fn a_column_this_store_did_not_write_has_no_digest() {
+        assert_eq!(digest_of_column(""), None, "rows from before the column");
+        assert_eq!(digest_of_column("abc"), None);
+        assert_eq!(digest_of_column(&"g".repeat(32)), None);
     }
 
     /// A sync compares the digest of what was listed with the stored one:
@@ -324,12 +371,16 @@ mod tests {
             output_schema_json: Some(r#"{"type":"object"}"#.into()),
         };
         let row = ToolRow::new("acme", "gh__", tool.clone(), 0);
-        assert_eq!(listed_hash(&tool), row.content_hash);
+        assert_eq!(digest_hex(&listed_digest(&tool)), row.content_hash);
+        assert_eq!(
+            digest_of_column(&row.content_hash),
+            Some(listed_digest(&tool))
+        );
         assert_eq!(row.computed_hash(), row.content_hash);
         let bare = crate::model::NewTool {
             annotations: None,
             ..tool
         };
-        assert_ne!(listed_hash(&bare), row.content_hash);
+        assert_ne!(digest_hex(&listed_digest(&bare)), row.content_hash);
     }
 }

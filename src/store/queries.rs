@@ -10,6 +10,7 @@ use super::{
     error::is_unique_violation,
     events::{AppendEvents, EventDraft},
     models::{ServerRow, ToolRow, server_state, state_column, to_ms, transport_kind_column},
+    reuse::Reuse,
     schema::{mcp_servers, oauth_authorizations, server_tools, tools},
     with_conn,
 };
@@ -30,6 +31,7 @@ macro_rules! insert_server {
     ($conn:expr, $row:expr) => {
         diesel::insert_into(mcp_servers::table)
             .values($row)
+            .reused()
             .execute($conn)
             .await
             .map_err(|err| {
@@ -443,6 +445,7 @@ impl Store {
                         if postgres {
                             diesel::sql_query(super::sync::TOOLS_LOCK)
                                 .bind::<diesel::sql_types::Text, _>(id)
+                                .reused()
                                 .execute(conn)
                                 .await?;
                         }

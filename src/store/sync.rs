@@ -11,8 +11,11 @@ use super::{
     batch::WriteTools,
     digest_cache::{DigestCache, StoredTools},
     events::{AppendEvents, EventDraft},
-    models::{ServerRow, ToolRow, listed_hash, to_ms, transport_kind_column},
+    models::{
+        Digest, ServerRow, ToolRow, digest_of_column, listed_digest, to_ms, transport_kind_column,
+    },
     queries::one_server,
+    reuse::Reuse,
     schema::{mcp_servers, server_tools, tools},
     with_conn,
 };
@@ -51,25 +54,59 @@ pub(super) const TOOLS_LOCK: &str = "SELECT pg_advisory_xact_lock(hashtextextend
 /// Rows per multi-row statement (bind-parameter limits).
 pub(super) const BATCH_ROWS: usize = 500;
 
+/// A sync's work that needs no connection, done before it takes one: the
+/// listed tools' digests and, when this daemon holds the server's stored
+/// digests, the difference from them. The transaction uses that difference
+/// only if the server row it locks still carries the held version, and
+/// finds it again from the database otherwise.
+pub struct PreparedSync<'a> {
+    listed: Listed<'a>,
+    held: Option<Held>,
+}
+
+/// The server's stored tools as this daemon held them, and the plan
+/// against them.
+struct Held {
+    version: i64,
+    stored: StoredTools,
+    plan: Plan,
+}
+
 impl Store {
-    /// Makes the server's stored tools equal to `listed`: new names are
-    /// added, tools whose description, schemas, title or annotations changed
-    /// are updated in place (same id), the others removed with their
-    /// mappings. One transaction; syncs of one server never interleave (on
-    /// PostgreSQL a transaction-scoped advisory lock per server, also across
-    /// replicas; SQLite has one writer).
+    /// Digests `listed` and, if this daemon holds the server's stored tools,
+    /// finds the difference: CPU only, no connection taken. The listing
+    /// stays the caller's: freeing thousands of tools is no part of the
+    /// transaction.
+    pub fn prepare_sync<'a>(&self, server_id: &str, listed: &'a [NewTool]) -> PreparedSync<'a> {
+        let listed = Listed::new(listed);
+        let held = self.inner.digests.take(server_id).map(|(version, stored)| {
+            let plan = Plan::of(&stored, &listed);
+            Held {
+                version,
+                stored,
+                plan,
+            }
+        });
+        PreparedSync { listed, held }
+    }
+
+    /// Makes the server's stored tools equal to the prepared listing: new
+    /// names are added, tools whose description, schemas, title or
+    /// annotations changed are updated in place (same id), the others
+    /// removed with their mappings. One transaction; syncs of one server
+    /// never interleave (on PostgreSQL a transaction-scoped advisory lock per
+    /// server, also across replicas; SQLite has one writer).
     pub async fn sync_tools(
         &self,
         org: &str,
         server_id: &str,
-        listed: Vec<NewTool>,
+        prepared: PreparedSync<'_>,
         identity: Option<&ServerIdentity>,
     ) -> Result<SyncedTools, StoreError> {
         let identity = super::queries::identity_column(identity);
         let identity = &identity;
         let postgres = matches!(self.inner.backend, Backend::Postgres(_));
         let now = to_ms(std::time::SystemTime::now());
-        let listed = &Listed::new(listed);
         let retention = &self.inner.settings.event_retention;
         let digests = &self.inner.digests;
         let (synced, announced, stored) = with_conn!(self, Access::Write, "sync_tools", |conn| {
@@ -79,10 +116,9 @@ impl Store {
                     postgres,
                     org,
                     server_id,
-                    listed,
+                    prepared,
                     identity.clone(),
-                    now,
-                    digests
+                    now
                 );
                 // Only what a watcher would see change is announced.
                 let changes = synced.changes();
@@ -109,19 +145,21 @@ impl Store {
     }
 }
 
-/// The body of a sync, inside a transaction the caller opened on `$conn`
-/// (a macro: it is instantiated for each backend's connection). Evaluates to
+/// The body of a sync of a [`PreparedSync`], inside a transaction the
+/// caller opened on `$conn` (a macro: it is instantiated for each backend's
+/// connection). Evaluates to
 /// the [`SyncedTools`], the server row as written, whether the server was
-/// unreachable before, and the tools as now stored for `$digests` (to
+/// unreachable before, and the tools as now stored (to
 /// [`StoredAfter::keep`] once committed); returns early with a
 /// [`StoreError`].
 macro_rules! sync_in_transaction {
-    ($conn:expr, $postgres:expr, $org:expr, $server_id:expr, $listed:expr, $identity:expr, $now:expr, $digests:expr) => {{
+    ($conn:expr, $postgres:expr, $org:expr, $server_id:expr, $prepared:expr, $identity:expr, $now:expr) => {{
         let conn = $conn;
         let server_id: &str = $server_id;
         if $postgres {
             diesel::sql_query(TOOLS_LOCK)
                 .bind::<diesel::sql_types::Text, _>(server_id)
+                .reused()
                 .execute(conn)
                 .await?;
         }
@@ -132,26 +170,28 @@ macro_rules! sync_in_transaction {
             .optional()?
             .ok_or_else(|| StoreError::ServerNotFound(server_id.to_owned()))?;
         let reached_again = server.unreachable_since.is_some();
-        let digests: &DigestCache = $digests;
-        let mut stored: StoredTools = match digests.take(server_id, version) {
-            Some(held) => held,
-            // Digests, not whole tools: what a sync reads grows with the
-            // server's size by a few dozen bytes a tool.
-            None => server_tools::table
-                .inner_join(tools::table)
-                .filter(server_tools::server_id.eq(server_id))
-                .select((tools::name, (tools::id, tools::content_hash)))
-                .load::<(String, (String, String))>(conn)
-                .await?
-                .into_iter()
-                .collect(),
+        let PreparedSync { listed, held } = $prepared;
+        let (mut stored, plan) = match held {
+            Some(held) if held.version == version => (held.stored, held.plan),
+            // Not held, or another sync (of any replica) committed since.
+            _ => {
+                // Digests, not whole tools: what a sync reads grows with the
+                // server's size by a few dozen bytes a tool.
+                let stored: StoredTools = server_tools::table
+                    .inner_join(tools::table)
+                    .filter(server_tools::server_id.eq(server_id))
+                    .select((tools::name, tools::id, tools::content_hash))
+                    .load::<(String, String, String)>(conn)
+                    .await?
+                    .into_iter()
+                    .map(|(name, id, hash)| (name, id, digest_of_column(&hash)))
+                    .collect();
+                let plan = Plan::of(&stored, &listed);
+                (stored, plan)
+            }
         };
-        // Rows from before digests are compared in full, once.
-        let undigested: Vec<&String> = stored
-            .values()
-            .filter(|(_, hash)| hash.is_empty())
-            .map(|(id, _)| id)
-            .collect();
+        // Changed rows from before digests are compared in full, once.
+        let undigested: Vec<&String> = plan.undigested().collect();
         let mut legacy: Vec<ToolRow> = Vec::new();
         for batch in undigested.chunks(BATCH_ROWS) {
             legacy.extend(
@@ -162,8 +202,7 @@ macro_rules! sync_in_transaction {
                     .await?,
             );
         }
-        let listed: &Listed = $listed;
-        let diff = Diff::of(&server, &stored, legacy, listed, $now);
+        let diff = Diff::of(plan, &server, legacy, &listed, $now);
 
         conn.insert_tools(server_id, &diff.added).await?;
         conn.update_tools(&diff.updated).await?;
@@ -207,6 +246,7 @@ macro_rules! sync_in_transaction {
                 mcp_servers::last_error.eq(""),
                 mcp_servers::tools_version.eq(version),
             ))
+            .reused()
             .execute(conn)
             .await?;
         let row = server.clone();
@@ -244,81 +284,52 @@ impl StoredAfter {
 /// The tools a server listed, with their digests, computed before the sync
 /// takes its connection and lock: a server of thousands of tools otherwise
 /// spends most of its transaction hashing.
-pub(super) struct Listed {
-    tools: Vec<NewTool>,
-    digests: Vec<String>,
+struct Listed<'a> {
+    tools: &'a [NewTool],
+    digests: Vec<Digest>,
 }
 
-impl Listed {
-    pub(super) fn new(tools: Vec<NewTool>) -> Listed {
-        // The manager refuses a listing that repeats a name; the diff
+impl Listed<'_> {
+    fn new(tools: &[NewTool]) -> Listed<'_> {
+        // The manager refuses a listing that repeats a name; the plan
         // relies on it.
         debug_assert!(
             tools.iter().map(|t| &t.name).collect::<HashSet<_>>().len() == tools.len(),
             "a listing with a repeated tool name reached the store"
         );
-        let digests = tools.iter().map(listed_hash).collect();
+        let digests = tools.iter().map(listed_digest).collect();
         Listed { tools, digests }
     }
 }
 
-/// The rows to write to go from what is stored to what is listed.
-pub(super) struct Diff {
-    added: Vec<ToolRow>,
-    /// The stored rows with their new content.
-    updated: Vec<ToolRow>,
-    /// Unchanged rows from before digests, given theirs (not a change).
-    digested: Vec<ToolRow>,
-    /// Ids and names.
+/// What differs between the stored tools and a listing, found from digests
+/// alone.
+struct Plan {
+    /// Listed tools whose name no stored tool has (indices into the listing).
+    added: Vec<usize>,
+    /// Listed tools stored under their name with other content: the index,
+    /// the stored id, and whether that row is from before digests.
+    changed: Vec<(usize, String, bool)>,
+    /// Stored tools no longer listed: ids and names.
     removed: Vec<(String, String)>,
 }
 
-impl Diff {
-    /// `legacy`: the stored rows whose digest is empty, in full.
-    pub(super) fn of(
-        server: &ServerRow,
-        stored: &StoredTools,
-        legacy: Vec<ToolRow>,
-        listed: &Listed,
-        now: i64,
-    ) -> Diff {
-        let mut legacy: HashMap<String, ToolRow> =
-            legacy.into_iter().map(|t| (t.id.clone(), t)).collect();
+impl Plan {
+    fn of(stored: &StoredTools, listed: &Listed<'_>) -> Plan {
         let mut added = Vec::new();
-        let mut updated = Vec::new();
-        let mut digested = Vec::new();
-        let row = |tool: &NewTool| {
-            ToolRow::new(
-                &server.organization_id,
-                &server.tool_prefix,
-                tool.clone(),
-                now,
-            )
-        };
+        let mut changed = Vec::new();
         let mut kept = 0;
-        for (tool, digest) in listed.tools.iter().zip(&listed.digests) {
-            let Some((id, hash)) = stored.get(&tool.name) else {
-                added.push(row(tool));
-                continue;
-            };
-            kept += 1;
-            if hash == digest {
+        for (index, (tool, digest)) in listed.tools.iter().zip(&listed.digests).enumerate() {
+            if stored.holds(digest) {
+                kept += 1;
                 continue;
             }
-            let fresh = row(tool);
-            let unchanged_legacy = hash.is_empty()
-                && legacy
-                    .remove(id)
-                    .is_some_and(|old| old.computed_hash() == fresh.content_hash);
-            // Same id: a tool changes in place; created_at is not rewritten.
-            let row = ToolRow {
-                id: id.clone(),
-                ..fresh
-            };
-            if unchanged_legacy {
-                digested.push(row);
-            } else {
-                updated.push(row);
+            match stored.get(&tool.name) {
+                None => added.push(index),
+                Some((id, stored_digest)) => {
+                    kept += 1;
+                    changed.push((index, id.clone(), stored_digest.is_none()));
+                }
             }
         }
         // Listed names are unique (see `Listed::new`), so when every stored
@@ -334,13 +345,77 @@ impl Diff {
                 .collect();
         }
         removed.sort_by(|a, b| a.1.cmp(&b.1));
+        Plan {
+            added,
+            changed,
+            removed,
+        }
+    }
+
+    /// Ids of the changed tools whose stored rows are from before digests.
+    fn undigested(&self) -> impl Iterator<Item = &String> {
+        self.changed
+            .iter()
+            .filter(|(_, _, undigested)| *undigested)
+            .map(|(_, id, _)| id)
+    }
+}
+
+/// The rows to write to go from what is stored to what is listed.
+struct Diff {
+    added: Vec<ToolRow>,
+    /// The stored rows with their new content.
+    updated: Vec<ToolRow>,
+    /// Unchanged rows from before digests, given theirs (not a change).
+    digested: Vec<ToolRow>,
+    /// Ids and names.
+    removed: Vec<(String, String)>,
+}
+
+impl Diff {
+    /// The rows that carry out `plan`. `legacy`: the stored rows of
+    /// [`Plan::undigested`], in full.
+    fn of(
+        plan: Plan,
+        server: &ServerRow,
+        legacy: Vec<ToolRow>,
+        listed: &Listed<'_>,
+        now: i64,
+    ) -> Diff {
+        let mut legacy: HashMap<String, ToolRow> =
+            legacy.into_iter().map(|t| (t.id.clone(), t)).collect();
+        let row = |index: usize| {
+            ToolRow::new(
+                &server.organization_id,
+                &server.tool_prefix,
+                listed.tools[index].clone(),
+                now,
+            )
+        };
+        let mut added: Vec<ToolRow> = plan.added.into_iter().map(row).collect();
+        let mut updated = Vec::new();
+        let mut digested = Vec::new();
+        for (index, id, undigested) in plan.changed {
+            let fresh = row(index);
+            let unchanged_legacy = undigested
+                && legacy
+                    .remove(&id)
+                    .is_some_and(|old| old.computed_hash() == fresh.content_hash);
+            // Same id: a tool changes in place; created_at is not rewritten.
+            let row = ToolRow { id, ..fresh };
+            if unchanged_legacy {
+                digested.push(row);
+            } else {
+                updated.push(row);
+            }
+        }
         added.sort_by(|a, b| a.name.cmp(&b.name));
         updated.sort_by(|a, b| a.name.cmp(&b.name));
         Diff {
             added,
             updated,
             digested,
-            removed,
+            removed: plan.removed,
         }
     }
 
@@ -359,7 +434,11 @@ impl Diff {
             stored.remove(name);
         }
         for row in self.added.iter().chain(&self.updated).chain(&self.digested) {
-            stored.insert(row.name.clone(), (row.id.clone(), row.content_hash.clone()));
+            stored.insert(
+                row.name.clone(),
+                row.id.clone(),
+                digest_of_column(&row.content_hash),
+            );
         }
     }
 }
@@ -402,12 +481,10 @@ impl Store {
         };
         let identity = super::queries::identity_column(update.identity.as_ref());
         let identity = &identity;
-        let mut update = update;
-        let listed = update
+        let prepared = update
             .transport
-            .as_mut()
-            .map(|(_, tools)| Listed::new(std::mem::take(tools)));
-        let listed = &listed;
+            .as_ref()
+            .map(|(_, tools)| self.prepare_sync(server_id, tools));
         let update = &update;
         let sealed = &sealed;
         let retention = &self.inner.settings.event_retention;
@@ -453,7 +530,8 @@ impl Store {
                         .await?;
                 }
                 let mut synced = None;
-                if let (Some((config, names, kind, endpoint)), Some(listed)) = (sealed, listed) {
+                if let (Some((config, names, kind, endpoint)), Some(prepared)) = (sealed, prepared)
+                {
                     diesel::update(target)
                         .set((
                             mcp_servers::transport_config.eq(config),
@@ -468,10 +546,9 @@ impl Store {
                         postgres,
                         org,
                         server_id,
-                        listed,
+                        prepared,
                         identity.clone(),
-                        now,
-                        digests
+                        now
                     );
                     synced = Some((tools, stored));
                 }
@@ -492,5 +569,74 @@ impl Store {
         });
         self.events_committed(org);
         Ok((self.server_of(row)?, synced))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{Listed, Plan, StoredTools};
+    use crate::model::NewTool;
+
+    fn tool(name: &str, description: &str) -> NewTool {
+        NewTool {
+            name: name.into(),
+            title: String::new(),
+            description: description.into(),
+            input_schema_json: r#"{"type":"object"}"#.into(),
+            annotations: None,
+            output_schema_json: None,
+        }
+    }
+
+    /// Stored as `listing` would be, each tool's id being `id-` and its name.
+    fn stored(listing: &Listed) -> StoredTools {
+        listing
+            .tools
+            .iter()
+            .zip(&listing.digests)
+            .map(|(t, d)| (t.name.clone(), format!("id-{}", t.name), Some(*d)))
+            .collect()
+    }
+
+    #[test]
+    fn a_plan_finds_what_was_added_changed_and_removed() {
+        let before = [tool("a", "1"), tool("b", "1"), tool("c", "1")];
+        let before = Listed::new(&before);
+        let mut stored = stored(&before);
+        // A row from before digests: compared in full in the transaction.
+        stored.insert("d".into(), "id-d".into(), None);
+        let now = [
+            tool("a", "1"),
+            tool("b", "2"),
+            tool("d", "1"),
+            tool("e", "1"),
+        ];
+        let plan = Plan::of(&stored, &Listed::new(&now));
+        assert_eq!(plan.added, vec![3], "e");
+        assert_eq!(
+            plan.changed,
+            vec![(1, "id-b".to_owned(), false), (2, "id-d".to_owned(), true)]
+        );
+        assert_eq!(plan.removed, vec![("id-c".to_owned(), "c".to_owned())]);
+        assert_eq!(plan.undigested().collect::<Vec<_>>(), vec!["id-d"]);
+    }
+
+    #[test]
+    fn a_listing_equal_to_what_is_stored_plans_nothing() {
+        let tools: Vec<NewTool> = (0..100).map(|i| tool(&format!("t{i}"), "x")).collect();
+        let listing = Listed::new(&tools);
+        let plan = Plan::of(&stored(&listing), &listing);
+        assert!(plan.added.is_empty() && plan.changed.is_empty() && plan.removed.is_empty());
+    }
+
+    /// A digest covers the name: the same content under a new name is not
+    /// taken for the stored tool.
+    #[test]
+    fn a_renamed_tool_is_added_and_the_old_name_removed() {
+        let stored = stored(&Listed::new(&[tool("old", "same")]));
+        let plan = Plan::of(&stored, &Listed::new(&[tool("new", "same")]));
+        assert_eq!(plan.added, vec![0]);
+        assert!(plan.changed.is_empty());
+        assert_eq!(plan.removed, vec![("id-old".to_owned(), "old".to_owned())]);
     }
 }

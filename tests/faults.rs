@@ -200,6 +200,42 @@ async fn postgres_connections_killed_during_load() {
     daemon.stop().await;
 }
 
+/// PostgreSQL closes the daemon's idle pooled connections (a restart, an
+/// operator's `pg_terminate_backend`). No checkout pings the database, yet
+/// no call fails: a connection whose socket was closed is replaced as it
+/// leaves the pool.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn postgres_closing_idle_connections_fails_no_call() {
+    let daemon = Daemon::start_with(Backend::Postgres, fast(4)).await;
+    let acme = daemon.org("acme").await;
+    let http = HttpTestServer::start(["--tools", "3"]).await;
+    // Several pooled connections opened, then back in the pool.
+    let servers = (0..8).map(|i| (format!("s{i}"), streamable_http(&http.url)));
+    for created in acme.create_concurrently(servers).await {
+        created.expect("created");
+    }
+    let mut activity = PgActivity::of(&daemon.db).await;
+    let idle = activity.idle().await;
+    assert!(idle.len() >= 2, "pooled connections: {idle:?}");
+    assert_eq!(activity.terminate(&idle).await, idle.len());
+    wait_for(
+        "the backends to exit",
+        Duration::from_secs(10),
+        async || (!activity.any_alive(&idle).await).then_some(()),
+    )
+    .await;
+    for round in 0..8 {
+        let listed = acme.servers().await.unwrap_or_else(|status| {
+            panic!("list {round} after the connections closed: {status:?}")
+        });
+        assert_eq!(listed.len(), 8);
+    }
+    acme.create("after", streamable_http(&http.url))
+        .await
+        .expect("a create after the connections closed");
+    daemon.stop().await;
+}
+
 /// Fault 7: two daemons on one PostgreSQL, fifty concurrent creates of the
 /// same name: the database decides, exactly one wins.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -1,13 +1,12 @@
 //! The floor: the same rows a create writes (the server, N tools with their
-//! digests, N mappings), written by the fastest plain approach on one
-//! connection in one transaction: COPY on PostgreSQL, one multi-row INSERT
-//! per table on SQLite. Not in it: the watch event and the organization's
-//! event cursor, which the daemon's create also writes.
+//! digests, N mappings, the watch event and the organization's event
+//! cursor), written by the fastest plain approach on one connection in one
+//! transaction: COPY on PostgreSQL, one multi-row INSERT per table on SQLite.
 //! And a sync's floor: `changed` of a stored server's tools given new
-//! descriptions and its server row touched, one `UPDATE … FROM` per table
-//! (from a `WITH v(id, d) AS (VALUES …)`, which both backends read) in one
-//! transaction, by a writer that already knows the difference (it reads
-//! nothing).
+//! descriptions, its server row touched and the event that announces it,
+//! one `UPDATE … FROM` per table (from a `WITH v(id, d) AS (VALUES …)`,
+//! which both backends read) in one transaction, by a writer that already
+//! knows the difference (it reads nothing).
 
 use std::time::Instant;
 
@@ -23,6 +22,43 @@ pub struct Rows {
     /// id, organization, name, description, input schema, content digest.
     tools: Vec<[String; 6]>,
     now: i64,
+}
+
+/// The watch event of a change and its cursor, as SQL both backends read:
+/// the organization's cursor moved on, and the event written at it with a
+/// payload of the daemon's shape (the server row and the tool names).
+fn event_sql(rows: &Rows, kind: &str, change: &str, names: &[&str]) -> String {
+    let q = |s: &str| format!("'{}'", s.replace('\'', "''"));
+    let payload = serde_json::json!({
+        "server": {
+            "id": rows.server_id, "organization_id": rows.org, "name": "floor",
+            "transport": "streamable_http", "endpoint": "http://127.0.0.1/mcp",
+            "secret_names": "[]", "tool_count": rows.tools.len(), "created_at": rows.now,
+            "state": "ready", "state_reason": "", "tool_prefix": "", "server_info": null,
+            "last_error": "", "unreachable_since": null, "last_connected_at": rows.now,
+            "last_synced_at": rows.now,
+        },
+        "tools": { change: names },
+    });
+    format!(
+        "INSERT INTO event_cursors (organization_id, last_seq) VALUES ({org}, 1) \
+         ON CONFLICT (organization_id) DO UPDATE SET last_seq = event_cursors.last_seq + 1; \
+         INSERT INTO server_events (organization_id, seq, kind, server_id, payload, created_at) \
+         SELECT organization_id, last_seq, {kind}, {server}, {payload}, {now} \
+         FROM event_cursors WHERE organization_id = {org};",
+        org = q(&rows.org),
+        kind = q(kind),
+        server = q(&rows.server_id),
+        payload = q(&payload.to_string()),
+        now = rows.now,
+    )
+}
+
+impl Rows {
+    fn created_event_sql(&self) -> String {
+        let names: Vec<&str> = self.tools.iter().map(|t| t[2].as_str()).collect();
+        event_sql(self, "created", "added", &names)
+    }
 }
 
 impl Rows {
@@ -70,13 +106,20 @@ fn update_sql(rows: &Rows, changed: usize, round: usize) -> String {
         .iter()
         .map(|(id, d)| format!("({}, {})", q(id), q(d)))
         .collect();
+    let names: Vec<&str> = rows
+        .tools
+        .iter()
+        .take(changed)
+        .map(|t| t[2].as_str())
+        .collect();
     format!(
         "WITH v(id, d) AS (VALUES {}) UPDATE tools SET description = v.d FROM v WHERE tools.id = v.id; \
-         UPDATE mcp_servers SET last_synced_at = {}, last_connected_at = {} WHERE id = {};",
+         UPDATE mcp_servers SET last_synced_at = {}, last_connected_at = {} WHERE id = {}; {}",
         values.join(","),
         rows.now + round as i64,
         rows.now + round as i64,
-        q(&rows.server_id)
+        q(&rows.server_id),
+        event_sql(rows, "tools_changed", "updated", &names)
     )
 }
 
@@ -107,6 +150,7 @@ impl PgFloor {
                 .iter()
                 .map(|t| vec![rows.server_id.clone(), t[0].clone()]),
         );
+        let event = rows.created_event_sql();
         let started = Instant::now();
         let tx = self.client.transaction().await?;
         tx.execute(
@@ -130,6 +174,7 @@ impl PgFloor {
             sink.send(Bytes::from(data)).await?;
             sink.finish().await?;
         }
+        tx.batch_execute(&event).await?;
         tx.commit().await?;
         Ok(started.elapsed().as_secs_f64() * 1000.0)
     }
@@ -226,6 +271,7 @@ impl SqliteFloor {
                 mappings.join(",")
             ));
         }
+        sql.push_str(&rows.created_event_sql());
         sql.push_str("COMMIT;");
         let started = Instant::now();
         self.conn.batch_execute(&sql)?;

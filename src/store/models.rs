@@ -263,9 +263,21 @@ impl ToolRow {
         tool: NewTool,
         created_at: i64,
     ) -> ToolRow {
+        let id = uuid::Uuid::now_v7().to_string();
+        ToolRow::with_id(id, organization_id, tool_prefix, tool, created_at)
+    }
+
+    /// The row of a tool stored under `id` already.
+    pub(super) fn with_id(
+        id: String,
+        organization_id: &str,
+        tool_prefix: &str,
+        tool: NewTool,
+        created_at: i64,
+    ) -> ToolRow {
         let annotations = annotations_column(&tool);
         ToolRow {
-            id: uuid::Uuid::now_v7().to_string(),
+            id,
             organization_id: organization_id.to_owned(),
             qualified_name: format!("{tool_prefix}{}", tool.name),
             content_hash: digest_hex(&tool_digest(&tool, annotations.as_deref())),

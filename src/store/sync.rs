@@ -384,25 +384,22 @@ impl Diff {
     ) -> Diff {
         let mut legacy: HashMap<String, ToolRow> =
             legacy.into_iter().map(|t| (t.id.clone(), t)).collect();
-        let row = |index: usize| {
-            ToolRow::new(
-                &server.organization_id,
-                &server.tool_prefix,
-                listed.tools[index].clone(),
-                now,
-            )
+        let row = |id: Option<String>, index: usize| {
+            let (org, prefix) = (&server.organization_id, &server.tool_prefix);
+            let tool = listed.tools[index].clone();
+            match id {
+                // Same id: a tool changes in place; created_at is not rewritten.
+                Some(id) => ToolRow::with_id(id, org, prefix, tool, now),
+                None => ToolRow::new(org, prefix, tool, now),
+            }
         };
-        let mut added: Vec<ToolRow> = plan.added.into_iter().map(row).collect();
+        let mut added: Vec<ToolRow> = plan.added.into_iter().map(|i| row(None, i)).collect();
         let mut updated = Vec::new();
         let mut digested = Vec::new();
         for (index, id, undigested) in plan.changed {
-            let fresh = row(index);
-            let unchanged_legacy = undigested
-                && legacy
-                    .remove(&id)
-                    .is_some_and(|old| old.computed_hash() == fresh.content_hash);
-            // Same id: a tool changes in place; created_at is not rewritten.
-            let row = ToolRow { id, ..fresh };
+            let old = undigested.then(|| legacy.remove(&id)).flatten();
+            let row = row(Some(id), index);
+            let unchanged_legacy = old.is_some_and(|old| old.computed_hash() == row.content_hash);
             if unchanged_legacy {
                 digested.push(row);
             } else {

@@ -319,6 +319,34 @@ impl PgActivity {
         rows.into_iter().map(|b| b.pid).collect()
     }
 
+    /// Backends connected to the database and waiting for a query (pooled
+    /// connections nobody holds), this one aside.
+    pub async fn idle(&mut self) -> Vec<i32> {
+        let rows: Vec<Backend> = diesel_async::RunQueryDsl::load(
+            diesel::sql_query(
+                "SELECT pid FROM pg_stat_activity \
+                 WHERE datname = $1 AND state = 'idle' AND pid <> pg_backend_pid()",
+            )
+            .bind::<diesel::sql_types::Text, _>(&self.database),
+            &mut self.admin,
+        )
+        .await
+        .expect("pg_stat_activity");
+        rows.into_iter().map(|b| b.pid).collect()
+    }
+
+    /// Whether any of these backends is still there.
+    pub async fn any_alive(&mut self, pids: &[i32]) -> bool {
+        let rows: Vec<Backend> = diesel_async::RunQueryDsl::load(
+            diesel::sql_query("SELECT pid FROM pg_stat_activity WHERE pid = ANY($1)")
+                .bind::<diesel::sql_types::Array<diesel::sql_types::Integer>, _>(pids),
+            &mut self.admin,
+        )
+        .await
+        .expect("pg_stat_activity");
+        !rows.is_empty()
+    }
+
     /// Terminates these backends; returns how many PostgreSQL signalled.
     pub async fn terminate(&mut self, pids: &[i32]) -> usize {
         let mut terminated = 0;

@@ -62,36 +62,19 @@ pub(super) struct ToolRow {
     /// JSON object of [`ToolAnnotations`].
     pub annotations: Option<String>,
     pub output_schema: Option<String>,
-    /// [`content_hash`] of what the server said about the tool; '' in rows
-    /// written before the column existed.
+    /// [`digest_hex`] of the [`content_digest`] of what the server said
+    /// about the tool; '' in rows written before the column existed.
     pub content_hash: String,
 }
+
+/// The first 128 bits of a SHA-256 of what a server said about a tool: the
+/// form a sync compares and holds; a row's `content_hash` is its hex.
+pub(super) type Digest = [u8; 16];
 
 /// A digest of every field a server gives a tool: equal digests, equal
 /// tools, so a sync compares digests instead of reading tools in full.
 /// Each field is length-prefixed (and `None` told apart from `""`), so no
 /// two different tools encode alike.
-pub(super) fn content_hash(
-    name: &str,
-    description: &str,
-    input_schema: &str,
-    title: &str,
-    annotations: Option<&str>,
-    output_schema: Option<&str>,
-) -> String {
-    digest_hex(&content_digest(
-        name,
-        description,
-        input_schema,
-        title,
-        annotations,
-        output_schema,
-    ))
-}
-
-/// [`content_hash`] as bytes, the form a sync compares and holds.
-pub(super) type Digest = [u8; 16];
-
 fn content_digest(
     name: &str,
     description: &str,
@@ -231,7 +214,7 @@ impl ServerRow {
     }
 }
 
-/// The digest of the [`content_hash`] a row made from `tool` gets, without
+/// The [`content_digest`] a row made from `tool` gets, without
 /// making the row.
 pub(super) fn listed_digest(tool: &NewTool) -> Digest {
     tool_digest(tool, annotations_column(tool).as_deref())
@@ -291,17 +274,17 @@ impl ToolRow {
         }
     }
 
-    /// [`content_hash`] of this row as stored (for rows from before the
+    /// The `content_hash` of this row as stored (for rows from before the
     /// column).
     pub(super) fn computed_hash(&self) -> String {
-        content_hash(
+        digest_hex(&content_digest(
             &self.name,
             &self.description,
             &self.input_schema,
             &self.title,
             self.annotations.as_deref(),
             self.output_schema.as_deref(),
-        )
+        ))
     }
 }
 
@@ -341,19 +324,32 @@ impl From<ApiKeyRow> for ApiKey {
 
 #[cfg(test)]
 mod tests {
-    use super::{ToolRow, content_hash, digest_hex, digest_of_column, listed_digest};
+    use super::{ToolRow, content_digest, digest_hex, digest_of_column, listed_digest};
+
+    /// The column's text of the digest of these fields.
+    fn hash(fields: (&str, &str, &str, &str, Option<&str>, Option<&str>)) -> String {
+        let (name, description, schema, title, annotations, output) = fields;
+        digest_hex(&content_digest(
+            name,
+            description,
+            schema,
+            title,
+            annotations,
+            output,
+        ))
+    }
 
     #[test]
     fn digests_tell_apart_what_plain_concatenation_would_not() {
-        let base = content_hash("a", "bc", "{}", "", None, None);
-        assert_eq!(base, content_hash("a", "bc", "{}", "", None, None));
+        let base = hash(("a", "bc", "{}", "", None, None));
+        assert_eq!(base, hash(("a", "bc", "{}", "", None, None)));
         // Bytes moved across a field boundary.
-        assert_ne!(base, content_hash("ab", "c", "{}", "", None, None));
+        assert_ne!(base, hash(("ab", "c", "{}", "", None, None)));
         // Absent is not empty.
-        assert_ne!(base, content_hash("a", "bc", "{}", "", Some(""), None));
+        assert_ne!(base, hash(("a", "bc", "{}", "", Some(""), None)));
         assert_ne!(
-            content_hash("a", "bc", "{}", "", Some(""), None),
-            content_hash("a", "bc", "{}", "", None, Some(""))
+            hash(("a", "bc", "{}", "", Some(""), None)),
+            hash(("a", "bc", "{}", "", None, Some("")))
         );
         assert_eq!(base.len(), 32, "128 bits, hex");
         assert_eq!(base, hex::encode(digest_of_column(&base).unwrap()));

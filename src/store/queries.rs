@@ -424,7 +424,7 @@ impl Store {
             .map(|tool| ToolRow::new(org, prefix, tool, now))
             .collect();
         new_tools.sort_by(|a, b| a.name.cmp(&b.name));
-        let new_tools = &new_tools;
+        let rows = &new_tools;
         let write = &write;
         let retention = &self.inner.settings.event_retention;
         let postgres = matches!(self.inner.backend, Backend::Postgres(_));
@@ -472,7 +472,7 @@ impl Store {
                     }
                 }
 
-                conn.insert_tools(server_id, new_tools).await?;
+                conn.insert_tools(server_id, rows).await?;
 
                 let row = match write {
                     ServerWrite::Insert(row) => (**row).clone(),
@@ -489,7 +489,7 @@ impl Store {
                     ServerWrite::Authorized { .. } => ServerEventKind::StatusChanged,
                 };
                 let added = ToolChanges {
-                    added: new_tools.iter().map(|t| t.name.clone()).collect(),
+                    added: rows.iter().map(|t| t.name.clone()).collect(),
                     ..ToolChanges::default()
                 };
                 let event = EventDraft::new(kind, &row, added);
@@ -502,8 +502,7 @@ impl Store {
         Ok(CreatedServer {
             server: row.into_server(None),
             tools: new_tools
-                .iter()
-                .cloned()
+                .into_iter()
                 .map(|t| t.into_tool(server_id))
                 .collect(),
         })

@@ -32,7 +32,7 @@ const PG_ROWS: usize = 500;
 impl WriteTools for AsyncPgConnection {
     async fn insert_tools(&mut self, server_id: &str, rows: &[ToolRow]) -> QueryResult<()> {
         for batch in rows.chunks(PG_ROWS) {
-            InsertTools::new(batch).execute(self).await?;
+            InsertTools::columns(batch).execute(self).await?;
             InsertMappings::new(server_id, batch).execute(self).await?;
         }
         Ok(())
@@ -40,7 +40,7 @@ impl WriteTools for AsyncPgConnection {
 
     async fn update_tools(&mut self, rows: &[ToolRow]) -> QueryResult<()> {
         for batch in rows.chunks(PG_ROWS) {
-            UpdateTools::new(batch).execute(self).await?;
+            UpdateTools::columns(batch).execute(self).await?;
         }
         Ok(())
     }
@@ -77,7 +77,7 @@ fn sqlite_batches<T>(rows: &[T]) -> impl Iterator<Item = &[T]> {
 impl WriteTools for SqliteConn {
     async fn insert_tools(&mut self, server_id: &str, rows: &[ToolRow]) -> QueryResult<()> {
         for batch in sqlite_batches(rows) {
-            InsertTools::new(batch).execute(self).await?;
+            InsertTools::rows(batch).execute(self).await?;
         }
         for batch in sqlite_batches(rows) {
             InsertMappings::new(server_id, batch).execute(self).await?;
@@ -87,7 +87,7 @@ impl WriteTools for SqliteConn {
 
     async fn update_tools(&mut self, rows: &[ToolRow]) -> QueryResult<()> {
         for batch in sqlite_batches(rows) {
-            UpdateTools::new(batch).execute(self).await?;
+            UpdateTools::rows(batch).execute(self).await?;
         }
         Ok(())
     }
@@ -99,7 +99,8 @@ impl WriteTools for SqliteConn {
 /// parameters).
 struct InsertTools<'a> {
     rows: &'a [ToolRow],
-    columns: ToolColumns<'a>,
+    /// PostgreSQL's form; SQLite binds from the rows.
+    columns: Option<ToolColumns<'a>>,
 }
 
 /// The rows' values column by column, for PostgreSQL's arrays.
@@ -119,17 +120,24 @@ struct ToolColumns<'a> {
 }
 
 impl<'a> InsertTools<'a> {
-    fn new(rows: &'a [ToolRow]) -> InsertTools<'a> {
+    /// For SQLite: a VALUES list bound from the rows.
+    fn rows(rows: &'a [ToolRow]) -> InsertTools<'a> {
         InsertTools {
             rows,
-            columns: ToolColumns::of(rows),
+            columns: None,
+        }
+    }
+
+    /// For PostgreSQL: the rows as column arrays.
+    fn columns(rows: &'a [ToolRow]) -> InsertTools<'a> {
+        InsertTools {
+            rows,
+            columns: Some(ToolColumns::of(rows)),
         }
     }
 }
 
 impl<'a> ToolColumns<'a> {
-    /// Both forms are kept: a few pointers per row, against the rows' own
-    /// strings.
     fn of(rows: &'a [ToolRow]) -> ToolColumns<'a> {
         let mut columns = ToolColumns::default();
         for row in rows {
@@ -198,7 +206,7 @@ impl QueryFragment<Sqlite> for InsertTools<'_> {
 
 impl QueryFragment<Pg> for InsertTools<'_> {
     fn walk_ast<'b>(&'b self, mut out: AstPass<'_, 'b, Pg>) -> QueryResult<()> {
-        let c = &self.columns;
+        let c = pg_columns(&self.columns)?;
         out.push_sql(INSERT_TOOLS);
         out.push_sql("SELECT * FROM unnest(");
         out.push_bind_param::<Array<Text>, _>(&c.id)?;
@@ -273,16 +281,36 @@ impl QueryId for InsertMappings<'_> {
 /// SQLite, unnested column arrays on PostgreSQL (as [`InsertTools`]).
 struct UpdateTools<'a> {
     rows: &'a [ToolRow],
-    columns: ToolColumns<'a>,
+    /// PostgreSQL's form; SQLite binds from the rows.
+    columns: Option<ToolColumns<'a>>,
 }
 
 impl<'a> UpdateTools<'a> {
-    fn new(rows: &'a [ToolRow]) -> UpdateTools<'a> {
+    /// For SQLite: a VALUES list bound from the rows.
+    fn rows(rows: &'a [ToolRow]) -> UpdateTools<'a> {
         UpdateTools {
             rows,
-            columns: ToolColumns::of(rows),
+            columns: None,
         }
     }
+
+    /// For PostgreSQL: the rows as column arrays.
+    fn columns(rows: &'a [ToolRow]) -> UpdateTools<'a> {
+        UpdateTools {
+            rows,
+            columns: Some(ToolColumns::of(rows)),
+        }
+    }
+}
+
+/// The column arrays a PostgreSQL statement binds: built by its
+/// `columns` constructor, and only there (SQLite binds from the rows).
+fn pg_columns<'a, 'b>(columns: &'b Option<ToolColumns<'a>>) -> QueryResult<&'b ToolColumns<'a>> {
+    columns.as_ref().ok_or_else(|| {
+        diesel::result::Error::QueryBuilderError(
+            "tool rows reached PostgreSQL without their column arrays".into(),
+        )
+    })
 }
 
 const UPDATE_TOOLS_SET: &str = "UPDATE tools SET qualified_name = v.qualified_name, \
@@ -315,7 +343,7 @@ impl QueryFragment<Sqlite> for UpdateTools<'_> {
 
 impl QueryFragment<Pg> for UpdateTools<'_> {
     fn walk_ast<'b>(&'b self, mut out: AstPass<'_, 'b, Pg>) -> QueryResult<()> {
-        let c = &self.columns;
+        let c = pg_columns(&self.columns)?;
         out.push_sql(UPDATE_TOOLS_SET);
         out.push_sql("FROM unnest(");
         out.push_bind_param::<Array<Text>, _>(&c.id)?;
@@ -362,6 +390,21 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// PostgreSQL's statements bind the column arrays, which only their
+    /// `columns` constructors build: the SQLite form is refused, not sent
+    /// with empty arrays.
+    #[test]
+    fn postgresql_refuses_tool_rows_without_their_columns() {
+        let sql = |q: &dyn QueryFragment<Pg>| {
+            let mut builder = diesel::pg::PgQueryBuilder::default();
+            q.to_sql(&mut builder, &Pg).map(|_| ())
+        };
+        assert!(sql(&InsertTools::rows(&[])).is_err());
+        assert!(sql(&UpdateTools::rows(&[])).is_err());
+        assert!(sql(&InsertTools::columns(&[])).is_ok());
+        assert!(sql(&UpdateTools::columns(&[])).is_ok());
+    }
 
     #[test]
     fn sqlite_batches_are_of_the_cached_sizes_and_cover_every_row() {

@@ -141,6 +141,14 @@ async fn a_sync_writes_exactly_the_difference(backend: Backend) {
     acme.sync(&id).await.unwrap();
     assert_eq!(daemon.registry().tool_row_versions().await, before);
 
+    // Under a prefix given after creation: a tool rewritten in place keeps
+    // the qualified name the prefix change gave it, and a new one gets it.
+    update(&acme, &id, &["tool_prefix"], |r| {
+        r.tool_prefix = "ac__".into()
+    })
+    .await
+    .unwrap();
+
     // One changed, one gone, one new, one invalid.
     write_tools(
         &file,
@@ -162,6 +170,9 @@ async fn a_sync_writes_exactly_the_difference(backend: Backend) {
     assert_eq!(synced.server.unwrap().tool_count, 3);
     let stored = acme.tools(&id).await.unwrap();
     assert_eq!(names(&stored), ["alpha", "beta", "delta"]);
+    let qualified: Vec<&str> = stored.iter().map(|t| t.qualified_name.as_str()).collect();
+    assert_eq!(qualified, ["ac__alpha", "ac__beta", "ac__delta"]);
+    assert_eq!(synced.updated[0].qualified_name, "ac__beta");
     // Nothing stale: exactly one mapping per stored tool.
     daemon.registry().assert_whole("acme", 3).await;
 

@@ -3,8 +3,9 @@
 //! cursor), written by the fastest plain approach on one connection in one
 //! transaction: COPY on PostgreSQL, one multi-row INSERT per table on SQLite.
 //! And a sync's floor: `changed` of a stored server's tools given new
-//! descriptions, its server row touched and the event that announces it,
-//! one `UPDATE … FROM` per table (from a `WITH v(id, d) AS (VALUES …)`,
+//! descriptions and the digests of their new content, its server row
+//! touched and the event that announces it, one `UPDATE … FROM` per table
+//! (from a `WITH v(id, d, h) AS (VALUES …)`,
 //! which both backends read) in one transaction, by a writer that already
 //! knows the difference (it reads nothing).
 
@@ -88,12 +89,21 @@ impl Rows {
 }
 
 impl Rows {
-    /// `(id, new description)` of the first `changed` tools, round `round`.
-    fn changes(&self, changed: usize, round: usize) -> Vec<(String, String)> {
+    /// `(id, new description, new digest)` of the first `changed` tools,
+    /// round `round`: a changed tool's row carries the digest of its new
+    /// content, as the daemon's does.
+    fn changes(&self, changed: usize, round: usize) -> Vec<(String, String, String)> {
         self.tools
             .iter()
+            .enumerate()
             .take(changed)
-            .map(|t| (t[0].clone(), format!("{} (round {round})", t[3])))
+            .map(|(i, t)| {
+                (
+                    t[0].clone(),
+                    format!("{} (round {round})", t[3]),
+                    format!("{:016x}{i:016x}", round + 1),
+                )
+            })
             .collect()
     }
 }
@@ -104,7 +114,7 @@ fn update_sql(rows: &Rows, changed: usize, round: usize) -> String {
     let values: Vec<String> = rows
         .changes(changed, round)
         .iter()
-        .map(|(id, d)| format!("({}, {})", q(id), q(d)))
+        .map(|(id, d, h)| format!("({}, {}, {})", q(id), q(d), q(h)))
         .collect();
     let names: Vec<&str> = rows
         .tools
@@ -113,7 +123,7 @@ fn update_sql(rows: &Rows, changed: usize, round: usize) -> String {
         .map(|t| t[2].as_str())
         .collect();
     format!(
-        "WITH v(id, d) AS (VALUES {}) UPDATE tools SET description = v.d FROM v WHERE tools.id = v.id; \
+        "WITH v(id, d, h) AS (VALUES {}) UPDATE tools SET description = v.d, content_hash = v.h FROM v WHERE tools.id = v.id; \
          UPDATE mcp_servers SET last_synced_at = {}, last_connected_at = {} WHERE id = {}; {}",
         values.join(","),
         rows.now + round as i64,

@@ -156,12 +156,10 @@ impl<'a> ToolColumns<'a> {
         columns
     }
 
-    /// `, qualified_name, description, input_schema, title, annotations,
-    /// output_schema, content_hash` as arrays: [`push_listed_fields`] for
-    /// PostgreSQL's unnest.
-    fn push_listed<'b>(&'b self, out: &mut AstPass<'_, 'b, Pg>) -> QueryResult<()> {
-        out.push_sql(", ");
-        out.push_bind_param::<Array<Text>, _>(&self.qualified_name)?;
+    /// `, description, input_schema, title, annotations, output_schema,
+    /// content_hash` as arrays: [`push_content_fields`] for PostgreSQL's
+    /// unnest.
+    fn push_content<'b>(&'b self, out: &mut AstPass<'_, 'b, Pg>) -> QueryResult<()> {
         out.push_sql(", ");
         out.push_bind_param::<Array<Text>, _>(&self.description)?;
         out.push_sql(", ");
@@ -197,7 +195,9 @@ impl QueryFragment<Sqlite> for InsertTools<'_> {
             out.push_bind_param::<Text, _>(&tool.name)?;
             out.push_sql(", ");
             out.push_bind_param::<BigInt, _>(&tool.created_at)?;
-            push_listed_fields(&mut out, tool)?;
+            out.push_sql(", ");
+            out.push_bind_param::<Text, _>(&tool.qualified_name)?;
+            push_content_fields(&mut out, tool)?;
             out.push_sql(")");
         }
         Ok(())
@@ -216,7 +216,9 @@ impl QueryFragment<Pg> for InsertTools<'_> {
         out.push_bind_param::<Array<Text>, _>(&c.name)?;
         out.push_sql(", ");
         out.push_bind_param::<Array<BigInt>, _>(&c.created_at)?;
-        c.push_listed(&mut out)?;
+        out.push_sql(", ");
+        out.push_bind_param::<Array<Text>, _>(&c.qualified_name)?;
+        c.push_content(&mut out)?;
         out.push_sql(")");
         Ok(())
     }
@@ -313,7 +315,12 @@ fn pg_columns<'a, 'b>(columns: &'b Option<ToolColumns<'a>>) -> QueryResult<&'b T
     })
 }
 
-const UPDATE_TOOLS_SET: &str = "UPDATE tools SET qualified_name = v.qualified_name, \
+/// What a sync rewrites in a tool it keeps. Not its qualified name: the
+/// row keeps its name, and its server's prefix changes only through
+/// `UpdateMcpServer`, which rewrites the qualified names itself. Setting it
+/// anyway would make SQLite rewrite the row's entry in the
+/// `(organization_id, qualified_name)` index, unchanged, for every row.
+const UPDATE_TOOLS_SET: &str = "UPDATE tools SET \
     description = v.description, input_schema = v.input_schema, title = v.title, \
     annotations = v.annotations, output_schema = v.output_schema, content_hash = v.content_hash ";
 
@@ -325,13 +332,13 @@ impl QueryFragment<Sqlite> for UpdateTools<'_> {
         // A CTE names the VALUES columns (SQLite has no column list on a
         // subquery's alias).
         out.push_sql(
-            "WITH v (id, qualified_name, description, input_schema, title, annotations, \
-             output_schema, content_hash) AS (VALUES ",
+            "WITH v (id, description, input_schema, title, annotations, output_schema, \
+             content_hash) AS (VALUES ",
         );
         for (i, tool) in self.rows.iter().enumerate() {
             out.push_sql(if i == 0 { "(" } else { ", (" });
             out.push_bind_param::<Text, _>(&tool.id)?;
-            push_listed_fields(&mut out, tool)?;
+            push_content_fields(&mut out, tool)?;
             out.push_sql(")");
         }
         out.push_sql(") ");
@@ -347,10 +354,10 @@ impl QueryFragment<Pg> for UpdateTools<'_> {
         out.push_sql(UPDATE_TOOLS_SET);
         out.push_sql("FROM unnest(");
         out.push_bind_param::<Array<Text>, _>(&c.id)?;
-        c.push_listed(&mut out)?;
+        c.push_content(&mut out)?;
         out.push_sql(
-            ") AS v (id, qualified_name, description, input_schema, title, annotations, \
-             output_schema, content_hash) WHERE tools.id = v.id",
+            ") AS v (id, description, input_schema, title, annotations, output_schema, \
+             content_hash) WHERE tools.id = v.id",
         );
         Ok(())
     }
@@ -361,17 +368,15 @@ impl QueryId for UpdateTools<'_> {
     const HAS_STATIC_QUERY_ID: bool = false;
 }
 
-/// `, qualified_name, description, input_schema, title, annotations,
-/// output_schema, content_hash`: what a server's listing sets, in the order
+/// `, description, input_schema, title, annotations, output_schema,
+/// content_hash`: a tool's content as its server lists it, in the order
 /// both the INSERT and the UPDATE name these columns.
-fn push_listed_fields<'b, DB>(out: &mut AstPass<'_, 'b, DB>, tool: &'b ToolRow) -> QueryResult<()>
+fn push_content_fields<'b, DB>(out: &mut AstPass<'_, 'b, DB>, tool: &'b ToolRow) -> QueryResult<()>
 where
     DB: Backend,
     String: ToSql<Text, DB>,
     Option<String>: ToSql<Nullable<Text>, DB>,
 {
-    out.push_sql(", ");
-    out.push_bind_param::<Text, _>(&tool.qualified_name)?;
     out.push_sql(", ");
     out.push_bind_param::<Text, _>(&tool.description)?;
     out.push_sql(", ");

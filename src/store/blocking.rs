@@ -1,47 +1,21 @@
 //! Where SQLite's work runs.
 //!
-//! diesel's SQLite connection is synchronous, and diesel-async's wrapper
-//! hands each statement to `spawn_blocking` and waits to be woken: two
-//! thread switches per statement, and a create is about seven statements
-//! (BEGIN, server, tools, mappings, cursor, event, COMMIT). Measured, those
-//! hops were most of a small create's persistence time.
+//! diesel's SQLite connection is synchronous; diesel-async's wrapper hands
+//! each statement to `spawn_blocking` and waits to be woken: two thread
+//! switches per statement, and a create is about seven statements (BEGIN,
+//! server, tools, mappings, cursor, event, COMMIT). Measured, those hops
+//! were most of a small create's persistence time.
 //!
 //! Here a whole unit of work (one `with_conn!` body) runs on the thread that
 //! polls it, after `block_in_place` has handed that worker's other tasks to
-//! another thread; the statements inside then run where they are issued.
-//! One hand-off per transaction instead of one per statement, and a body
-//! that has started always finishes: a cancelled call can no longer leave
-//! a transaction open between two statements.
+//! another thread; the statements inside then run where they are issued
+//! ([`super::sqlite_conn`]). One hand-off per transaction instead of one per
+//! statement, and a body that has started always finishes: a cancelled call
+//! can no longer leave a transaction open between two statements.
 
-use std::{error::Error, future::Future, panic::AssertUnwindSafe};
+use std::future::Future;
 
-use diesel_async::sync_connection_wrapper::SpawnBlocking;
-use futures::future::BoxFuture;
 use tokio::runtime::{Handle, RuntimeFlavor};
-
-/// diesel-async's runtime hook for the SQLite wrapper: a statement runs on
-/// the calling thread, after leaving the runtime if it has not been left.
-pub(crate) struct OnThisThread;
-
-impl SpawnBlocking for OnThisThread {
-    fn spawn_blocking<'a, R>(
-        &mut self,
-        task: impl FnOnce() -> R + Send + 'static,
-    ) -> BoxFuture<'a, Result<R, Box<dyn Error + Send + Sync + 'static>>>
-    where
-        R: Send + 'static,
-    {
-        // The tokio hook turns a panic into an error on the statement; keep
-        // that, so a panicking statement fails its call and not the daemon.
-        let outcome = leave_runtime(|| std::panic::catch_unwind(AssertUnwindSafe(task)))
-            .map_err(|_| "an SQLite statement panicked".into());
-        Box::pin(std::future::ready(outcome))
-    }
-
-    fn get_runtime() -> Self {
-        OnThisThread
-    }
-}
 
 /// Runs `work` to completion on this thread, out of the runtime's way.
 ///
@@ -57,7 +31,7 @@ pub(crate) async fn unit_of_work<F: Future>(work: F) -> F::Output {
 
 /// `block_in_place` where the runtime allows it; inside a unit of work
 /// (already out of the runtime) it costs nothing.
-fn leave_runtime<R>(f: impl FnOnce() -> R) -> R {
+pub(super) fn leave_runtime<R>(f: impl FnOnce() -> R) -> R {
     match multi_thread() {
         Some(_) => tokio::task::block_in_place(f),
         None => f(),

@@ -18,6 +18,7 @@ mod queries;
 mod reuse;
 mod schema;
 mod sealer;
+mod sqlite_conn;
 mod sync;
 mod sync_lease;
 
@@ -27,13 +28,11 @@ use std::{
     time::Duration,
 };
 
-use diesel::SqliteConnection;
 use diesel_async::{
     AsyncConnection, AsyncPgConnection, SimpleAsyncConnection,
     pooled_connection::{
         AsyncDieselConnectionManager, ManagerConfig, PoolError, PoolableConnection, RecyclingMethod,
     },
-    sync_connection_wrapper::SyncConnectionWrapper,
 };
 use futures::FutureExt;
 use tokio::sync::{Mutex, MutexGuard};
@@ -56,7 +55,7 @@ use metrics::{LeaseCount, PoolMetrics};
 /// A metric's name, help and how it reads the pool's figures.
 type Pulled<T> = exposition::Figure<PoolStats, T>;
 
-pub(crate) type SqliteConn = SyncConnectionWrapper<SqliteConnection, blocking::OnThisThread>;
+pub(crate) use sqlite_conn::SqliteConn;
 type PgManager = AsyncDieselConnectionManager<AsyncPgConnection>;
 type SqliteManager = AsyncDieselConnectionManager<SqliteConn>;
 

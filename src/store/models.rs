@@ -239,31 +239,68 @@ fn tool_digest(tool: &NewTool, annotations: Option<&str>) -> Digest {
     )
 }
 
+fn new_tool_id() -> String {
+    uuid::Uuid::now_v7().to_string()
+}
+
 impl ToolRow {
+    /// A new tool's row, under a new id.
     pub(super) fn new(
         organization_id: &str,
         tool_prefix: &str,
         tool: NewTool,
         created_at: i64,
     ) -> ToolRow {
-        let id = uuid::Uuid::now_v7().to_string();
-        ToolRow::with_id(id, organization_id, tool_prefix, tool, created_at)
+        let annotations = annotations_column(&tool);
+        let digest = tool_digest(&tool, annotations.as_deref());
+        ToolRow::build(
+            new_tool_id(),
+            organization_id,
+            tool_prefix,
+            tool,
+            annotations,
+            &digest,
+            created_at,
+        )
     }
 
-    /// The row of a tool stored under `id` already.
-    pub(super) fn with_id(
+    /// The row of a listed tool whose digest the sync has computed already
+    /// ([`listed_digest`]): under `id` if it is stored already, else a new
+    /// one.
+    pub(super) fn of_listed(
+        id: Option<String>,
+        organization_id: &str,
+        tool_prefix: &str,
+        tool: NewTool,
+        digest: &Digest,
+        created_at: i64,
+    ) -> ToolRow {
+        let annotations = annotations_column(&tool);
+        ToolRow::build(
+            id.unwrap_or_else(new_tool_id),
+            organization_id,
+            tool_prefix,
+            tool,
+            annotations,
+            digest,
+            created_at,
+        )
+    }
+
+    fn build(
         id: String,
         organization_id: &str,
         tool_prefix: &str,
         tool: NewTool,
+        annotations: Option<String>,
+        digest: &Digest,
         created_at: i64,
     ) -> ToolRow {
-        let annotations = annotations_column(&tool);
         ToolRow {
             id,
             organization_id: organization_id.to_owned(),
             qualified_name: format!("{tool_prefix}{}", tool.name),
-            content_hash: digest_hex(&tool_digest(&tool, annotations.as_deref())),
+            content_hash: digest_hex(digest),
             name: tool.name,
             description: tool.description,
             input_schema: tool.input_schema_json,
@@ -385,6 +422,19 @@ mod tests {
             Some(listed_digest(&tool))
         );
         assert_eq!(row.computed_hash(), row.content_hash);
+        let digest = listed_digest(&tool);
+        let kept = ToolRow::of_listed(
+            Some(row.id.clone()),
+            "acme",
+            "gh__",
+            tool.clone(),
+            &digest,
+            0,
+        );
+        assert_eq!(
+            (kept.id.as_str(), kept.content_hash.as_str()),
+            (row.id.as_str(), row.content_hash.as_str())
+        );
         let bare = crate::model::NewTool {
             annotations: None,
             ..tool

@@ -33,8 +33,13 @@ pub(super) trait Reuse: Sized {
 
 impl<Q> Reuse for Q {}
 
+/// The query id of every [`Reused`] statement. Not a cache key (the cache
+/// keys them by their SQL text): it tells the SQLite connection which
+/// statements answer for their own caching ([`super::sqlite_conn`]).
+pub(super) struct ReusedStatement;
+
 impl<Q> QueryId for Reused<Q> {
-    type QueryId = ();
+    type QueryId = ReusedStatement;
     // Not keyed by type: the statement cache keys it by its SQL text.
     const HAS_STATIC_QUERY_ID: bool = false;
 }

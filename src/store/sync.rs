@@ -384,14 +384,12 @@ impl Diff {
     ) -> Diff {
         let mut legacy: HashMap<String, ToolRow> =
             legacy.into_iter().map(|t| (t.id.clone(), t)).collect();
+        // A stored tool keeps its id: it changes in place, and its
+        // created_at is not rewritten. Its digest is the listing's.
         let row = |id: Option<String>, index: usize| {
             let (org, prefix) = (&server.organization_id, &server.tool_prefix);
             let tool = listed.tools[index].clone();
-            match id {
-                // Same id: a tool changes in place; created_at is not rewritten.
-                Some(id) => ToolRow::with_id(id, org, prefix, tool, now),
-                None => ToolRow::new(org, prefix, tool, now),
-            }
+            ToolRow::of_listed(id, org, prefix, tool, &listed.digests[index], now)
         };
         let mut added: Vec<ToolRow> = plan.added.into_iter().map(|i| row(None, i)).collect();
         let mut updated = Vec::new();

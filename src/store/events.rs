@@ -75,10 +75,10 @@ impl EventDraft {
     }
 }
 
-#[derive(Debug, Clone, Queryable, Selectable, Insertable)]
+/// An event as a watcher reads it back (of its own organization).
+#[derive(Debug, Clone, Queryable, Selectable)]
 #[diesel(table_name = server_events)]
 struct EventRow {
-    organization_id: String,
     seq: i64,
     kind: String,
     server_id: String,
@@ -124,97 +124,113 @@ impl EventRow {
     }
 }
 
-/// Appends events to the organization's log inside a transaction the caller
-/// opened, as its last statements. Taking the cursors locks the
-/// organization's `event_cursors` row until commit, so commit order is cursor
-/// order. One body, instantiated for each backend's connection.
+/// Appends an event to the organization's log inside a transaction the
+/// caller opened, as its last statements. Moving the organization's cursor
+/// on locks its `event_cursors` row until commit, so commit order is cursor
+/// order.
 pub(super) trait AppendEvents {
-    async fn append_events(
+    async fn append_event(
         &mut self,
         retention: &EventRetention,
         org: &str,
-        drafts: &[EventDraft],
+        event: &EventDraft,
     ) -> Result<(), StoreError>;
 }
 
-macro_rules! append_body {
-    ($conn:expr, $retention:expr, $org:expr, $drafts:expr, $postgres:expr) => {{
-        let conn = $conn;
-        let org: &str = $org;
-        let drafts: &[EventDraft] = $drafts;
-        if drafts.is_empty() {
-            return Ok(());
-        }
-        let count = i64::try_from(drafts.len()).unwrap_or(i64::MAX);
-        let last: i64 = diesel::insert_into(event_cursors::table)
-            .values((
-                event_cursors::organization_id.eq(org),
-                event_cursors::last_seq.eq(count),
-            ))
-            .on_conflict(event_cursors::organization_id)
-            .do_update()
-            .set(event_cursors::last_seq.eq(event_cursors::last_seq + count))
-            .returning(event_cursors::last_seq)
-            .reused()
-            .get_result(conn)
-            .await?;
-        let now = to_ms(std::time::SystemTime::now());
-        for (seq, draft) in (last - count + 1..).zip(drafts) {
-            diesel::insert_into(server_events::table)
-                .values(EventRow {
-                    organization_id: org.to_owned(),
-                    seq,
-                    kind: draft.kind.to_owned(),
-                    server_id: draft.server_id.clone(),
-                    payload: draft.payload.clone(),
-                    created_at: now,
-                })
-                .reused()
-                .execute(conn)
-                .await?;
-        }
+/// PostgreSQL: the cursor moved on, the event written at it and announced,
+/// in one statement (one round trip where three were). The notification is
+/// delivered at commit, and only then, to every replica's listener; a
+/// notification repeated in one transaction is delivered once.
+const APPEND_EVENT_PG: &str = "WITH cursor AS (\
+        INSERT INTO event_cursors (organization_id, last_seq) VALUES ($1, 1) \
+        ON CONFLICT (organization_id) DO UPDATE SET last_seq = event_cursors.last_seq + 1 \
+        RETURNING last_seq) \
+    INSERT INTO server_events (organization_id, seq, kind, server_id, payload, created_at) \
+    SELECT $1, cursor.last_seq, $2, $3, $4, $5 FROM cursor, (SELECT pg_notify($6, $1)) AS announced \
+    RETURNING seq";
+
+#[derive(QueryableByName)]
+struct Appended {
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    seq: i64,
+}
+
+/// Prunes the organization's log to its newest `max_events` once the event
+/// at `seq` is written (a macro: instantiated for each backend's
+/// connection).
+macro_rules! prune_to_retention {
+    ($conn:expr, $retention:expr, $org:expr, $seq:expr) => {{
         let keep = i64::try_from($retention.max_events).unwrap_or(i64::MAX);
-        if last > keep {
+        let seq: i64 = $seq;
+        if seq > keep {
             diesel::delete(
                 server_events::table
-                    .filter(server_events::organization_id.eq(org))
-                    .filter(server_events::seq.le(last - keep)),
+                    .filter(server_events::organization_id.eq($org))
+                    .filter(server_events::seq.le(seq - keep)),
             )
-            .execute(conn)
+            .execute($conn)
             .await?;
-        }
-        if $postgres {
-            // Delivered at commit, and only then, to every replica's listener.
-            diesel::sql_query("SELECT pg_notify($1, $2)")
-                .bind::<diesel::sql_types::Text, _>(CHANNEL)
-                .bind::<diesel::sql_types::Text, _>(org)
-                .reused()
-                .execute(conn)
-                .await?;
         }
         Ok(())
     }};
 }
 
 impl AppendEvents for AsyncPgConnection {
-    async fn append_events(
+    async fn append_event(
         &mut self,
         retention: &EventRetention,
         org: &str,
-        drafts: &[EventDraft],
+        event: &EventDraft,
     ) -> Result<(), StoreError> {
-        append_body!(self, retention, org, drafts, true)
+        use diesel::sql_types::{BigInt, Text};
+        let Appended { seq } = diesel::sql_query(APPEND_EVENT_PG)
+            .bind::<Text, _>(org)
+            .bind::<Text, _>(event.kind)
+            .bind::<Text, _>(&event.server_id)
+            .bind::<Text, _>(&event.payload)
+            .bind::<BigInt, _>(to_ms(std::time::SystemTime::now()))
+            .bind::<Text, _>(CHANNEL)
+            .reused()
+            .get_result(self)
+            .await?;
+        prune_to_retention!(self, retention, org, seq)
     }
 }
 
 impl AppendEvents for super::SqliteConn {
-    async fn append_events(
+    async fn append_event(
         &mut self,
         retention: &EventRetention,
         org: &str,
-        drafts: &[EventDraft],
+        event: &EventDraft,
     ) -> Result<(), StoreError> {
-        append_body!(self, retention, org, drafts, false)
+        // SQLite's writers are all in this process: the watchers are woken
+        // in-process once the transaction has committed.
+        let seq: i64 = diesel::insert_into(event_cursors::table)
+            .values((
+                event_cursors::organization_id.eq(org),
+                event_cursors::last_seq.eq(1),
+            ))
+            .on_conflict(event_cursors::organization_id)
+            .do_update()
+            .set(event_cursors::last_seq.eq(event_cursors::last_seq + 1))
+            .returning(event_cursors::last_seq)
+            .reused()
+            .get_result(self)
+            .await?;
+        diesel::insert_into(server_events::table)
+            .values((
+                server_events::organization_id.eq(org),
+                server_events::seq.eq(seq),
+                server_events::kind.eq(event.kind),
+                server_events::server_id.eq(&event.server_id),
+                server_events::payload.eq(&event.payload),
+                server_events::created_at.eq(to_ms(std::time::SystemTime::now())),
+            ))
+            .reused()
+            .execute(self)
+            .await?;
+        prune_to_retention!(self, retention, org, seq)
     }
 }
 

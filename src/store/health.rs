@@ -88,7 +88,7 @@ impl Store {
                         row,
                         ToolChanges::default(),
                     );
-                    conn.append_events(retention, org, &[event]).await?;
+                    conn.append_event(retention, org, &event).await?;
                 }
                 Ok(transition.is_some())
             })

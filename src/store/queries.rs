@@ -139,7 +139,7 @@ impl Store {
                     .values(authorization)
                     .execute(conn)
                     .await?;
-                conn.append_events(retention, &row.organization_id, &[event])
+                conn.append_event(retention, &row.organization_id, &event)
                     .await
             })
             .await
@@ -217,7 +217,7 @@ impl Store {
                     .await?;
                 let event =
                     EventDraft::new(ServerEventKind::StatusChanged, &row, ToolChanges::default());
-                conn.append_events(retention, org, &[event]).await
+                conn.append_event(retention, org, &event).await
             })
             .await
         })?;
@@ -255,7 +255,7 @@ impl Store {
                 .ok_or_else(|| StoreError::ServerNotFound(server_id.to_owned()))?;
                 let event =
                     EventDraft::new(ServerEventKind::StatusChanged, &row, ToolChanges::default());
-                conn.append_events(retention, org, &[event]).await?;
+                conn.append_event(retention, org, &event).await?;
                 Ok(row)
             })
             .await
@@ -321,7 +321,7 @@ impl Store {
                         row,
                         ToolChanges::default(),
                     );
-                    conn.append_events(retention, org, &[event]).await?;
+                    conn.append_event(retention, org, &event).await?;
                 }
                 Ok(row.is_some())
             })
@@ -493,7 +493,7 @@ impl Store {
                     ..ToolChanges::default()
                 };
                 let event = EventDraft::new(kind, &row, added);
-                conn.append_events(retention, org, &[event]).await?;
+                conn.append_event(retention, org, &event).await?;
                 Ok(row)
             })
             .await
@@ -766,7 +766,7 @@ impl Store {
                     .await?;
                 let event =
                     EventDraft::new(ServerEventKind::Closed, &server, ToolChanges::default());
-                conn.append_events(retention, org, &[event]).await?;
+                conn.append_event(retention, org, &event).await?;
                 Ok(DeletedServer {
                     removed_tools: u32::try_from(removed_tools).unwrap_or(u32::MAX),
                     removed_mappings: u32::try_from(removed_mappings).unwrap_or(u32::MAX),

@@ -131,7 +131,7 @@ impl Store {
                 };
                 if let Some(kind) = kind {
                     let event = EventDraft::new(kind, &row, changes);
-                    conn.append_events(retention, org, &[event]).await?;
+                    conn.append_event(retention, org, &event).await?;
                 }
                 Ok((synced, kind.is_some(), stored))
             })
@@ -553,7 +553,7 @@ impl Store {
                     .map(|(tools, _)| tools.changes())
                     .unwrap_or_default();
                 let event = EventDraft::new(ServerEventKind::Updated, &row, changes);
-                conn.append_events(retention, org, &[event]).await?;
+                conn.append_event(retention, org, &event).await?;
                 Ok((row, synced))
             })
             .await

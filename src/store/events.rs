@@ -128,7 +128,7 @@ impl EventRow {
 /// caller opened, as its last statements. Moving the organization's cursor
 /// on locks its `event_cursors` row until commit, so commit order is cursor
 /// order.
-pub(super) trait AppendEvents {
+pub(super) trait AppendEvent {
     async fn append_event(
         &mut self,
         retention: &EventRetention,
@@ -175,7 +175,7 @@ macro_rules! prune_to_retention {
     }};
 }
 
-impl AppendEvents for AsyncPgConnection {
+impl AppendEvent for AsyncPgConnection {
     async fn append_event(
         &mut self,
         retention: &EventRetention,
@@ -197,7 +197,7 @@ impl AppendEvents for AsyncPgConnection {
     }
 }
 
-impl AppendEvents for super::SqliteConn {
+impl AppendEvent for super::SqliteConn {
     async fn append_event(
         &mut self,
         retention: &EventRetention,

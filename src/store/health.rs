@@ -7,7 +7,7 @@ use diesel_async::{AsyncConnection, RunQueryDsl};
 
 use super::{
     Access, Store, StoreError,
-    events::{AppendEvents, EventDraft},
+    events::{AppendEvent, EventDraft},
     models::{ServerRow, state_column, to_ms},
     queries::one_server,
     schema::mcp_servers,

@@ -8,7 +8,7 @@ use super::{
     Access, Backend, Sealer, Store, StoreError,
     batch::WriteTools,
     error::is_unique_violation,
-    events::{AppendEvents, EventDraft},
+    events::{AppendEvent, EventDraft},
     models::{ServerRow, ToolRow, server_state, state_column, to_ms, transport_kind_column},
     reuse::Reuse,
     schema::{mcp_servers, oauth_authorizations, server_tools, tools},

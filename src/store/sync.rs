@@ -10,7 +10,7 @@ use super::{
     Access, Backend, Store, StoreError,
     batch::WriteTools,
     digest_cache::{DigestCache, StoredTools},
-    events::{AppendEvents, EventDraft},
+    events::{AppendEvent, EventDraft},
     models::{
         Digest, ServerRow, ToolRow, digest_of_column, listed_digest, to_ms, transport_kind_column,
     },

@@ -90,20 +90,10 @@ impl AsyncConnectionCore for SqliteConn {
         // The rows are read whole: a borrowed row cannot outlive this call,
         // and nothing here waits between rows anyway.
         std::future::ready(self.run(|conn| {
-            let mut names = <<SqliteConnection as LoadConnection>::Row<'_, '_> as IntoOwnedRow<
-                '_,
-                Sqlite,
-            >>::Cache::default();
             let query = source.as_query();
-            let rows: Vec<QueryResult<Row>> = match by_reference(&query)? {
-                Some(collected) => conn
-                    .load(collected)?
-                    .map(|row| row.map(|row| row.into_owned(&mut names)))
-                    .collect(),
-                None => conn
-                    .load(Untyped(query))?
-                    .map(|row| row.map(|row| row.into_owned(&mut names)))
-                    .collect(),
+            let rows = match by_reference(&query)? {
+                Some(collected) => owned(conn.load(collected)?),
+                None => owned(conn.load(Untyped(query))?),
             };
             Ok(stream::iter(rows))
         }))
@@ -180,6 +170,17 @@ impl TransactionManager<SqliteConn> for Transactions {
             &mut conn.inner,
         )
     }
+}
+
+/// Every row of `cursor`, copied out of SQLite's statement.
+fn owned(cursor: <SqliteConnection as LoadConnection>::Cursor<'_, '_>) -> Vec<QueryResult<Row>> {
+    let mut names = <<SqliteConnection as LoadConnection>::Row<'_, '_> as IntoOwnedRow<
+        '_,
+        Sqlite,
+    >>::Cache::default();
+    cursor
+        .map(|row| row.map(|row| row.into_owned(&mut names)))
+        .collect()
 }
 
 /// A [`Reused`](super::reuse) statement's SQL and values, rendered.

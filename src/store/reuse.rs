@@ -63,7 +63,7 @@ impl<Q: QueryFragment<DB>, DB: Backend> QueryFragment<DB> for Reused<Q> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use std::sync::{Arc, Mutex};
 
     use diesel::{
@@ -83,7 +83,7 @@ mod tests {
 
     /// The SQL of every statement a connection prepares into its cache.
     #[derive(Clone, Default)]
-    struct Cached(Arc<Mutex<Vec<String>>>);
+    pub(in crate::store) struct Cached(pub(in crate::store) Arc<Mutex<Vec<String>>>);
 
     impl Instrumentation for Cached {
         fn on_connection_event(&mut self, event: InstrumentationEvent<'_>) {

@@ -311,24 +311,9 @@ impl<Q: QueryFragment<Sqlite>> QueryFragment<Sqlite> for Untyped<Q> {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::{Arc, Mutex};
-
-    use diesel::connection::{Instrumentation, InstrumentationEvent};
     use diesel_async::{AsyncConnection, RunQueryDsl, SimpleAsyncConnection};
 
-    use crate::store::StoreError;
-
-    /// The SQL of every statement a connection prepares into its cache.
-    #[derive(Clone, Default)]
-    struct Cached(Arc<Mutex<Vec<String>>>);
-
-    impl Instrumentation for Cached {
-        fn on_connection_event(&mut self, event: InstrumentationEvent<'_>) {
-            if let InstrumentationEvent::CacheQuery { sql, .. } = event {
-                self.0.lock().unwrap().push(sql.to_owned());
-            }
-        }
-    }
+    use crate::store::{StoreError, reuse::tests::Cached};
 
     #[tokio::test]
     async fn transactions_prepare_begin_commit_and_rollback_once_per_connection() {

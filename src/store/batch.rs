@@ -357,8 +357,14 @@ impl QueryFragment<Pg> for UpdateTools<'_> {
         c.push_content(&mut out)?;
         out.push_sql(
             ") AS v (id, description, input_schema, title, annotations, output_schema, \
-             content_hash) WHERE tools.id = v.id",
+             content_hash) WHERE tools.id = v.id AND tools.id = ANY(",
         );
+        // The join alone let the planner, told the batch's size, choose a
+        // hash join over a scan of every organization's tools (50 changed
+        // among 5,000: 0.8 ms of a 1.2 ms statement); the ids as an index
+        // condition bound the rows it reads to the batch's.
+        out.push_bind_param::<Array<Text>, _>(&c.id)?;
+        out.push_sql(")");
         Ok(())
     }
 }
@@ -409,6 +415,87 @@ mod tests {
         assert!(sql(&UpdateTools::rows(&[])).is_err());
         assert!(sql(&InsertTools::columns(&[])).is_ok());
         assert!(sql(&UpdateTools::columns(&[])).is_ok());
+    }
+
+    /// `EXPLAIN (FORMAT JSON)` of a PostgreSQL statement, run with its
+    /// binds as the daemon runs it (a custom plan, the batch's size known).
+    struct Explain<T>(T);
+
+    impl<T: QueryFragment<Pg>> QueryFragment<Pg> for Explain<T> {
+        fn walk_ast<'b>(&'b self, mut out: AstPass<'_, 'b, Pg>) -> QueryResult<()> {
+            out.push_sql("EXPLAIN (FORMAT JSON) ");
+            self.0.walk_ast(out.reborrow())
+        }
+    }
+
+    impl<T> QueryId for Explain<T> {
+        type QueryId = ();
+        const HAS_STATIC_QUERY_ID: bool = false;
+    }
+
+    impl<T> diesel::query_builder::Query for Explain<T> {
+        type SqlType = Text;
+    }
+
+    fn tool_row(i: usize) -> ToolRow {
+        ToolRow {
+            id: format!("tool-{i:05}"),
+            organization_id: format!("org-{}", i % 50),
+            name: format!("tool_{i:05}"),
+            qualified_name: format!("tool_{i:05}"),
+            description: format!("Tool number {i}."),
+            input_schema: r#"{"type":"object"}"#.to_owned(),
+            created_at: 0,
+            title: String::new(),
+            annotations: None,
+            output_schema: None,
+            content_hash: format!("{i:032x}"),
+        }
+    }
+
+    /// A sync that changes 50 of 5,000 tools reads those 50 through the
+    /// primary key. Joined on the id alone, the planner (told the batch's
+    /// size) hashed the batch and scanned the whole table, which holds
+    /// every organization's tools, on every sync.
+    #[tokio::test]
+    async fn postgresql_updates_read_only_the_batch_tools() {
+        use diesel_async::{AsyncConnection, SimpleAsyncConnection};
+        let mut conn = AsyncPgConnection::establish("postgres://postgres@127.0.0.1:5432/postgres")
+            .await
+            .expect("PostgreSQL on 127.0.0.1:5432 (see README: the test command starts it)");
+        // A session's temporary table comes first in its search path: this
+        // `tools` is the statement's, and goes with the connection.
+        conn.batch_execute(
+            "CREATE TEMPORARY TABLE tools (id TEXT PRIMARY KEY, organization_id TEXT NOT NULL, \
+             name TEXT NOT NULL, qualified_name TEXT NOT NULL, description TEXT NOT NULL, \
+             input_schema TEXT NOT NULL, created_at BIGINT NOT NULL, title TEXT NOT NULL DEFAULT '', \
+             annotations TEXT, output_schema TEXT, content_hash TEXT NOT NULL DEFAULT '')",
+        )
+        .await
+        .unwrap();
+        let rows: Vec<ToolRow> = (0..5000).map(tool_row).collect();
+        InsertTools::columns(&rows)
+            .execute(&mut conn)
+            .await
+            .unwrap();
+        conn.batch_execute("ANALYZE tools").await.unwrap();
+
+        let changed = &rows[..50];
+        let plan: String = Explain(UpdateTools::columns(changed))
+            .get_result(&mut conn)
+            .await
+            .unwrap();
+        assert!(
+            !plan.contains("Seq Scan"),
+            "the update scans the table: {plan}"
+        );
+        assert_eq!(
+            UpdateTools::columns(changed)
+                .execute(&mut conn)
+                .await
+                .unwrap(),
+            50
+        );
     }
 
     #[test]

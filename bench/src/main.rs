@@ -23,7 +23,7 @@ use crate::{
     calls::CallPlan,
     env::{Backend, Daemon, Db, start_mcp_server},
     fanout::FanoutPool,
-    floor::{PgFloor, Rows, SqliteFloor},
+    floor::{PgFloor, Rows, SqliteFloor, SyncFloor},
     stats::{round, summarize},
 };
 
@@ -352,18 +352,17 @@ async fn run_backend(cli: &Cli, plan: &Plan, db: &Db) -> anyhow::Result<(Vec<Val
 }
 
 /// Sync of a large server with 1% of its tools changed, against closing and
-/// registering it again.
+/// registering it again, and against the sync floor.
 async fn run_sync(cli: &Cli, plan: &Plan, db: &Db, daemon: &Daemon) -> anyhow::Result<Value> {
     let (n, changed, runs) = plan.sync;
-    let mut row = scenarios::sync_vs_recreate(daemon, &cli.test_server, n, changed, runs).await?;
-    let floor_ms = sync_floor(db, n, changed, runs).await?;
-    let persist = row["sync_persist_p50_ms"].as_f64().unwrap_or(0.0);
-    row["sync_floor_ms"] = json!(round(floor_ms));
-    row["sync_floor_ratio"] = json!(if floor_ms > 0.0 {
-        round(persist / floor_ms)
-    } else {
-        0.0
-    });
+    let mut floor = match db.backend {
+        Backend::Postgres => SyncFloor::postgres(&db.url, n, changed).await?,
+        Backend::Sqlite => {
+            SyncFloor::sqlite(&db.sqlite_path().context("sqlite path")?, n, changed)?
+        }
+    };
+    let mut row =
+        scenarios::sync_vs_recreate(daemon, &cli.test_server, n, changed, runs, &mut floor).await?;
     row["backend"] = json!(db.backend.name());
     eprintln!("  sync n={n} changed={changed}: {row}");
     Ok(row)
@@ -441,34 +440,6 @@ async fn floor(db: &Db, n: usize, runs: usize) -> anyhow::Result<f64> {
             times = tokio::task::spawn_blocking(move || -> anyhow::Result<Vec<f64>> {
                 let mut floor = SqliteFloor::connect(&path)?;
                 (0..runs).map(|_| floor.write(&Rows::new(n))).collect()
-            })
-            .await??;
-        }
-    }
-    Ok(summarize(&times).p50)
-}
-
-/// The sync floor at `n` tools with `changed` of them changed, p50 of
-/// `runs`.
-async fn sync_floor(db: &Db, n: usize, changed: usize, runs: usize) -> anyhow::Result<f64> {
-    let rows = Rows::new(n);
-    let mut times = Vec::with_capacity(runs);
-    match db.backend {
-        Backend::Postgres => {
-            let mut floor = PgFloor::connect(&db.url).await?;
-            floor.write(&rows).await?;
-            for round in 1..=runs {
-                times.push(floor.update(&rows, changed, round).await?);
-            }
-        }
-        Backend::Sqlite => {
-            let path = db.sqlite_path().context("sqlite path")?;
-            times = tokio::task::spawn_blocking(move || -> anyhow::Result<Vec<f64>> {
-                let mut floor = SqliteFloor::connect(&path)?;
-                floor.write(&rows)?;
-                (1..=runs)
-                    .map(|round| floor.update(&rows, changed, round))
-                    .collect()
             })
             .await??;
         }
@@ -594,7 +565,7 @@ fn print_registry(rows: &[Value], fanout: &[Value], f: impl Fn(&Value) -> String
     }
     println!("\nSync with 1% changed vs close and register again (daemon)");
     println!(
-        "{:<9} {:>5} {:>7} {:>9} {:>8} {:>11} {:>9} {:>8} {:>7} {:>11} {:>15} {:>8} {:>9} {:>9}",
+        "{:<9} {:>5} {:>7} {:>9} {:>8} {:>11} {:>9} {:>8} {:>9} {:>6} {:>7} {:>11} {:>15} {:>8} {:>9} {:>9}",
         "backend",
         "n",
         "changed",
@@ -603,6 +574,8 @@ fn print_registry(rows: &[Value], fanout: &[Value], f: impl Fn(&Value) -> String
         "persist ms",
         "floor ms",
         "floor x",
+        "hot floor",
+        "hot x",
         "rows",
         "recreate ms",
         "persist ms",
@@ -612,7 +585,7 @@ fn print_registry(rows: &[Value], fanout: &[Value], f: impl Fn(&Value) -> String
     );
     for r in rows.iter().filter(|r| r["scenario"] == "sync_vs_recreate") {
         println!(
-            "{:<9} {:>5} {:>7} {:>9} {:>8} {:>11} {:>9} {:>8} {:>7} {:>11} {:>15} {:>8} {:>9} {:>9}",
+            "{:<9} {:>5} {:>7} {:>9} {:>8} {:>11} {:>9} {:>8} {:>9} {:>6} {:>7} {:>11} {:>15} {:>8} {:>9} {:>9}",
             r["backend"].as_str().unwrap_or(""),
             f(&r["n"]),
             f(&r["changed"]),
@@ -621,6 +594,8 @@ fn print_registry(rows: &[Value], fanout: &[Value], f: impl Fn(&Value) -> String
             f(&r["sync_persist_p50_ms"]),
             f(&r["sync_floor_ms"]),
             f(&r["sync_floor_ratio"]),
+            f(&r["sync_hot_floor_ms"]),
+            f(&r["sync_hot_floor_ratio"]),
             f(&r["sync_rows_written"]),
             f(&r["recreate_p50_ms"]),
             f(&r["recreate_persist_p50_ms"]),

@@ -16,6 +16,7 @@ use tonic::{metadata::MetadataMap, transport::Channel};
 
 use crate::{
     env::{Daemon, ProcStat},
+    floor::SyncFloor,
     stats::{round, summarize},
 };
 
@@ -354,7 +355,10 @@ fn write_tools_file(
 
 /// Issue 10's sync figure: an `n`-tool server with `changed` tools changed,
 /// synced (the exact difference, in place) against what a resync without a
-/// difference does (close it and register it again). Rows written are the
+/// difference does (close it and register it again), and its persistence
+/// against `floor`, one round of which runs after each sync (see
+/// [`SyncFloor`]; the back-to-back figure is reported beside it). Rows
+/// written are the
 /// answer's own counts: tools updated or added/removed (with their mapping),
 /// plus the server row and the watch event; a close and create write and
 /// delete the server, every tool and every mapping, and write two events.
@@ -364,6 +368,7 @@ pub async fn sync_vs_recreate(
     n: usize,
     changed: usize,
     runs: usize,
+    floor: &mut SyncFloor,
 ) -> anyhow::Result<Value> {
     let org = "sync";
     let dir = tempfile::tempdir()?;
@@ -383,6 +388,7 @@ pub async fn sync_vs_recreate(
     let mut sync_diff_ms = Vec::new();
     let mut sync_persist_ms = Vec::new();
     let mut sync_rows = 0;
+    let mut floor_ms = Vec::with_capacity(runs);
     for round in 1..=runs {
         write_tools_file(&file, n, changed, round)?;
         let started = Instant::now();
@@ -407,6 +413,11 @@ pub async fn sync_vs_recreate(
         );
         // Tools, mappings, the server row and the event that announces it.
         sync_rows = body.updated.len() + 2 * (body.added.len() + body.removed.len()) + 2;
+        floor_ms.push(floor.round().await?);
+    }
+    let mut hot_floor_ms = Vec::with_capacity(runs);
+    for _ in 0..runs {
+        hot_floor_ms.push(floor.round().await?);
     }
     // The same change applied the other way: close, then register again.
     let mut recreate_ms = Vec::new();
@@ -430,6 +441,14 @@ pub async fn sync_vs_recreate(
         summarize(&sync_persist_ms),
     );
     let (recreate, recreate_persist) = (summarize(&recreate_ms), summarize(&recreate_persist_ms));
+    let (floor, hot_floor) = (summarize(&floor_ms).p50, summarize(&hot_floor_ms).p50);
+    let ratio = |over: f64, under: f64| {
+        if under > 0.0 {
+            round(over / under)
+        } else {
+            0.0
+        }
+    };
     Ok(json!({
         "scenario": "sync_vs_recreate",
         "n": n,
@@ -438,12 +457,16 @@ pub async fn sync_vs_recreate(
         "sync_p50_ms": round(sync.p50),
         "sync_diff_p50_ms": round(sync_diff.p50),
         "sync_persist_p50_ms": round(sync_persist.p50),
+        "sync_floor_ms": round(floor),
+        "sync_floor_ratio": ratio(sync_persist.p50, floor),
+        "sync_hot_floor_ms": round(hot_floor),
+        "sync_hot_floor_ratio": ratio(sync_persist.p50, hot_floor),
         "sync_rows_written": sync_rows,
         "recreate_p50_ms": round(recreate.p50),
         "recreate_persist_p50_ms": round(recreate_persist.p50),
         "recreate_rows_written": recreate_rows,
-        "rows_ratio": if sync_rows > 0 { round(recreate_rows as f64 / sync_rows as f64) } else { 0.0 },
-        "time_ratio": if sync.p50 > 0.0 { round(recreate.p50 / sync.p50) } else { 0.0 },
+        "rows_ratio": ratio(recreate_rows as f64, sync_rows as f64),
+        "time_ratio": ratio(recreate.p50, sync.p50),
     }))
 }
 

@@ -118,6 +118,8 @@ fn quick_run_writes_the_documented_json() {
             "recreate_persist_p50_ms",
             "sync_floor_ms",
             "sync_floor_ratio",
+            "sync_hot_floor_ms",
+            "sync_hot_floor_ratio",
         ] {
             assert!(
                 sync[key].as_f64().is_some_and(|v| v > 0.0),

@@ -307,7 +307,7 @@ impl SqliteFloor {
 /// parsed, the test server's answer and the daemon's work), and then
 /// `runs` more back to back, which is how it used to be measured alone.
 /// Back to back, each round finds the CPU's caches warm from the one
-/// before: SQLite's floor took 0.07-0.14 ms so against 0.35-0.37 ms after
+/// before: SQLite's floor took 0.07-0.14 ms that way, against 0.35-0.37 ms after
 /// 64 MB were written in between (quick runs, 1,000 tools, 10 changed),
 /// while the daemon's sync executes about 1.4 times the floor's
 /// instructions (callgrind); a hot loop is a transaction no request meets.

@@ -359,8 +359,8 @@ impl QueryFragment<Pg> for UpdateTools<'_> {
             ") AS v (id, description, input_schema, title, annotations, output_schema, \
              content_hash) WHERE tools.id = v.id AND tools.id = ANY(",
         );
-        // The join alone let the planner, told the batch's size, choose a
-        // hash join over a scan of every organization's tools (50 changed
+        // The join alone let the planner, told the batch's size (a custom
+        // plan), choose a hash join over a scan of every organization's tools (50 changed
         // among 5,000: 0.8 ms of a 1.2 ms statement); the ids as an index
         // condition bound the rows it reads to the batch's.
         out.push_bind_param::<Array<Text>, _>(&c.id)?;
@@ -418,7 +418,9 @@ mod tests {
     }
 
     /// `EXPLAIN (FORMAT JSON)` of a PostgreSQL statement, run with its
-    /// binds as the daemon runs it (a custom plan, the batch's size known).
+    /// binds on a fresh connection: a custom plan, the batch's size known.
+    /// The daemon's connections plan generically (`store::open_postgres`),
+    /// but the statement must not rely on that.
     struct Explain<T>(T);
 
     impl<T: QueryFragment<Pg>> QueryFragment<Pg> for Explain<T> {

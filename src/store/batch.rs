@@ -360,9 +360,9 @@ impl QueryFragment<Pg> for UpdateTools<'_> {
              content_hash) WHERE tools.id = v.id AND tools.id = ANY(",
         );
         // The join alone let the planner, told the batch's size (a custom
-        // plan), choose a hash join over a scan of every organization's tools (50 changed
-        // among 5,000: 0.8 ms of a 1.2 ms statement); the ids as an index
-        // condition bound the rows it reads to the batch's.
+        // plan), choose a hash join over a scan of every organization's
+        // tools (50 changed among 5,000: 0.8 ms of a 1.2 ms statement); the
+        // ids as an index condition bound the rows it reads to the batch's.
         out.push_bind_param::<Array<Text>, _>(&c.id)?;
         out.push_sql(")");
         Ok(())
@@ -461,10 +461,9 @@ mod tests {
     /// every organization's tools, on every sync.
     #[tokio::test]
     async fn postgresql_updates_read_only_the_batch_tools() {
+        use crate::store::tests::{PG_DOWN, PG_URL};
         use diesel_async::{AsyncConnection, SimpleAsyncConnection};
-        let mut conn = AsyncPgConnection::establish("postgres://postgres@127.0.0.1:5432/postgres")
-            .await
-            .expect("PostgreSQL on 127.0.0.1:5432 (see README: the test command starts it)");
+        let mut conn = AsyncPgConnection::establish(PG_URL).await.expect(PG_DOWN);
         // A session's temporary table comes first in its search path: this
         // `tools` is the statement's, and goes with the connection.
         conn.batch_execute(

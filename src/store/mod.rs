@@ -467,6 +467,14 @@ mod tests {
     use diesel::{QueryableByName, sql_types::Text};
     use diesel_async::RunQueryDsl;
 
+    /// The PostgreSQL the test command starts (see README); the store's
+    /// unit tests use its `postgres` database and leave nothing in it.
+    pub(super) const PG_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
+
+    /// What a test that cannot reach [`PG_URL`] says.
+    pub(super) const PG_DOWN: &str =
+        "PostgreSQL on 127.0.0.1:5432 (see README: the test command starts it)";
+
     #[derive(QueryableByName)]
     struct CompileOption {
         #[diesel(sql_type = Text)]
@@ -484,9 +492,7 @@ mod tests {
     #[tokio::test]
     async fn postgresql_connections_use_generic_plans() {
         let store = super::Store::open(super::StoreSettings {
-            url: super::DatabaseUrl::Postgres(
-                "postgres://postgres@127.0.0.1:5432/postgres".to_owned(),
-            ),
+            url: super::DatabaseUrl::Postgres(PG_URL.to_owned()),
             pool_size: 1,
             acquire_timeout: std::time::Duration::from_secs(10),
             sealer: None,
@@ -497,10 +503,7 @@ mod tests {
         let super::Backend::Postgres(pool) = &store.inner.backend else {
             unreachable!("a PostgreSQL URL opens a PostgreSQL pool")
         };
-        let mut conn = pool
-            .get()
-            .await
-            .expect("PostgreSQL on 127.0.0.1:5432 (see README: the test command starts it)");
+        let mut conn = pool.get().await.expect(PG_DOWN);
         let mode: PlanCacheMode = diesel::sql_query("SHOW plan_cache_mode")
             .get_result(&mut *conn)
             .await

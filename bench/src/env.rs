@@ -77,8 +77,11 @@ impl Db {
     }
 
     /// The SQLite file's path (for the floor).
-    pub fn sqlite_path(&self) -> Option<String> {
-        self.url.strip_prefix("sqlite://").map(str::to_owned)
+    pub fn sqlite_path(&self) -> anyhow::Result<String> {
+        self.url
+            .strip_prefix("sqlite://")
+            .map(str::to_owned)
+            .with_context(|| format!("{} is not a SQLite URL", self.url))
     }
 
     pub async fn drop_db(self) {

@@ -23,7 +23,7 @@ use crate::{
     calls::CallPlan,
     env::{Backend, Daemon, Db, start_mcp_server},
     fanout::FanoutPool,
-    floor::{PgFloor, Rows, SqliteFloor, SyncFloor},
+    floor::{CreateFloor, SyncFloor},
     stats::{round, summarize},
 };
 
@@ -227,22 +227,11 @@ async fn run_backend(cli: &Cli, plan: &Plan, db: &Db) -> anyhow::Result<(Vec<Val
     // 1 and 2: single creates against the floor.
     for &(n, runs) in &plan.sizes {
         let (_server, url) = start_mcp_server(&cli.test_server, n).await?;
-        let mut row = scenarios::single_creates(&daemon, &url, n, runs).await?;
-        let floor_ms = floor(db, n, runs).await?;
-        let persist = row["persist_ms"].as_f64().unwrap_or(0.0);
-        row["floor_ms"] = json!(round(floor_ms));
-        row["floor_ratio"] = json!(if floor_ms > 0.0 {
-            round(persist / floor_ms)
-        } else {
-            0.0
-        });
-        // Issue 11's target: closing a server costs no more than storing it.
-        let close = row["close_p50_ms"].as_f64().unwrap_or(0.0);
-        row["close_vs_persist"] = json!(if persist > 0.0 {
-            round(close / persist)
-        } else {
-            0.0
-        });
+        let mut floor = match backend {
+            Backend::Postgres => CreateFloor::postgres(&db.url, n).await?,
+            Backend::Sqlite => CreateFloor::sqlite(&db.sqlite_path()?, n)?,
+        };
+        let row = scenarios::single_creates(&daemon, &url, n, runs, &mut floor).await?;
         eprintln!("  single create n={n}: {row}");
         ours.push(tag(row));
     }
@@ -357,9 +346,7 @@ async fn run_sync(cli: &Cli, plan: &Plan, db: &Db, daemon: &Daemon) -> anyhow::R
     let (n, changed, runs) = plan.sync;
     let mut floor = match db.backend {
         Backend::Postgres => SyncFloor::postgres(&db.url, n, changed).await?,
-        Backend::Sqlite => {
-            SyncFloor::sqlite(&db.sqlite_path().context("sqlite path")?, n, changed)?
-        }
+        Backend::Sqlite => SyncFloor::sqlite(&db.sqlite_path()?, n, changed).await?,
     };
     let mut row =
         scenarios::sync_vs_recreate(daemon, &cli.test_server, n, changed, runs, &mut floor).await?;
@@ -425,28 +412,6 @@ async fn run_replicas(
     .await
 }
 
-/// Median milliseconds the floor takes for `n` tools.
-async fn floor(db: &Db, n: usize, runs: usize) -> anyhow::Result<f64> {
-    let mut times = Vec::with_capacity(runs);
-    match db.backend {
-        Backend::Postgres => {
-            let mut floor = PgFloor::connect(&db.url).await?;
-            for _ in 0..runs {
-                times.push(floor.write(&Rows::new(n)).await?);
-            }
-        }
-        Backend::Sqlite => {
-            let path = db.sqlite_path().context("sqlite path")?;
-            times = tokio::task::spawn_blocking(move || -> anyhow::Result<Vec<f64>> {
-                let mut floor = SqliteFloor::connect(&path)?;
-                (0..runs).map(|_| floor.write(&Rows::new(n))).collect()
-            })
-            .await??;
-        }
-    }
-    Ok(summarize(&times).p50)
-}
-
 fn machine() -> Value {
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
@@ -493,7 +458,7 @@ fn print_table(report: &Value) {
 fn print_registry(rows: &[Value], fanout: &[Value], f: impl Fn(&Value) -> String) {
     println!("\nSingle create (daemon) vs floor");
     println!(
-        "{:<9} {:>5} {:>5} {:>9} {:>9} {:>9} {:>11} {:>9} {:>7} {:>9} {:>8} {:>6} {:>9}",
+        "{:<9} {:>5} {:>5} {:>9} {:>9} {:>9} {:>11} {:>9} {:>7} {:>9} {:>7} {:>9} {:>8} {:>6} {:>9}",
         "backend",
         "n",
         "runs",
@@ -503,6 +468,8 @@ fn print_registry(rows: &[Value], fanout: &[Value], f: impl Fn(&Value) -> String
         "persist ms",
         "floor ms",
         "ratio",
+        "hot floor",
+        "hot x",
         "close ms",
         "close x",
         "errors",
@@ -510,7 +477,7 @@ fn print_registry(rows: &[Value], fanout: &[Value], f: impl Fn(&Value) -> String
     );
     for r in rows.iter().filter(|r| r["scenario"] == "single_create") {
         println!(
-            "{:<9} {:>5} {:>5} {:>9} {:>9} {:>9} {:>11} {:>9} {:>7} {:>9} {:>8} {:>6} {:>9}",
+            "{:<9} {:>5} {:>5} {:>9} {:>9} {:>9} {:>11} {:>9} {:>7} {:>9} {:>7} {:>9} {:>8} {:>6} {:>9}",
             r["backend"].as_str().unwrap_or(""),
             f(&r["n"]),
             f(&r["runs"]),
@@ -520,6 +487,8 @@ fn print_registry(rows: &[Value], fanout: &[Value], f: impl Fn(&Value) -> String
             f(&r["persist_ms"]),
             f(&r["floor_ms"]),
             f(&r["floor_ratio"]),
+            f(&r["hot_floor_ms"]),
+            f(&r["hot_floor_ratio"]),
             f(&r["close_p50_ms"]),
             f(&r["close_vs_persist"]),
             f(&r["errors"]),

@@ -16,8 +16,8 @@ use tonic::{metadata::MetadataMap, transport::Channel};
 
 use crate::{
     env::{Daemon, ProcStat},
-    floor::SyncFloor,
-    stats::{round, summarize},
+    floor::{CreateFloor, SyncFloor},
+    stats::{ratio, round, summarize},
 };
 
 fn header_u64(metadata: &MetadataMap, name: &str) -> u64 {
@@ -102,18 +102,21 @@ pub async fn daemon_peak(daemon: &Daemon, reset: bool) -> anyhow::Result<proto::
 }
 
 /// Scenario 1: sequential creates of one size; the persistence part is what
-/// the floor is compared with.
+/// `floor` is compared with, one write of which runs after each create (see
+/// [`CreateFloor`]; the back-to-back figure is reported beside it).
 pub async fn single_creates(
     daemon: &Daemon,
     url: &str,
     n: usize,
     runs: usize,
+    floor: &mut CreateFloor,
 ) -> anyhow::Result<Value> {
     let mut client = daemon.client();
     let org = format!("single-{n}");
     let (mut totals, mut mcp, mut persist) = (Vec::new(), Vec::new(), Vec::new());
     let (mut errors, mut peak, mut peak_per_request) = (0u64, 0u32, 0u64);
     let mut created = Vec::new();
+    let mut floor_ms = Vec::with_capacity(runs);
     for i in 0..runs {
         daemon_peak(daemon, true).await?;
         match create(daemon, &mut client, &org, &format!("s{n}-{i}"), url).await {
@@ -123,6 +126,7 @@ pub async fn single_creates(
                 persist.push(sample.persist_ms);
                 peak_per_request = peak_per_request.max(sample.peak_per_request);
                 created.push(sample.server_id);
+                floor_ms.push(floor.write().await?);
             }
             Ok(sample) => {
                 errors += 1;
@@ -134,6 +138,10 @@ pub async fn single_creates(
             }
         }
         peak = peak.max(daemon_peak(daemon, false).await?.pool_peak_checked_out);
+    }
+    let mut hot_floor_ms = Vec::with_capacity(runs);
+    for _ in 0..runs {
+        hot_floor_ms.push(floor.write().await?);
     }
     let mut closes = Vec::new();
     for id in created {
@@ -148,6 +156,7 @@ pub async fn single_creates(
         summarize(&persist),
         summarize(&closes),
     );
+    let (floor, hot_floor) = (summarize(&floor_ms).p50, summarize(&hot_floor_ms).p50);
     Ok(json!({
         "scenario": "single_create",
         "n": n,
@@ -157,7 +166,13 @@ pub async fn single_creates(
         "mcp_ms": round(m.p50),
         "persist_ms": round(p.p50),
         "persist_p99_ms": round(p.p99),
+        "floor_ms": round(floor),
+        "floor_ratio": ratio(p.p50, floor),
+        "hot_floor_ms": round(hot_floor),
+        "hot_floor_ratio": ratio(p.p50, hot_floor),
         "close_p50_ms": round(c.p50),
+        // Issue 11's target: closing a server costs no more than storing it.
+        "close_vs_persist": ratio(c.p50, p.p50),
         "errors": errors,
         "peak_connections": peak,
         "peak_connections_per_request": peak_per_request,
@@ -442,13 +457,6 @@ pub async fn sync_vs_recreate(
     );
     let (recreate, recreate_persist) = (summarize(&recreate_ms), summarize(&recreate_persist_ms));
     let (floor, hot_floor) = (summarize(&floor_ms).p50, summarize(&hot_floor_ms).p50);
-    let ratio = |over: f64, under: f64| {
-        if under > 0.0 {
-            round(over / under)
-        } else {
-            0.0
-        }
-    };
     Ok(json!({
         "scenario": "sync_vs_recreate",
         "n": n,

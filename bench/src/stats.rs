@@ -26,3 +26,12 @@ pub fn summarize(samples: &[f64]) -> Summary {
 pub fn round(ms: f64) -> f64 {
     (ms * 1000.0).round() / 1000.0
 }
+
+/// `over / under`, rounded; 0 when there is nothing to divide by.
+pub fn ratio(over: f64, under: f64) -> f64 {
+    if under > 0.0 {
+        round(over / under)
+    } else {
+        0.0
+    }
+}

@@ -71,6 +71,8 @@ fn quick_run_writes_the_documented_json() {
                 "persist_ms",
                 "floor_ms",
                 "floor_ratio",
+                "hot_floor_ms",
+                "hot_floor_ratio",
                 "close_p50_ms",
                 "close_vs_persist",
             ] {

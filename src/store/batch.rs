@@ -14,6 +14,7 @@ use diesel::{
 };
 
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
+use futures::future::BoxFuture;
 
 use super::{SqliteConn, models::ToolRow};
 
@@ -31,19 +32,42 @@ const PG_ROWS: usize = 500;
 
 impl WriteTools for AsyncPgConnection {
     async fn insert_tools(&mut self, server_id: &str, rows: &[ToolRow]) -> QueryResult<()> {
-        for batch in rows.chunks(PG_ROWS) {
-            InsertTools::columns(batch).execute(self).await?;
-            InsertMappings::new(server_id, batch).execute(self).await?;
+        for statement in pg_tool_writes(self, server_id, rows, &[]) {
+            statement.await?;
         }
         Ok(())
     }
 
     async fn update_tools(&mut self, rows: &[ToolRow]) -> QueryResult<()> {
-        for batch in rows.chunks(PG_ROWS) {
-            UpdateTools::columns(batch).execute(self).await?;
+        for statement in pg_tool_writes(self, "", &[], &[rows]) {
+            statement.await?;
         }
         Ok(())
     }
+}
+
+/// PostgreSQL's statements inserting `added` (mapped to `server_id`) and
+/// rewriting each of `updated`, in that order, as futures on `conn`: each
+/// is sent when first polled, so awaited together they are pipelined. Their
+/// SQL and binds are built here; a future borrows only the connection.
+pub(super) fn pg_tool_writes<'a>(
+    conn: &'a AsyncPgConnection,
+    server_id: &str,
+    added: &[ToolRow],
+    updated: &[&[ToolRow]],
+) -> Vec<BoxFuture<'a, QueryResult<usize>>> {
+    let mut conn = conn;
+    let mut statements = Vec::new();
+    for batch in added.chunks(PG_ROWS) {
+        statements.push(InsertTools::columns(batch).execute(&mut conn));
+        statements.push(InsertMappings::new(server_id, batch).execute(&mut conn));
+    }
+    for rows in updated {
+        for batch in rows.chunks(PG_ROWS) {
+            statements.push(UpdateTools::columns(batch).execute(&mut conn));
+        }
+    }
+    statements
 }
 
 /// Most rows in one SQLite statement. SQLite's batches are prepared once
@@ -399,7 +423,7 @@ where
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
 
     /// PostgreSQL's statements bind the column arrays, which only their
@@ -439,7 +463,7 @@ mod tests {
         type SqlType = Text;
     }
 
-    fn tool_row(i: usize) -> ToolRow {
+    pub(in crate::store) fn tool_row(i: usize) -> ToolRow {
         ToolRow {
             id: format!("tool-{i:05}"),
             organization_id: format!("org-{}", i % 50),

@@ -8,7 +8,7 @@ use std::{sync::Arc, time::Duration};
 
 use diesel::prelude::*;
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
@@ -174,6 +174,29 @@ macro_rules! prune_to_retention {
         Ok(())
     }};
 }
+pub(super) use prune_to_retention;
+
+/// The event's statement on `conn`, to be awaited alone or pipelined with
+/// others; its sequence number once written. The caller prunes.
+pub(super) fn append_event_pg<'a>(
+    conn: &'a AsyncPgConnection,
+    org: &str,
+    event: &EventDraft,
+) -> futures::future::BoxFuture<'a, QueryResult<i64>> {
+    use diesel::sql_types::{BigInt, Text};
+    let mut conn = conn;
+    diesel::sql_query(APPEND_EVENT_PG)
+        .bind::<Text, _>(org)
+        .bind::<Text, _>(event.kind)
+        .bind::<Text, _>(&event.server_id)
+        .bind::<Text, _>(&event.payload)
+        .bind::<BigInt, _>(to_ms(std::time::SystemTime::now()))
+        .bind::<Text, _>(CHANNEL)
+        .reused()
+        .get_result::<Appended>(&mut conn)
+        .map(|appended| appended.map(|Appended { seq }| seq))
+        .boxed()
+}
 
 impl AppendEvent for AsyncPgConnection {
     async fn append_event(
@@ -182,17 +205,7 @@ impl AppendEvent for AsyncPgConnection {
         org: &str,
         event: &EventDraft,
     ) -> Result<(), StoreError> {
-        use diesel::sql_types::{BigInt, Text};
-        let Appended { seq } = diesel::sql_query(APPEND_EVENT_PG)
-            .bind::<Text, _>(org)
-            .bind::<Text, _>(event.kind)
-            .bind::<Text, _>(&event.server_id)
-            .bind::<Text, _>(&event.payload)
-            .bind::<BigInt, _>(to_ms(std::time::SystemTime::now()))
-            .bind::<Text, _>(CHANNEL)
-            .reused()
-            .get_result(self)
-            .await?;
+        let seq = append_event_pg(self, org, event).await?;
         prune_to_retention!(self, retention, org, seq)
     }
 }

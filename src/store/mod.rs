@@ -21,6 +21,7 @@ mod sealer;
 mod sqlite_conn;
 mod sync;
 mod sync_lease;
+mod sync_statements;
 
 use std::{
     ops::{Deref, DerefMut},

@@ -7,16 +7,15 @@ use diesel::prelude::*;
 use diesel_async::{AsyncConnection, RunQueryDsl};
 
 use super::{
-    Access, Backend, Store, StoreError,
-    batch::WriteTools,
+    Access, Store, StoreError,
     digest_cache::{DigestCache, StoredTools},
     events::{AppendEvent, EventDraft},
     models::{
         Digest, ServerRow, ToolRow, digest_of_column, listed_digest, to_ms, transport_kind_column,
     },
     queries::one_server,
-    reuse::Reuse,
     schema::{mcp_servers, server_tools, tools},
+    sync_statements::{Announce, SyncStatements, SyncWrite},
     with_conn,
 };
 use crate::model::{
@@ -105,35 +104,30 @@ impl Store {
     ) -> Result<SyncedTools, StoreError> {
         let identity = super::queries::identity_column(identity);
         let identity = &identity;
-        let postgres = matches!(self.inner.backend, Backend::Postgres(_));
         let now = to_ms(std::time::SystemTime::now());
         let retention = &self.inner.settings.event_retention;
         let digests = &self.inner.digests;
         let (synced, announced, stored) = with_conn!(self, Access::Write, "sync_tools", |conn| {
             conn.transaction::<_, StoreError, _>(async |conn| {
-                let (synced, row, reached_again, stored) = sync_in_transaction!(
+                Ok(sync_in_transaction!(
                     &mut *conn,
-                    postgres,
                     org,
                     server_id,
                     prepared,
                     identity.clone(),
-                    now
-                );
-                // Only what a watcher would see change is announced.
-                let changes = synced.changes();
-                let kind = if !changes.is_empty() {
-                    Some(ServerEventKind::ToolsChanged)
-                } else if reached_again {
-                    Some(ServerEventKind::StatusChanged)
-                } else {
-                    None
-                };
-                if let Some(kind) = kind {
-                    let event = EventDraft::new(kind, &row, changes);
-                    conn.append_event(retention, org, &event).await?;
-                }
-                Ok((synced, kind.is_some(), stored))
+                    now,
+                    retention,
+                    // Only what a watcher would see change is announced.
+                    |changes: &ToolChanges, reached_again: bool| {
+                        if !changes.is_empty() {
+                            Some(ServerEventKind::ToolsChanged)
+                        } else if reached_again {
+                            Some(ServerEventKind::StatusChanged)
+                        } else {
+                            None
+                        }
+                    }
+                ))
             })
             .await
         })?;
@@ -147,27 +141,20 @@ impl Store {
 
 /// The body of a sync of a [`PreparedSync`], inside a transaction the
 /// caller opened on `$conn` (a macro: it is instantiated for each backend's
-/// connection). Evaluates to
-/// the [`SyncedTools`], the server row as written, whether the server was
-/// unreachable before, and the tools as now stored (to
-/// [`StoredAfter::keep`] once committed); returns early with a
-/// [`StoreError`].
+/// connection). `$announce` decides, from the changes and whether the
+/// server was unreachable before, which event the sync writes itself (the
+/// event goes out with the writes, in one round trip on PostgreSQL).
+/// Evaluates to the [`SyncedTools`], whether an event was written, and the
+/// tools as now stored (to [`StoredAfter::keep`] once committed); returns
+/// early with a [`StoreError`].
 macro_rules! sync_in_transaction {
-    ($conn:expr, $postgres:expr, $org:expr, $server_id:expr, $prepared:expr, $identity:expr, $now:expr) => {{
+    ($conn:expr, $org:expr, $server_id:expr, $prepared:expr, $identity:expr, $now:expr, $retention:expr, $announce:expr) => {{
         let conn = $conn;
+        let org: &str = $org;
         let server_id: &str = $server_id;
-        if $postgres {
-            diesel::sql_query(TOOLS_LOCK)
-                .bind::<diesel::sql_types::Text, _>(server_id)
-                .reused()
-                .execute(conn)
-                .await?;
-        }
-        let (server, version): (ServerRow, i64) = one_server($org, server_id)
-            .select((ServerRow::as_select(), mcp_servers::tools_version))
-            .first(conn)
-            .await
-            .optional()?
+        let (server, version): (ServerRow, i64) = conn
+            .lock_and_read(org, server_id)
+            .await?
             .ok_or_else(|| StoreError::ServerNotFound(server_id.to_owned()))?;
         let reached_again = server.unreachable_since.is_some();
         let PreparedSync { listed, held } = $prepared;
@@ -204,16 +191,6 @@ macro_rules! sync_in_transaction {
         }
         let diff = Diff::of(plan, &server, legacy, &listed, $now);
 
-        conn.insert_tools(server_id, &diff.added).await?;
-        conn.update_tools(&diff.updated).await?;
-        conn.update_tools(&diff.digested).await?;
-        let removed_ids: Vec<&String> = diff.removed.iter().map(|(id, _)| id).collect();
-        for batch in removed_ids.chunks(BATCH_ROWS) {
-            // Their mappings go with them (ON DELETE CASCADE).
-            diesel::delete(tools::table.filter(tools::id.eq_any(batch)))
-                .execute(conn)
-                .await?;
-        }
         let mut server = server;
         let identity: Option<String> = $identity;
         if identity.is_some() {
@@ -236,20 +213,23 @@ macro_rules! sync_in_transaction {
         server.last_synced_at = Some(now);
         server.unreachable_since = None;
         server.last_error = String::new();
-        diesel::update(mcp_servers::table.find(server_id))
-            .set((
-                mcp_servers::server_info.eq(&server.server_info),
-                mcp_servers::tool_count.eq(server.tool_count),
-                mcp_servers::last_connected_at.eq(now),
-                mcp_servers::last_synced_at.eq(now),
-                mcp_servers::unreachable_since.eq(None::<i64>),
-                mcp_servers::last_error.eq(""),
-                mcp_servers::tools_version.eq(version),
-            ))
-            .reused()
-            .execute(conn)
-            .await?;
-        let row = server.clone();
+        let changes = diff.changes();
+        let event = ($announce)(&changes, reached_again)
+            .map(|kind: ServerEventKind| EventDraft::new(kind, &server, changes));
+        conn.write_sync(SyncWrite {
+            server_id,
+            added: &diff.added,
+            updated: [&diff.updated, &diff.digested],
+            removed: diff.removed.iter().map(|(id, _)| id).collect(),
+            server: &server,
+            tools_version: version,
+            event: event.as_ref().map(|event| Announce {
+                retention: $retention,
+                org,
+                event,
+            }),
+        })
+        .await?;
         let synced = SyncedTools {
             server: server.into_server(None),
             added: diff
@@ -264,7 +244,7 @@ macro_rules! sync_in_transaction {
                 .collect(),
             removed: diff.removed.into_iter().map(|(_, name)| name).collect(),
         };
-        (synced, row, reached_again, StoredAfter { version, stored })
+        (synced, event.is_some(), StoredAfter { version, stored })
     }};
 }
 pub(super) use sync_in_transaction;
@@ -424,6 +404,16 @@ impl Diff {
     }
 
     /// `stored` as it is once this difference is written.
+    /// The names of what changes, as an event reports them.
+    fn changes(&self) -> ToolChanges {
+        let names = |rows: &[ToolRow]| rows.iter().map(|t| t.name.clone()).collect();
+        ToolChanges {
+            added: names(&self.added),
+            updated: names(&self.updated),
+            removed: self.removed.iter().map(|(_, name)| name.clone()).collect(),
+        }
+    }
+
     fn apply_to(&self, stored: &mut StoredTools) {
         for (_, name) in &self.removed {
             stored.remove(name);
@@ -463,7 +453,6 @@ impl Store {
         server_id: &str,
         update: ServerUpdate,
     ) -> Result<(Server, Option<SyncedTools>), StoreError> {
-        let postgres = matches!(self.inner.backend, Backend::Postgres(_));
         let now = to_ms(std::time::SystemTime::now());
         let sealed = match &update.transport {
             Some((transport, _)) => Some((
@@ -536,14 +525,16 @@ impl Store {
                         ))
                         .execute(conn)
                         .await?;
-                    let (tools, _, _, stored) = sync_in_transaction!(
+                    // The update's own event (below) announces the sync.
+                    let (tools, _, stored) = sync_in_transaction!(
                         &mut *conn,
-                        postgres,
                         org,
                         server_id,
                         prepared,
                         identity.clone(),
-                        now
+                        now,
+                        retention,
+                        |_: &ToolChanges, _: bool| None
                     );
                     synced = Some((tools, stored));
                 }

@@ -119,6 +119,7 @@ pub async fn single_creates(
     let mut floor_ms = Vec::with_capacity(runs);
     for i in 0..runs {
         daemon_peak(daemon, true).await?;
+        floor.settle().await?;
         match create(daemon, &mut client, &org, &format!("s{n}-{i}"), url).await {
             Ok(sample) if sample.stored_tools == n => {
                 totals.push(sample.total_ms);
@@ -145,6 +146,7 @@ pub async fn single_creates(
     }
     let mut closes = Vec::new();
     for id in created {
+        floor.settle().await?;
         match close(daemon, &mut client, &org, &id).await {
             Ok(ms) => closes.push(ms),
             Err(_) => errors += 1,
